@@ -1,0 +1,1 @@
+"""Callers of the served models: a CLI, the main job's demo, and the privacy evaluation."""

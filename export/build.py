@@ -1,0 +1,254 @@
+"""``veil-build``: data -> fine-tune -> ONNX (+ parity) -> calibrate the defense -> model repository.
+
+Everything lands in one folder (default ``build/<dataset>-<model>``): ``splits.json``, ``hf/``
+(the fine-tuned model and tokenizer), ``model.onnx``, ``defense/``, ``model_repository/`` and
+``build.json`` (what was measured on the way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from veil.backend.artifact import sha256_file
+from veil.backend.calibrate import CalibrationConfig, calibrate
+from veil.backend.defense import VARIANTS
+from veil.backend.onnx_classifier import OnnxClassifier
+from veil.backend.tokens import TextEncoder
+from veil.export.data import Splits, dedupe, load_dataset, make_splits
+from veil.export.onnx_export import check_parity, export_onnx
+from veil.export.train import fine_tune, load_model, model_input_names
+from veil.repository.build import write_repository
+from veil.repository.spec import ServingOptions
+
+
+@dataclass
+class BuildConfig:
+    dataset: str = "sst2"
+    data_dir: str | None = None
+    model: str = "minilm"
+    out: str | None = None
+    seed: int = 0
+    members: int = 3000
+    nonmembers: int = 3000
+    attacker: int = 0
+    epochs: int = 3
+    lr: float = 5e-5
+    batch_size: int = 32
+    max_length: int = 64
+    exporter: str = "torchscript"
+    parity_rows: int = 64
+    variants: tuple[str, ...] = ("veil",)
+    mode: str = "benchmark"
+    slack: float = CalibrationConfig.slack
+    max_batch_size: int = 256
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"build/{self.dataset}-{self.model.replace('/', '_')}")
+
+
+def onnx_logits(
+    onnx_path: str | Path,
+    tokenizer_dir: str | Path,
+    input_names: list[str],
+    texts: list[str],
+    *,
+    max_length: int,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> np.ndarray:
+    """Logits of the served ONNX file, tokenized exactly as the served tokenizer does."""
+    from tqdm.auto import tqdm
+
+    encoder = TextEncoder(tokenizer_dir, input_names=input_names, max_length=max_length)
+    session = OnnxClassifier(onnx_path)
+    out = []
+    for start in tqdm(range(0, len(texts), batch_size), desc="scoring (onnx)", disable=not progress):
+        out.append(session(encoder(texts[start : start + batch_size])))
+    return np.concatenate(out)
+
+
+def _log(msg: str) -> None:
+    print(f"[veil-build] {msg}", flush=True)
+
+
+def build(cfg: BuildConfig) -> dict:
+    t0 = time.perf_counter()
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    ds = dedupe(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir))
+    sizes = {
+        "member_eval": cfg.members // 2,
+        "member_calib": cfg.members - cfg.members // 2,
+        "nonmember_eval": cfg.nonmembers // 2,
+        "nonmember_calib": cfg.nonmembers - cfg.nonmembers // 2,
+        "attacker": cfg.attacker,
+    }
+    splits = make_splits(ds, sizes=sizes, seed=cfg.seed, dataset_name=cfg.dataset)
+    splits.save(out / "splits.json")
+    _log(f"{cfg.dataset}: {len(ds)} deduplicated rows; splits " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
+
+    model, tokenizer = load_model(cfg.model, num_labels=ds.num_classes, seed=cfg.seed)
+    members = splits.take(ds, "members")
+    report = fine_tune(
+        model,
+        tokenizer,
+        members,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
+    _log(
+        f"fine-tuned {cfg.model} on {len(members)} members in {report.seconds:.0f}s:"
+        f" loss {report.final_loss:.4f}, train accuracy {report.train_accuracy:.4f}"
+    )
+    model.config.id2label = dict(enumerate(ds.label_names))
+    model.config.label2id = {name: i for i, name in enumerate(ds.label_names)}
+    hf_dir = out / "hf"
+    model.save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+
+    names = model_input_names(model)
+    onnx_path = out / "model.onnx"
+    export_onnx(model, tokenizer, onnx_path, exporter=cfg.exporter)
+    held_out = splits.take(ds, "nonmember_eval").texts[: cfg.parity_rows]
+    parity = check_parity(model, tokenizer, onnx_path, hf_dir, held_out, max_length=cfg.max_length)
+    _log(
+        f"ONNX parity on {parity.rows} held-out rows: max |logit diff| {parity.max_abs_diff:.2e},"
+        f" identical argmax {parity.argmax_equal}"
+    )
+    parity.check()
+    digest = sha256_file(onnx_path)
+
+    calib_m, calib_n = splits.take(ds, "member_calib"), splits.take(ds, "nonmember_calib")
+    zm = onnx_logits(onnx_path, hf_dir, names, calib_m.texts, max_length=cfg.max_length, progress=cfg.progress)
+    zn = onnx_logits(onnx_path, hf_dir, names, calib_n.texts, max_length=cfg.max_length, progress=cfg.progress)
+    artifact = calibrate(
+        member_logits=zm,
+        member_labels=calib_m.labels,
+        nonmember_logits=zn,
+        nonmember_labels=calib_n.labels,
+        classifier_sha256=digest,
+        label_names=ds.label_names,
+        config=CalibrationConfig(slack=cfg.slack, seed=cfg.seed),
+        progress=cfg.progress,
+    )
+    artifact.save(out / "defense")
+    m = artifact.metrics
+    _log(
+        f"calibrated on {len(zm)}+{len(zn)} rows: risk AUC {m['risk_auc_holdout']:.3f} (holdout),"
+        f" tau {artifact.tau:.4f}, perturbed {m['perturbed_share']:.1%}, eps {artifact.eps:.2f},"
+        f" slack met {m['slack_met']}"
+    )
+
+    opts = ServingOptions(
+        input_names=tuple(names),
+        num_classes=ds.num_classes,
+        label_names=tuple(ds.label_names),
+        classifier_sha256=digest,
+        max_length=cfg.max_length,
+        variants=tuple(cfg.variants),
+        mode=cfg.mode,
+        max_batch_size=cfg.max_batch_size,
+    )
+    roots = write_repository(
+        out / "model_repository",
+        opts=opts,
+        onnx_path=onnx_path,
+        tokenizer_dir=hf_dir,
+        defense_dir=out / "defense",
+    )
+    summary = {
+        "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+        "splits": {k: len(v) for k, v in splits.indices.items()},
+        "train": asdict(report),
+        "parity": asdict(parity),
+        "classifier_sha256": digest,
+        "calibration": {k: v for k, v in m.items() if k != "candidates"},
+        "repositories": {k: str(v) for k, v in roots.items()},
+        "seconds": time.perf_counter() - t0,
+    }
+    (out / "build.json").write_text(json.dumps(summary, indent=2, default=str))
+    _log(f"model repository in {out / 'model_repository'} ({summary['seconds']:.0f}s in all)")
+    return summary
+
+
+def load_splits(out_dir: str | Path) -> Splits:
+    return Splits.load(Path(out_dir) / "splits.json")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
+    d = BuildConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default=d.dataset, help="sst2, agnews, a .tsv/.csv/.jsonl file, or hf:<id>")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding sst2/ and agnews/ (default: $VEIL_DATA_DIR or ../shared/data)",
+    )
+    p.add_argument("--model", default=d.model, help="minilm, tiny-bert, ..., or a Hugging Face id / path")
+    p.add_argument("--out", default=None, help="output folder (default build/<dataset>-<model>)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--members", type=int, default=d.members)
+    p.add_argument("--nonmembers", type=int, default=d.nonmembers)
+    p.add_argument("--attacker", type=int, default=d.attacker)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--exporter", choices=("torchscript", "dynamo"), default=d.exporter)
+    p.add_argument("--variants", default="veil", help=f"comma-separated, from {','.join(VARIANTS)}")
+    p.add_argument(
+        "--mode",
+        choices=("benchmark", "production"),
+        default=d.mode,
+        help="production leaves out the raw ensemble",
+    )
+    p.add_argument("--slack", type=float, default=d.slack)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    a = p.parse_args(argv)
+    variants = tuple(v.strip() for v in a.variants.split(",") if v.strip())
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        p.error(f"unknown variant(s) {bad}; choose from {VARIANTS}")
+    return BuildConfig(
+        dataset=a.dataset,
+        data_dir=a.data_dir,
+        model=a.model,
+        out=a.out,
+        seed=a.seed,
+        members=a.members,
+        nonmembers=a.nonmembers,
+        attacker=a.attacker,
+        epochs=a.epochs,
+        lr=a.lr,
+        batch_size=a.batch_size,
+        max_length=a.max_length,
+        exporter=a.exporter,
+        variants=variants,
+        mode=a.mode,
+        slack=a.slack,
+        progress=not a.quiet,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    build(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

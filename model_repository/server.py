@@ -1,0 +1,259 @@
+"""Start and stop the real tritonserver bundled with nvidia-pytriton, without Docker.
+
+The wheel ships the binary, the python backend and one stub per Python version. We copy the
+backend plus the stub matching this interpreter into a project-local folder, put this
+environment's ``bin`` first on PATH (the stub runs ``python3`` from there, so models import this
+venv's numpy/torch/veil), add the wheel's libraries and this interpreter's libdir to
+LD_LIBRARY_PATH, and wait for ``/v2/health/ready``.
+
+NVIDIA's container on a GPU host serves the same repository with the native onnxruntime
+classifier; see README.md ("GPU host") for the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import requests
+
+RUNTIME_DIR = Path(__file__).resolve().parent.parent / "build" / "triton-runtime"
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def _pytriton_root() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def prepare_backends(dest: Path = RUNTIME_DIR) -> Path:
+    """Project-local backend folder: python backend + the stub for this interpreter."""
+    root = _pytriton_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"nvidia-pytriton has no python backend stub for Python {version}")
+    python = dest / "backends" / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    for src in (
+        root / "backends" / "python" / "libtriton_python.so",
+        root / "backends" / "python" / "triton_python_backend_utils.py",
+        stub,
+    ):
+        target = python / src.name
+        if not target.exists() or target.stat().st_size != src.stat().st_size:
+            shutil.copy2(src, target)
+    return dest / "backends"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_env() -> dict[str, str]:
+
+    env = dict(os.environ)
+    site = Path(_pytriton_root()).parent.parent
+    libs = [str(site / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).strip(os.pathsep)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+class TritonServer:
+    """A tritonserver process on loopback ports; use as a context manager."""
+
+    def __init__(
+        self,
+        repositories: Sequence[str | Path],
+        *,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        log_file: str | Path | None = None,
+        extra_args: Sequence[str] = (),
+        startup_timeout: float = 180.0,
+    ) -> None:
+        self.repositories = [Path(r).resolve() for r in repositories]
+        self.http_port = http_port or free_port()
+        self.grpc_port = grpc_port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        self.log_file = Path(log_file) if log_file else None
+        self.extra_args = list(extra_args)
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def command(self) -> list[str]:
+        binary = _pytriton_root() / "bin" / "tritonserver"
+        cmd = [str(binary)]
+        for repo in self.repositories:
+            cmd.append(f"--model-repository={repo}")
+        cmd += [
+            f"--backend-directory={prepare_backends()}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--metrics-address=127.0.0.1",
+            "--disable-auto-complete-config",
+            "--pinned-memory-pool-byte-size=0",
+            "--allow-gpu-metrics=false",
+            "--exit-timeout-secs=10",
+            "--log-verbose=0",
+        ]
+        return cmd + self.extra_args
+
+    def start(self) -> TritonServer:
+        for repo in self.repositories:
+            if not repo.is_dir():
+                raise ServerError(f"model repository {repo} does not exist")
+        if self.log_file:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_file, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env=server_env(),
+            start_new_session=True,
+        )
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        url = f"http://{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise ServerError(
+                    f"tritonserver exited with code {self.process.returncode if self.process else '?'}"
+                    f" before becoming ready\n{self.log_tail()}"
+                )
+            try:
+                if requests.get(url, timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise ServerError(f"tritonserver not ready after {self.startup_timeout:.0f}s\n{self.log_tail()}")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_file or not self.log_file.exists():
+            return "(no log file)"
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM the server's process group, SIGKILL after ``timeout``; returns the exit code."""
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        if self._log:
+            self._log.close()
+            self._log = None
+        return proc.returncode
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def repositories_for(repo_root: str | Path, platform: str = "embedded") -> list[Path]:
+    root = Path(repo_root)
+    return [root / "common", root / platform]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Serve a Veil model repository on the embedded tritonserver")
+    p.add_argument(
+        "--repository",
+        default="build/sst2-minilm/model_repository",
+        help="folder written by veil-build (holds common/ and embedded/)",
+    )
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--log-file", default="build/tritonserver.log")
+    p.add_argument("extra", nargs="*", help="extra tritonserver flags (after --)")
+    args = p.parse_args(argv)
+    server = TritonServer(
+        repositories_for(args.repository),
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        log_file=args.log_file,
+        extra_args=args.extra,
+    )
+    server.start()
+    print(
+        f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}"
+        f" (pid {server.process.pid}); Ctrl-C stops it",
+        flush=True,
+    )
+    stop = {"now": False}
+
+    def on_signal(*_: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop["now"]:
+        if not server.alive():
+            print(f"tritonserver died (exit {server.process.returncode})\n{server.log_tail()}", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""The one description of Veil's Triton models; every config.pbtxt is rendered from it.
+
+Layout (several ``--model-repository`` flags, one source of truth):
+
+- ``common/``: ``tokenizer``, the ensembles (``veil_defended``, one per ablation variant, and in
+  benchmark mode ``veil_raw`` with its ``softmax`` step).
+- ``embedded/``: ``classifier`` as a python-backend model running the ONNX file with
+  onnxruntime, and ``mia_defense*`` on KIND_CPU (the pip-installed tritonserver).
+- ``nvidia/``: ``classifier`` with ``backend: "onnxruntime"`` and ``mia_defense*`` on KIND_GPU
+  (NVIDIA's tritonserver container on a GPU host).
+
+Serve ``common`` plus exactly one platform folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from veil.backend.fingerprint import SIGNATURE_SIZE
+
+PLATFORMS = ("embedded", "nvidia")
+MODES = ("production", "benchmark")
+DEFENDED = "veil_defended"
+RAW = "veil_raw"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    model: str
+    inputs: dict[str, str]  # step input -> ensemble tensor
+    outputs: dict[str, str]  # step output -> ensemble tensor
+
+
+@dataclass
+class Model:
+    name: str
+    backend: str  # "python", "onnxruntime" or "ensemble"
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    max_batch_size: int
+    repository: str  # "common" or a platform
+    adapter: str = ""  # python backend: module exporting TritonPythonModel
+    instance_kind: str = "KIND_CPU"
+    instance_count: int = 1
+    max_queue_delay_us: int = 0
+    parameters: dict[str, str] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """What varies between deployments; everything else is fixed by :func:`describe`."""
+
+    input_names: tuple[str, ...]
+    num_classes: int
+    label_names: tuple[str, ...]
+    classifier_sha256: str
+    max_length: int = 128
+    max_text_bytes: int = 200_000
+    max_batch_size: int = 256
+    variants: tuple[str, ...] = ("veil",)
+    mode: str = "benchmark"
+    max_queue_delay_us: int = 0
+    tokenizer_instances: int = 1
+    classifier_instances: int = 1
+    max_clients: int = 10_000
+
+
+def defense_model_name(variant: str) -> str:
+    return "mia_defense" if variant == "veil" else f"mia_defense_{variant}"
+
+
+def ensemble_name(variant: str) -> str:
+    return DEFENDED if variant == "veil" else f"veil_{variant}"
+
+
+def describe(opts: ServingOptions, platform: str) -> list[Model]:
+    if platform not in PLATFORMS:
+        raise ValueError(f"platform must be one of {PLATFORMS}")
+    if opts.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    if "veil" not in opts.variants:
+        raise ValueError("the served variants must include 'veil'")
+    mbs = opts.max_batch_size
+    c = opts.num_classes
+    token_tensors = [Tensor(n, "TYPE_INT64", (-1,)) for n in opts.input_names]
+    fingerprint = Tensor("fingerprint", "TYPE_INT32", (SIGNATURE_SIZE,))
+    text = Tensor("text", "TYPE_STRING", (1,))
+    logits = Tensor("logits", "TYPE_FP32", (c,))
+    outputs = [Tensor("probabilities", "TYPE_FP32", (c,)), Tensor("label", "TYPE_INT64", (1,))]
+    gpu = platform == "nvidia"
+    delay = opts.max_queue_delay_us
+
+    models = [
+        Model(
+            "tokenizer",
+            "python",
+            [text],
+            [*token_tensors, fingerprint],
+            mbs,
+            "common",
+            adapter="veil.backend.triton.tokenizer",
+            instance_count=opts.tokenizer_instances,
+            max_queue_delay_us=delay,
+            parameters={
+                "input_names": ",".join(opts.input_names),
+                "max_length": str(opts.max_length),
+                "max_text_bytes": str(opts.max_text_bytes),
+            },
+        ),
+    ]
+    if gpu:
+        models.append(
+            Model(
+                "classifier",
+                "onnxruntime",
+                token_tensors,
+                [logits],
+                mbs,
+                platform,
+                instance_kind="KIND_GPU",
+                instance_count=opts.classifier_instances,
+                max_queue_delay_us=delay,
+            )
+        )
+    else:
+        models.append(
+            Model(
+                "classifier",
+                "python",
+                token_tensors,
+                [logits],
+                mbs,
+                platform,
+                adapter="veil.backend.triton.classifier",
+                instance_count=opts.classifier_instances,
+                max_queue_delay_us=delay,
+                parameters={"classifier_sha256": opts.classifier_sha256},
+            )
+        )
+
+    for variant in opts.variants:
+        name = defense_model_name(variant)
+        models.append(
+            Model(
+                name,
+                "python",
+                [logits, Tensor("fingerprint", "TYPE_INT32", (SIGNATURE_SIZE,), optional=True)],
+                outputs,
+                mbs,
+                platform,
+                adapter="veil.backend.triton.mia_defense",
+                instance_kind="KIND_GPU" if gpu else "KIND_CPU",
+                # One instance: adaptive-intensity state lives in the instance's process.
+                instance_count=1,
+                max_queue_delay_us=delay,
+                parameters={
+                    "variant": variant,
+                    "classifier_sha256": opts.classifier_sha256,
+                    "max_clients": str(opts.max_clients),
+                },
+            )
+        )
+        models.append(_ensemble(ensemble_name(variant), name, text, outputs, opts, fingerprint=True))
+    if opts.mode == "benchmark":
+        models.append(
+            Model(
+                "softmax",
+                "python",
+                [logits],
+                outputs,
+                mbs,
+                "common",
+                adapter="veil.backend.triton.softmax",
+                max_queue_delay_us=delay,
+            )
+        )
+        models.append(_ensemble(RAW, "softmax", text, outputs, opts))
+    return models
+
+
+def _ensemble(
+    name: str,
+    last: str,
+    text: Tensor,
+    outputs: list[Tensor],
+    opts: ServingOptions,
+    *,
+    fingerprint: bool = False,
+) -> Model:
+    tokens_map = {n: n for n in opts.input_names}
+    extra = {"fingerprint": "fingerprint"} if fingerprint else {}
+    return Model(
+        name,
+        "ensemble",
+        [text],
+        outputs,
+        opts.max_batch_size,
+        "common",
+        parameters={"label_names": json.dumps(list(opts.label_names))},
+        steps=[
+            Step("tokenizer", {"text": "text"}, {**tokens_map, **extra}),
+            Step("classifier", tokens_map, {"logits": "logits"}),
+            Step(last, {"logits": "logits", **extra}, {"probabilities": "probabilities", "label": "label"}),
+        ],
+    )
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def render(model: Model) -> str:
+    """config.pbtxt text for one model."""
+    lines = [f'name: "{model.name}"']
+    if model.backend == "ensemble":
+        lines.append('platform: "ensemble"')
+    else:
+        lines.append(f'backend: "{model.backend}"')
+    lines.append(f"max_batch_size: {model.max_batch_size}")
+    for key, tensors in (("input", model.inputs), ("output", model.outputs)):
+        body = ",\n".join(
+            f'  {{ name: "{t.name}" data_type: {t.dtype} dims: [ {", ".join(map(str, t.dims))} ]'
+            + (" optional: true" if t.optional else "")
+            + " }"
+            for t in tensors
+        )
+        lines.append(f"{key} [\n{body}\n]")
+    if model.backend == "ensemble":
+        steps = []
+        for s in model.steps:
+            ins = " ".join(f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in s.inputs.items())
+            outs = " ".join(f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in s.outputs.items())
+            steps.append(f'    {{ model_name: "{s.model}" model_version: -1 {ins} {outs} }}')
+        lines.append("ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}")
+    else:
+        lines.append(f"instance_group [ {{ kind: {model.instance_kind} count: {model.instance_count} }} ]")
+        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {model.max_queue_delay_us} }}")
+    for k, v in sorted(model.parameters.items()):
+        lines.append(f'parameters {{ key: "{k}" value: {{ string_value: "{_escape(v)}" }} }}')
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,194 @@
+"""Adaptive intensity: a per-client threat score from query patterns scales the perturbation.
+
+Membership attacks need many queries, often bursts of near-identical ones (the same text, or
+small edits of it, probed repeatedly). Each client's recent row rate and its share of
+near-duplicate queries (MinHash signatures of the token set, see :mod:`fingerprint`, matching one
+of its recent queries) raise a threat score in [0, 1]; the defense maps it to an intensity
+multiplier on epsilon and a lower risk target.
+
+State is bounded: at most ``max_clients`` entries (least recently seen evicted first, and entries
+idle for ``ttl_s`` dropped), each with a fixed-size ring of fingerprints. A client seen for the
+first time starts at the *churn* threat: when many new ids appear quickly (an attacker rotating
+ids), new ids start suspicious, so rotating ids never yields less protection than the anonymous
+default (threat 0 is the floor for everyone).
+
+Each Triton python-backend instance is its own process, so with instance count > 1 every
+instance keeps its own table; Veil's configs default to one ``mia_defense`` instance.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from veil.backend.fingerprint import SIGNATURE_SIZE, logit_signature, near_duplicates
+
+ANONYMOUS = ""
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    max_clients: int = 10_000
+    ttl_s: float = 900.0
+    rate_window_s: float = 2.0
+    """Time constant of the decaying row rate (and of the new-id churn rate)."""
+    duplicate_span_rows: int = 32
+    """The near-duplicate share is an exponential average over about this many recent rows."""
+    duplicate_window_s: float = 60.0
+    """...and fades with this time constant while the client is idle."""
+    rate_low: float = 20.0
+    """Rows per second a client may send with no rate threat."""
+    rate_high: float = 200.0
+    """Rows per second at which the rate threat is 1."""
+    duplicate_low: float = 0.1
+    duplicate_high: float = 0.5
+    fingerprints: int = 32
+    """Recent query signatures kept per client (a ring)."""
+    churn_low: float = 5.0
+    churn_high: float = 100.0
+    """New client ids per second: churn threat 0 at ``churn_low``, 1 at ``churn_high``."""
+    max_multiplier: float = 2.0
+    """Intensity at threat 1 (1 at threat 0)."""
+    max_client_id_bytes: int = 256
+
+
+def _ramp(x: float, lo: float, hi: float) -> float:
+    return min(1.0, max(0.0, (x - lo) / (hi - lo)))
+
+
+class ClientState:
+    __slots__ = ("born", "dup", "initial", "last", "rate", "ring", "slots")
+
+    def __init__(self, now: float, initial: float, slots: int) -> None:
+        self.rate = 0.0
+        self.dup = 0.0
+        self.last = now
+        self.born = now
+        self.initial = initial
+        self.ring = np.zeros((0, SIGNATURE_SIZE), dtype=np.int32)
+        self.slots = slots
+
+    def nbytes(self) -> int:
+        return sys.getsizeof(self) + self.slots * SIGNATURE_SIZE * 4 + 112
+
+
+class ThreatTracker:
+    """Per-client threat scores; ``observe`` updates state and returns the threat per row."""
+
+    def __init__(self, config: AdaptiveConfig = AdaptiveConfig(), *, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.clock = clock
+        self.clients: OrderedDict[str, ClientState] = OrderedDict()
+        self.churn = 0.0
+        self.churn_last = clock()
+        self.evicted = 0
+        self._entry_bytes = ClientState(0.0, 0.0, config.fingerprints).nbytes() + sys.getsizeof("x" * 32) + 100
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    def _decay(self, value: float, dt: float, window: float | None = None) -> float:
+        return value * math.exp(-max(dt, 0.0) / (window or self.config.rate_window_s))
+
+    def _get(self, client_id: str, now: float) -> ClientState:
+        cfg = self.config
+        state = self.clients.get(client_id)
+        if state is not None and now - state.last > cfg.ttl_s:
+            del self.clients[client_id]
+            state = None
+        if state is None:
+            if client_id != ANONYMOUS:
+                self.churn = self._decay(self.churn, now - self.churn_last) + 1.0 / cfg.rate_window_s
+                self.churn_last = now
+            initial = _ramp(self.churn, cfg.churn_low, cfg.churn_high)
+            state = ClientState(now, initial if client_id != ANONYMOUS else 0.0, cfg.fingerprints)
+            self.clients[client_id] = state
+            while len(self.clients) > cfg.max_clients:
+                self.clients.popitem(last=False)
+                self.evicted += 1
+        else:
+            self.clients.move_to_end(client_id)
+        return state
+
+    def observe(self, client_id: str, logits: np.ndarray, signatures: np.ndarray | None = None) -> float:
+        """Record one request's rows for ``client_id`` and return its threat in [0, 1].
+
+        ``signatures`` [n, SIGNATURE_SIZE] come from the tokenizer; without them the logits are
+        fingerprinted instead (exact repeats only)."""
+        cfg = self.config
+        now = self.clock()
+        state = self._get(client_id, now)
+        dt = now - state.last
+        state.last = now
+        n = len(logits)
+        state.rate = self._decay(state.rate, dt) + n / cfg.rate_window_s
+        sig = np.asarray(signatures if signatures is not None else logit_signature(logits), dtype=np.int32)
+        repeats = int(near_duplicates(sig, state.ring).sum()) if n else 0
+        state.ring = np.concatenate([state.ring, sig])[-state.slots :]
+        # Near-duplicate share: exponential average over recent rows, fading while idle.
+        keep = (1.0 - 1.0 / cfg.duplicate_span_rows) ** n
+        state.dup = self._decay(state.dup, dt, cfg.duplicate_window_s) * keep + (1 - keep) * (repeats / n if n else 0.0)
+        threat = max(
+            _ramp(state.rate, cfg.rate_low, cfg.rate_high),
+            _ramp(state.dup, cfg.duplicate_low, cfg.duplicate_high),
+            self._decay(state.initial, now - state.born),
+        )
+        return float(threat)
+
+    def multiplier(self, threat: float) -> float:
+        return 1.0 + (self.config.max_multiplier - 1.0) * threat
+
+    def memory_bytes(self) -> int:
+        """O(1) estimate for the hot path: entries times one entry with a 32-character id."""
+        return len(self.clients) * self._entry_bytes
+
+    def measure_bytes(self) -> int:
+        """O(n) measurement of the table (for tests and reports, not the hot path)."""
+        return sum(sys.getsizeof(k) + s.nbytes() + 100 for k, s in self.clients.items())
+
+    def state_dict(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "churn": self.churn,
+            "evicted": self.evicted,
+            "clients": {
+                k: {
+                    "rate": s.rate,
+                    "dup": s.dup,
+                    "last": s.last,
+                    "born": s.born,
+                    "initial": s.initial,
+                    "ring": s.ring.tolist(),
+                }
+                for k, s in self.clients.items()
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.churn = float(state["churn"])
+        self.evicted = int(state["evicted"])
+        self.clients.clear()
+        for k, v in state["clients"].items():
+            s = ClientState(float(v["last"]), float(v["initial"]), self.config.fingerprints)
+            s.rate, s.dup, s.born = float(v["rate"]), float(v["dup"]), float(v["born"])
+            s.ring = np.asarray(v["ring"], dtype=np.int32).reshape(-1, SIGNATURE_SIZE)
+            self.clients[k] = s
+
+
+def normalise_client_id(raw: object, *, max_bytes: int) -> str:
+    """Client ids are short strings; anything else is the caller's error (``ValueError``)."""
+    if raw is None:
+        return ANONYMOUS
+    if not isinstance(raw, str):
+        raise ValueError(f"client id must be a string, got {type(raw).__name__}")
+    if len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise ValueError(f"client id is longer than {max_bytes} bytes")
+    if any(ord(ch) < 32 for ch in raw):
+        raise ValueError("client id contains control characters")
+    return raw

@@ -1,0 +1,102 @@
+"""The versioned defense artifact: risk evaluator weights plus everything calibrated with them.
+
+Two files: ``defense.json`` (metadata, calibration metrics, the sha256 of the tensor file and of
+the classifier it was fitted for) and ``defense.safetensors`` (weights, feature statistics, class
+means). Loading verifies all of it and raises :class:`ArtifactError` on any mismatch, so a
+defended model with a missing, corrupt or foreign artifact never becomes ready.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from veil.backend.risk import RiskEvaluator
+
+FORMAT_VERSION = 1
+META_FILE = "defense.json"
+TENSOR_FILE = "defense.safetensors"
+
+
+class ArtifactError(RuntimeError):
+    """The defense artifact cannot be used; the defended endpoint must not serve."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class DefenseArtifact:
+    num_classes: int
+    classifier_sha256: str
+    tau: float
+    """Risk threshold: outputs with r(z) > tau are perturbed until r < tau."""
+    eps: float
+    """Base per-dimension budget (logit units) at intensity 1."""
+    target_shift: float
+    """Score units the target is lowered by at threat 1 (adaptive intensity)."""
+    temperature: float
+    """Temperature of the temperature-only ablation (same mean confidence as Veil on calibration)."""
+    noise_norm: float
+    """L2 size of the random-noise ablation (Veil's mean |delta| on calibration)."""
+    hidden: int
+    label_names: list[str]
+    metrics: dict = field(default_factory=dict)
+    risk_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    format_version: int = FORMAT_VERSION
+
+    def risk_evaluator(self, device: str | torch.device = "cpu") -> RiskEvaluator:
+        model = RiskEvaluator(self.num_classes, hidden=self.hidden)
+        model.load_state_dict(self.risk_state)
+        return model.to(device).eval()
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.risk_state.items()}
+        save_file(tensors, directory / TENSOR_FILE)
+        meta = asdict(self)
+        meta.pop("risk_state")
+        meta["tensors_sha256"] = sha256_file(directory / TENSOR_FILE)
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, *, expected_classifier_sha256: str | None = None) -> DefenseArtifact:
+        directory = Path(directory)
+        meta_path, tensor_path = directory / META_FILE, directory / TENSOR_FILE
+        for p in (meta_path, tensor_path):
+            if not p.is_file():
+                raise ArtifactError(f"defense artifact incomplete: {p} is missing")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ArtifactError(f"defense artifact {meta_path} is not valid JSON: {err}") from err
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"defense artifact format {meta.get('format_version')!r} is not {FORMAT_VERSION}")
+        digest = sha256_file(tensor_path)
+        if digest != meta.get("tensors_sha256"):
+            raise ArtifactError(f"defense artifact {tensor_path} is corrupt (sha256 mismatch)")
+        if expected_classifier_sha256 is not None and meta.get("classifier_sha256") != expected_classifier_sha256:
+            raise ArtifactError(
+                "defense artifact was calibrated for classifier "
+                f"{str(meta.get('classifier_sha256'))[:12]}…, but the served classifier is "
+                f"{expected_classifier_sha256[:12]}…; recalibrate it for this model"
+            )
+        meta.pop("tensors_sha256")
+        try:
+            art = cls(**meta, risk_state=load_file(tensor_path))
+            art.risk_evaluator()  # shapes must fit
+        except Exception as err:
+            raise ArtifactError(f"defense artifact {directory} cannot be loaded: {err}") from err
+        return art

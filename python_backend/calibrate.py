@@ -1,0 +1,162 @@
+"""Fit the risk evaluator and choose tau, epsilon and the ablations' sizes on calibration data.
+
+Calibration data are outputs of the target classifier on the defender's own known members and
+non-members, disjoint from every attack evaluation set. Nothing here sees evaluation data.
+
+The rule for tau. For each candidate (quantiles of the calibration risk above the lowest risk a
+label-preserving output can reach for every class), the defense is
+simulated on the calibration outputs and the simple score attacks of
+:func:`veil.backend.leakage.threshold_attack_suite` are fitted to them; the same attacks are
+fitted to the label-only version of the same outputs, which is what no label-preserving defense
+can go below. tau is the *largest* candidate (fewest outputs perturbed) whose strongest attack
+is at most ``slack`` above that reference. If none qualifies, the smallest candidate is used and
+the metrics say so.
+
+At threat 1 the adaptive variant lowers the target to the risk quantile that leaves
+``strict_share`` of tau's untouched rows untouched (``target_shift``, in score units).
+
+epsilon is then the largest per-dimension budget scale any calibration row needed to reach the
+target, times ``eps_headroom``, so PGD converges on calibration outputs at intensity 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from veil.backend.artifact import DefenseArtifact
+from veil.backend.defense import Defense, DefenseConfig
+from veil.backend.leakage import label_only_floor, threshold_attack_suite
+from veil.backend.probabilities import softmax
+from veil.backend.risk import fit_risk_evaluator, logit
+
+UNBOUNDED_EPS = 1e3
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    slack: float = 0.005
+    """Allowed excess (balanced-accuracy points / 100) of the strongest calibration attack over
+    the label-only reference."""
+    candidates: int = 49
+    hidden: int = 16
+    epochs: int = 300
+    strict_share: float = 0.5
+    """At threat 1 (adaptive intensity) the risk target drops to the calibration risk quantile
+    holding this share of the rows that tau leaves untouched."""
+    eps_headroom: float = 1.25
+    min_eps: float = 0.5
+    seed: int = 0
+
+
+def _temperature_matching(logits: np.ndarray, mean_confidence: float) -> float:
+    """T with mean max softmax(z / T) == mean_confidence (bisection in log T)."""
+    lo, hi = np.log(0.05), np.log(1e4)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        conf = softmax(logits / np.float32(np.exp(mid))).max(1).mean()
+        if conf > mean_confidence:
+            lo = mid
+        else:
+            hi = mid
+    return float(np.exp(0.5 * (lo + hi)))
+
+
+def calibrate(
+    *,
+    member_logits: np.ndarray,
+    member_labels: np.ndarray,
+    nonmember_logits: np.ndarray,
+    nonmember_labels: np.ndarray,
+    classifier_sha256: str,
+    label_names: list[str],
+    config: CalibrationConfig = CalibrationConfig(),
+    progress: bool = True,
+) -> DefenseArtifact:
+    member_logits = np.asarray(member_logits, dtype=np.float32)
+    nonmember_logits = np.asarray(nonmember_logits, dtype=np.float32)
+    risk, fit = fit_risk_evaluator(
+        member_logits, nonmember_logits, hidden=config.hidden, epochs=config.epochs, seed=config.seed
+    )
+    num_classes = member_logits.shape[1]
+    art = DefenseArtifact(
+        num_classes=num_classes,
+        classifier_sha256=classifier_sha256,
+        tau=0.5,
+        eps=UNBOUNDED_EPS,
+        target_shift=0.0,
+        temperature=1.0,
+        noise_norm=0.0,
+        hidden=config.hidden,
+        label_names=list(label_names),
+        risk_state={k: v.detach().clone() for k, v in risk.state_dict().items()},
+    )
+    z = np.concatenate([member_logits, nonmember_logits])
+    y = np.concatenate([member_labels, nonmember_labels]).astype(np.int64)
+    is_member = np.r_[np.ones(len(member_logits), bool), np.zeros(len(nonmember_logits), bool)]
+    raw = softmax(z)
+    correct = raw.argmax(1) == y
+    floor = label_only_floor(correct[is_member], correct[~is_member])
+    onehot = np.eye(num_classes, dtype=np.float32)[raw.argmax(1)]
+    reference = max(threshold_attack_suite(onehot, y, is_member).values())
+    undefended = threshold_attack_suite(raw, y, is_member)
+
+    fixed = DefenseConfig(variant="fixed_intensity")
+    risk_all = Defense(art, config=fixed)(z).risk_before
+    # The least risky output that still keeps each label: every other class exactly the label
+    # margin behind. A tau below that is unreachable for that class, so candidates stay above.
+    least_sharp = np.eye(num_classes, dtype=np.float32) * np.float32(fixed.pgd.label_margin)
+    reachable = float(Defense(art, config=fixed)(least_sharp).risk_before.max())
+    taus = np.unique(np.quantile(risk_all, np.linspace(0.02, 0.98, config.candidates)))
+    taus = taus[taus > reachable + 1e-6]
+    if len(taus) == 0:
+        taus = np.array([min(reachable + 1e-3, 1.0 - 1e-6)])
+    table = []
+    chosen = None
+    for tau in tqdm(taus[::-1], desc="calibrating tau", disable=not progress, leave=False):
+        out = Defense(replace(art, tau=float(tau)), config=fixed)(z)
+        attacks = threshold_attack_suite(out.probabilities, y, is_member)
+        excess = max(attacks.values()) - reference
+        table.append({"tau": float(tau), "perturbed": float(out.perturbed.mean()), "excess": float(excess)})
+        if excess <= config.slack:
+            chosen = float(tau)
+            break
+    met = chosen is not None
+    if chosen is None:
+        chosen = float(taus[0])
+    untouched_share = float((risk_all <= chosen).mean())
+    strict = float(np.quantile(risk_all, untouched_share * config.strict_share))
+    art = replace(art, tau=chosen, target_shift=max(0.0, logit(chosen) - logit(min(strict, chosen))))
+
+    out = Defense(art, config=fixed)(z)
+    moved = out.perturbed
+    needed = out.budget_use[moved] * UNBOUNDED_EPS
+    eps = max(config.min_eps, float(needed.max()) * config.eps_headroom) if moved.any() else config.min_eps
+    noise_norm = float(np.linalg.norm(out.delta[moved], axis=1).mean()) if moved.any() else 0.0
+    temperature = _temperature_matching(z, float(out.probabilities.max(1).mean()))
+    art = replace(art, eps=eps, noise_norm=noise_norm, temperature=temperature)
+
+    final = Defense(art, config=fixed)(z)
+    attacks = threshold_attack_suite(final.probabilities, y, is_member)
+    art.metrics = {
+        "rows": {"members": len(member_logits), "nonmembers": len(nonmember_logits)},
+        "risk_auc_train": fit.train_auc,
+        "risk_auc_holdout": fit.holdout_auc,
+        "risk_fit_epochs": fit.epochs,
+        "label_only_floor": floor,
+        "label_only_reference": reference,
+        "attacks_undefended": undefended,
+        "attacks_defended": attacks,
+        "slack": config.slack,
+        "slack_met": met,
+        "tau": chosen,
+        "lowest_reachable_risk": reachable,
+        "perturbed_share": float(final.perturbed.mean()),
+        "exhausted_share": float(final.exhausted[final.perturbed].mean()) if final.perturbed.any() else 0.0,
+        "steps_median": float(np.median(final.steps[final.perturbed])) if final.perturbed.any() else 0.0,
+        "mean_abs_delta": float(final.delta_abs[final.perturbed].mean()) if final.perturbed.any() else 0.0,
+        "candidates": table,
+    }
+    return art

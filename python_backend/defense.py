@@ -1,0 +1,244 @@
+"""The defense step: logits -> risk -> delta -> probabilities, for a whole batch at once.
+
+Variants (chosen per served model, so ablations run side by side):
+
+- ``veil``: rows with r(z) > tau get the smallest label-preserving delta with r(z + delta) < tau,
+  with per-dimension budgets from gradient importance and adaptive intensity; other rows are
+  returned exactly as the raw endpoint returns them.
+- ``fixed_intensity``: the same without adaptive intensity.
+- ``perturb_all``: no risk gate; every row is moved onto the risk level set r = tau (from above
+  or below).
+- ``random_noise``: high-risk rows get deterministic random noise of Veil's mean size instead.
+- ``temperature``: softmax(z / T) for every row, T matched to Veil's mean confidence.
+- ``memguard``: every row is moved onto r = 0.5 of the defender's own attack model
+  (MemGuard-style), label kept.
+- ``label_only``: the one-hot predicted label (the ideal label-preserving output).
+- ``none``: the raw softmax (the benchmark baseline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from veil.backend.artifact import DefenseArtifact
+from veil.backend.budgets import importance_budgets
+from veil.backend.pgd import PGDConfig, label_margin, label_preserving_pgd, project
+from veil.backend.probabilities import check_logits, softmax
+from veil.backend.risk import logit
+
+VARIANTS = (
+    "veil",
+    "fixed_intensity",
+    "perturb_all",
+    "random_noise",
+    "temperature",
+    "memguard",
+    "label_only",
+    "none",
+)
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    variant: str = "veil"
+    pgd: PGDConfig = field(default_factory=PGDConfig)
+    budget_floor: float = 0.25
+    label_weight: float = 0.5
+    grid: float = 0.01
+    """Perturbed outputs' logit gaps are snapped (towards lower confidence) to this grid, so rows
+    that PGD brought to the same level set give identical outputs. 0 disables."""
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown defense variant {self.variant!r}; choose from {VARIANTS}")
+
+
+@dataclass
+class DefenseResult:
+    probabilities: np.ndarray  # [B, C] float32
+    labels: np.ndarray  # [B] int64
+    perturbed: np.ndarray  # [B] bool
+    steps: np.ndarray  # [B] int, gradient steps (0 for untouched rows)
+    exhausted: np.ndarray  # [B] bool, PGD stopped without reaching the target
+    risk_before: np.ndarray  # [B]
+    risk_after: np.ndarray  # [B]
+    delta: np.ndarray  # [B, C] logit perturbation (0 for untouched rows)
+    budget_use: np.ndarray  # [B] max_i |delta_i| / eps_i (0 for untouched rows)
+
+    @property
+    def delta_abs(self) -> np.ndarray:
+        """[B] mean |delta_i| in logit units."""
+        return np.abs(self.delta).mean(1)
+
+    @property
+    def delta_max(self) -> np.ndarray:
+        return np.abs(self.delta).max(1) if self.delta.size else np.zeros(len(self.delta))
+
+
+def _row_seeds(z: np.ndarray) -> np.ndarray:
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little") for row in z],
+        dtype=np.uint64,
+    )
+
+
+class Defense:
+    """Holds the risk evaluator on a device and applies one variant to batches of logits."""
+
+    def __init__(
+        self,
+        artifact: DefenseArtifact,
+        *,
+        config: DefenseConfig = DefenseConfig(),
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.artifact = artifact
+        self.config = config
+        self.device = torch.device(device)
+        # float64: per-row results must not depend on which rows share the batch (BLAS blocking
+        # differs with batch size; in float32 that can flip a threshold decision).
+        self.risk = artifact.risk_evaluator(self.device).double()
+        for p in self.risk.parameters():
+            p.requires_grad_(False)
+        self.score_tau = logit(artifact.tau)
+        self.num_classes = artifact.num_classes
+
+    @property
+    def adaptive(self) -> bool:
+        return self.config.variant == "veil"
+
+    def _scores(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.risk.score(z)
+
+    def __call__(
+        self,
+        logits: np.ndarray,
+        *,
+        threat: np.ndarray | None = None,
+        eps_scale: float | None = None,
+    ) -> DefenseResult:
+        """Defend a [B, C] batch. ``threat`` [B] in [0, 1] is used by the adaptive variant only.
+
+        Raises ``ValueError`` for non-finite or misshapen logits (a per-request error upstream).
+        """
+        logits = np.ascontiguousarray(logits, dtype=np.float32)
+        check_logits(logits)
+        if logits.shape[1] != self.num_classes:
+            raise ValueError(f"expected {self.num_classes} logits per row, got {logits.shape[1]}")
+        b = logits.shape[0]
+        raw = softmax(logits)
+        variant = self.config.variant
+        zeros = np.zeros(b)
+        result = DefenseResult(
+            probabilities=raw,
+            labels=raw.argmax(1).astype(np.int64),
+            perturbed=np.zeros(b, dtype=bool),
+            steps=np.zeros(b, dtype=np.int64),
+            exhausted=np.zeros(b, dtype=bool),
+            risk_before=zeros,
+            risk_after=zeros,
+            delta=np.zeros_like(logits),
+            budget_use=zeros.copy(),
+        )
+        if b == 0 or variant == "none":
+            return result
+        if variant == "label_only":
+            result.probabilities = np.eye(self.num_classes, dtype=np.float32)[result.labels]
+            result.perturbed[:] = True
+            return result
+        if variant == "temperature":
+            result.probabilities = softmax(logits / np.float32(self.artifact.temperature))
+            result.perturbed[:] = True
+            return result
+
+        z = torch.from_numpy(logits).to(self.device, torch.float64)
+        s = self._scores(z)
+        risk_before = torch.sigmoid(s).cpu().numpy().astype(np.float64)
+        result.risk_before, result.risk_after = risk_before, risk_before.copy()
+
+        target = torch.full((b,), self.score_tau, dtype=torch.float64, device=self.device)
+        mult = torch.ones(b, dtype=torch.float64, device=self.device)
+        if self.adaptive and threat is not None:
+            t = torch.as_tensor(np.clip(threat, 0.0, 1.0), dtype=torch.float64, device=self.device)
+            target = target - self.artifact.target_shift * t
+            mult = 1.0 + t  # intensity 1 at threat 0, 2 at threat 1
+        if variant == "memguard":
+            target = torch.zeros(b, dtype=torch.float64, device=self.device)
+
+        if variant in ("perturb_all", "memguard"):
+            rows = torch.arange(b, device=self.device)
+            mode = "onto"
+        else:
+            rows = torch.nonzero(s > target).squeeze(1)
+            mode = "below"
+        if rows.numel() == 0:
+            return result
+
+        zr = z[rows]
+        eps_base = self.artifact.eps if eps_scale is None else eps_scale
+        with torch.enable_grad():
+            x = zr.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.risk.score(x).sum(), x)
+        eps = importance_budgets(
+            g,
+            zr,
+            scale=eps_base * mult[rows],
+            floor=self.config.budget_floor,
+            label_weight=self.config.label_weight,
+        )
+        if variant == "random_noise":
+            seeds = _row_seeds(logits[rows.cpu().numpy()])
+            noise = np.stack([np.random.default_rng(int(sd)).standard_normal(self.num_classes) for sd in seeds])
+            n = torch.as_tensor(noise, dtype=torch.float64, device=self.device)
+            n = n - n.mean(1, keepdim=True)  # softmax ignores the common shift
+            n = n / n.norm(dim=1, keepdim=True).clamp_min(1e-12) * self.artifact.noise_norm
+            label = zr.argmax(1)
+            delta = project(zr, n, label=label, eps=eps, margin=label_margin(zr, label, self.config.pgd.label_margin))
+            steps = torch.zeros(len(rows), dtype=torch.long, device=self.device)
+            converged = torch.ones(len(rows), dtype=torch.bool, device=self.device)
+        else:
+            res = label_preserving_pgd(
+                zr, score_fn=self.risk.score, target=target[rows], eps=eps, config=self.config.pgd, mode=mode
+            )
+            delta, steps, converged = res.delta, res.steps, res.converged
+            if self.config.grid > 0:
+                delta = self._snap(zr, delta, target[rows], converged, mode)
+
+        x = (zr + delta).cpu().numpy().astype(np.float32)  # what is served
+        served = torch.from_numpy(x).to(zr)
+        idx = rows.cpu().numpy()
+        probs = result.probabilities.copy()
+        probs[idx] = softmax(x)
+        result.probabilities = probs
+        result.perturbed[idx] = True
+        result.steps[idx] = steps.cpu().numpy()
+        result.exhausted[idx] = ~converged.cpu().numpy()
+        result.delta[idx] = (served - zr).cpu().numpy()
+        result.budget_use[idx] = (delta.abs() / eps.clamp_min(1e-12)).amax(1).cpu().numpy()
+        result.risk_after[idx] = torch.sigmoid(self._scores(served)).cpu().numpy()
+        result.labels = probs.argmax(1).astype(np.int64)
+        return result
+
+    def _snap(
+        self, z: torch.Tensor, delta: torch.Tensor, target: torch.Tensor, converged: torch.Tensor, mode: str
+    ) -> torch.Tensor:
+        """Snap gaps to the label's logit up to the grid (less confident); keep where still valid."""
+        grid = self.config.grid
+        x = z + delta
+        label = z.argmax(1)
+        top = x.gather(1, label[:, None])
+        gaps = torch.ceil((x - top) / grid) * grid
+        margin = label_margin(z, label, self.config.pgd.label_margin)
+        others = torch.ones_like(x, dtype=torch.bool).scatter_(1, label[:, None], False)
+        gaps = torch.where(others, torch.minimum(gaps, -margin[:, None]), torch.zeros_like(gaps))
+        snapped = top + gaps - z
+        if mode != "below":
+            return snapped
+        ok = self._scores(z + snapped) < target
+        keep = converged & ok | ~converged
+        return torch.where(keep[:, None], snapped, delta)

@@ -1,0 +1,87 @@
+"""text -> tokens: validation, truncation and shape-bucketed padding for the classifier.
+
+Texts longer than the model's maximum length are truncated to ``max_length`` tokens (documented
+behaviour, not an error); texts over ``max_text_bytes`` bytes, empty or whitespace-only texts and
+invalid UTF-8 are the caller's errors. Each request is padded to a power-of-two length bucket, so
+Triton's dynamic batcher can merge requests of similar length into one classifier batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from veil.backend.fingerprint import text_signature
+
+
+class InputError(ValueError):
+    """The caller sent something unusable; maps to HTTP 400 / gRPC INVALID_ARGUMENT."""
+
+
+def decode_texts(raw: Sequence[object], *, max_text_bytes: int) -> list[str]:
+    """Bytes (or str) from a TYPE_STRING tensor -> validated Python strings."""
+    texts = []
+    for i, item in enumerate(raw):
+        if isinstance(item, bytes | bytearray | np.bytes_):
+            if len(item) > max_text_bytes:
+                raise InputError(f"text at row {i} is {len(item)} bytes; the limit is {max_text_bytes}")
+            try:
+                text = bytes(item).decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(f"text at row {i} is not valid UTF-8 ({err.reason} at byte {err.start})") from err
+        elif isinstance(item, str):
+            text = item
+            if len(text.encode("utf-8", "surrogatepass")) > max_text_bytes:
+                raise InputError(f"text at row {i} is over {max_text_bytes} bytes")
+        else:
+            raise InputError(f"text at row {i} has type {type(item).__name__}; send UTF-8 strings")
+        if not text.strip():
+            raise InputError(f"text at row {i} is empty or whitespace only")
+        texts.append(text)
+    return texts
+
+
+def bucket_length(n: int, *, max_length: int, minimum: int = 8) -> int:
+    """Smallest power of two >= n (at least ``minimum``), capped at ``max_length``."""
+    length = minimum
+    while length < n:
+        length *= 2
+    return min(length, max_length)
+
+
+class TextEncoder:
+    """A Hugging Face fast tokenizer loaded from a local folder, producing the model's inputs
+    plus ``fingerprint`` (a MinHash signature of each text's tokens, for adaptive intensity)."""
+
+    def __init__(self, tokenizer_dir: str | Path, *, input_names: Sequence[str], max_length: int) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+        self.input_names = list(input_names)
+        self.max_length = int(max_length)
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        enc = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            padding=False,
+            return_token_type_ids="token_type_ids" in self.input_names,
+            return_attention_mask=True,
+        )
+        longest = max(len(ids) for ids in enc["input_ids"])
+        length = bucket_length(longest, max_length=self.max_length)
+        pad_id = self.tokenizer.pad_token_id or 0
+        out = {}
+        for name in self.input_names:
+            fill = pad_id if name == "input_ids" else 0
+            arr = np.full((len(texts), length), fill, dtype=np.int64)
+            for r, seq in enumerate(enc[name]):
+                arr[r, : len(seq)] = seq
+            out[name] = arr
+        out["fingerprint"] = text_signature(
+            out["input_ids"], out["attention_mask"], special_ids=self.tokenizer.all_special_ids
+        )
+        return out

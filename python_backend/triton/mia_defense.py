@@ -1,0 +1,159 @@
+"""Triton model ``mia_defense``: logits in, defended probabilities and label out.
+
+Fails closed: a missing, corrupt or foreign artifact raises in ``initialize`` (the model never
+becomes ready), and any failure of the defense at run time is an error response for the
+affected requests, never the raw softmax.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from veil.backend.adaptive import AdaptiveConfig, ThreatTracker, normalise_client_id
+from veil.backend.artifact import DefenseArtifact
+from veil.backend.defense import Defense, DefenseConfig
+from veil.backend.fingerprint import SIGNATURE_SIZE
+from veil.backend.probabilities import check_logits
+from veil.backend.triton.common import (
+    CLIENT_ID_KEY,
+    device_of,
+    input_array,
+    internal,
+    invalid,
+    optional_input,
+    parameters,
+    request_parameters,
+    version_dir,
+)
+
+
+class Telemetry:
+    """Triton custom metrics (counters; means are sum / count on the Prometheus side, and
+    running means are exported as gauges for a quick look)."""
+
+    COUNTERS: ClassVar[dict[str, str]] = {
+        "veil_outputs_total": "Output rows seen by the defense",
+        "veil_outputs_perturbed_total": "Output rows the defense perturbed",
+        "veil_pgd_steps_total": "PGD gradient steps taken",
+        "veil_budget_exhausted_total": "Rows where PGD ran out of steps or budget",
+        "veil_risk_before_sum": "Sum of risk scores before the defense",
+        "veil_risk_after_sum": "Sum of risk scores after the defense",
+        "veil_delta_abs_sum": "Sum over perturbed rows of mean |delta| (logit units)",
+        "veil_request_errors_total": "Requests answered with an error",
+    }
+    GAUGES: ClassVar[dict[str, str]] = {
+        "veil_risk_before_mean": "Mean risk before the defense (since start)",
+        "veil_risk_after_mean": "Mean risk after the defense (since start)",
+        "veil_delta_abs_mean": "Mean |delta| over perturbed rows (since start)",
+        "veil_tracked_clients": "Clients in the adaptive-intensity table",
+        "veil_tracked_clients_bytes": "Approximate bytes held by the adaptive-intensity table",
+    }
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        self.metric = {}
+        self.families = []
+        for kind, table in (
+            (pb_utils.MetricFamily.COUNTER, self.COUNTERS),
+            (pb_utils.MetricFamily.GAUGE, self.GAUGES),
+        ):
+            for name, desc in table.items():
+                family = pb_utils.MetricFamily(name=name, description=desc, kind=kind)
+                self.families.append(family)
+                self.metric[name] = family.Metric(labels=labels)
+        self.totals = {"n": 0, "risk_before": 0.0, "risk_after": 0.0, "perturbed": 0, "delta": 0.0}
+
+    def record(self, out, tracked: int, tracked_bytes: int) -> None:
+        n, k = len(out.perturbed), int(out.perturbed.sum())
+        rb, ra = float(out.risk_before.sum()), float(out.risk_after.sum())
+        dsum = float(out.delta_abs[out.perturbed].sum())
+        m = self.metric
+        m["veil_outputs_total"].increment(n)
+        m["veil_outputs_perturbed_total"].increment(k)
+        m["veil_pgd_steps_total"].increment(int(out.steps.sum()))
+        m["veil_budget_exhausted_total"].increment(int(out.exhausted.sum()))
+        m["veil_risk_before_sum"].increment(rb)
+        m["veil_risk_after_sum"].increment(ra)
+        m["veil_delta_abs_sum"].increment(dsum)
+        t = self.totals
+        t["n"] += n
+        t["perturbed"] += k
+        t["risk_before"] += rb
+        t["risk_after"] += ra
+        t["delta"] += dsum
+        m["veil_risk_before_mean"].set(t["risk_before"] / max(t["n"], 1))
+        m["veil_risk_after_mean"].set(t["risk_after"] / max(t["n"], 1))
+        m["veil_delta_abs_mean"].set(t["delta"] / max(t["perturbed"], 1))
+        m["veil_tracked_clients"].set(tracked)
+        m["veil_tracked_clients_bytes"].set(tracked_bytes)
+
+    def error(self, count: int = 1) -> None:
+        self.metric["veil_request_errors_total"].increment(count)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        params = parameters(args)
+        artifact = DefenseArtifact.load(
+            version_dir(args) / "defense", expected_classifier_sha256=params["classifier_sha256"]
+        )
+        device = device_of(args)
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RuntimeError("mia_defense instance is KIND_GPU but torch sees no CUDA device")
+        else:
+            import torch
+
+            torch.set_num_threads(int(params.get("torch_threads", "1")))
+        self.defense = Defense(artifact, config=DefenseConfig(variant=params["variant"]), device=device)
+        self.tracker = ThreatTracker(AdaptiveConfig(max_clients=int(params.get("max_clients", "10000"))))
+        self.telemetry = Telemetry({"model": args["model_name"], "variant": params["variant"]})
+
+    def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        batch: list[tuple[int, np.ndarray, float]] = []
+        adaptive = self.defense.adaptive
+        max_bytes = self.tracker.config.max_client_id_bytes
+        for i, request in enumerate(requests):
+            try:
+                logits = np.asarray(input_array(request, "logits"), dtype=np.float32)
+                check_logits(logits)
+                if logits.shape[1] != self.defense.num_classes:
+                    raise ValueError(f"expected {self.defense.num_classes} logits per row, got {logits.shape[1]}")
+                client = normalise_client_id(request_parameters(request).get(CLIENT_ID_KEY), max_bytes=max_bytes)
+                signature = optional_input(request, "fingerprint")
+                if signature is not None and signature.shape != (len(logits), SIGNATURE_SIZE):
+                    raise ValueError(
+                        f"fingerprint must have shape [{len(logits)}, {SIGNATURE_SIZE}], got {list(signature.shape)}"
+                    )
+            except ValueError as err:
+                responses[i] = invalid(str(err))
+                self.telemetry.error()
+                continue
+            threat = self.tracker.observe(client, logits, signature) if adaptive else 0.0
+            batch.append((i, logits, threat))
+        if batch:
+            z = np.concatenate([b[1] for b in batch])
+            threat = np.concatenate([np.full(len(b[1]), b[2]) for b in batch])
+            try:
+                out = self.defense(z, threat=threat)
+            except Exception as err:
+                for i, _, _ in batch:
+                    responses[i] = internal(f"defense failed; no output returned: {err}")
+                self.telemetry.error(len(batch))
+                return responses
+            start = 0
+            for i, logits, _ in batch:
+                n = len(logits)
+                probs = out.probabilities[start : start + n]
+                label = out.labels[start : start + n, None]
+                responses[i] = pb_utils.InferenceResponse(
+                    [pb_utils.Tensor("probabilities", probs), pb_utils.Tensor("label", label)]
+                )
+                start += n
+            self.telemetry.record(out, len(self.tracker), self.tracker.memory_bytes())
+        return responses

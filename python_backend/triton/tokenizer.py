@@ -1,0 +1,40 @@
+"""Triton model ``tokenizer``: TYPE_STRING text -> the classifier's integer input tensors."""
+
+from __future__ import annotations
+
+import triton_python_backend_utils as pb_utils
+
+from veil.backend.tokens import InputError, TextEncoder, decode_texts
+from veil.backend.triton.common import input_array, internal, invalid, parameters, version_dir
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        params = parameters(args)
+        self.encoder = TextEncoder(
+            version_dir(args) / "tokenizer",
+            input_names=params["input_names"].split(","),
+            max_length=int(params["max_length"]),
+        )
+        self.max_text_bytes = int(params["max_text_bytes"])
+
+    def execute(self, requests: list) -> list:
+        responses = []
+        for request in requests:
+            try:
+                raw = input_array(request, "text")
+                if raw.ndim != 2 or raw.shape[1] != 1:
+                    raise InputError(f"text must have shape [batch, 1], got {list(raw.shape)}")
+                texts = decode_texts(raw[:, 0], max_text_bytes=self.max_text_bytes)
+                if not texts:
+                    raise InputError("empty batch: send at least one text")
+            except (InputError, ValueError) as err:
+                responses.append(invalid(str(err)))
+                continue
+            try:
+                tensors = self.encoder(texts)
+            except Exception as err:
+                responses.append(internal(f"tokenizer failed: {err}"))
+                continue
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in tensors.items()]))
+        return responses

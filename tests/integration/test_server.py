@@ -1,0 +1,193 @@
+"""The real tritonserver serving the tiny build, over HTTP and gRPC."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from veil.backend.artifact import DefenseArtifact
+from veil.backend.defense import Defense
+from veil.backend.probabilities import softmax
+from veil.client.triton import InferenceServerException, VeilClient
+from veil.export.build import load_splits
+from veil.export.data import dedupe, load_file
+from veil.repository.spec import DEFENDED, RAW
+
+from ..conftest import TINY_VARIANTS
+
+pytestmark = pytest.mark.integration
+PROTOCOLS = ["http", "grpc"]
+NEUTRAL = ["the film", "it was a movie", "the cast and the plot", "a scene of the story", "this is it"]
+_ids = itertools.count()
+
+
+def fresh_id(tag: str) -> str:
+    return f"{tag}-{next(_ids)}"
+
+
+@pytest.fixture(scope="module")
+def eval_texts(tiny_build) -> tuple[list[str], np.ndarray]:
+    info = json.loads((tiny_build / "build.json").read_text())
+    ds = dedupe(load_file(info["config"]["dataset"]))
+    splits = load_splits(tiny_build)
+    texts = splits.take(ds, "member_eval").texts[:60] + splits.take(ds, "nonmember_eval").texts[:60]
+    labels = np.r_[splits.take(ds, "member_eval").labels[:60], splits.take(ds, "nonmember_eval").labels[:60]]
+    return texts, labels
+
+
+def client_for(server, protocol: str) -> VeilClient:
+    return VeilClient(server.http_url if protocol == "http" else server.grpc_url, protocol=protocol)
+
+
+def status_of(err: InferenceServerException) -> str:
+    return str(err.status())
+
+
+def is_invalid_argument(err: InferenceServerException, protocol: str) -> bool:
+    return status_of(err) == ("400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_defended_labels_equal_raw_and_outputs_are_probabilities(server, eval_texts, protocol):
+    texts, _ = eval_texts
+    with client_for(server, protocol) as c:
+        raw_p, raw_l = c.classify(texts, model=RAW)
+        def_p, def_l = c.classify(texts, model=DEFENDED, client_id=fresh_id("labels"))
+    assert (def_l == raw_l).all()
+    assert (def_p.argmax(1) == raw_l).all()
+    for p in (raw_p, def_p):
+        assert p.dtype == np.float32 and np.isfinite(p).all()
+        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    assert (def_p != raw_p).any(axis=1).mean() > 0.5  # the tiny model is overfit: most rows are risky
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_high_risk_is_perturbed_and_low_risk_is_untouched(server, tiny_build, eval_texts, protocol):
+    """Through the defense step itself (benchmark mode exposes it): a sharp output is perturbed,
+    a near-tie (the least risky output there is) comes back bit-identical to the raw softmax."""
+    art = DefenseArtifact.load(tiny_build / "defense")
+    logits = np.array([[8.0, -8.0], [-6.0, 7.0], [0.01, 0.0], [0.0, 0.02]], np.float32)
+    risk = Defense(art)(logits).risk_before
+    assert (risk[:2] > art.tau).all() and (risk[2:] < art.tau).all()
+    mod = httpclient if protocol == "http" else grpcclient
+    client = mod.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
+    inp = mod.InferInput("logits", list(logits.shape), "FP32")
+    inp.set_data_from_numpy(logits)
+    res = client.infer("mia_defense", [inp], parameters={"veil-client-id": fresh_id("direct")})
+    client.close()
+    defended, raw = res.as_numpy("probabilities"), softmax(logits)
+    assert (defended[2:] == raw[2:]).all()
+    assert (defended[:2].max(1) < raw[:2].max(1) - 0.01).all()
+    assert (defended.argmax(1) == raw.argmax(1)).all()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_untouched_rows_are_bit_identical_to_the_raw_ensemble(server, tiny_build, eval_texts, protocol):
+    texts = eval_texts[0][:40] + NEUTRAL
+    art = DefenseArtifact.load(tiny_build / "defense")
+    with client_for(server, protocol) as c:
+        raw, _ = c.classify(texts, model=RAW)
+        defended, _ = c.classify(texts, model="veil_fixed_intensity")
+    untouched = (defended == raw).all(1)
+    # Logits up to a shift, recovered from the raw probabilities, give the risk the server saw.
+    risk = Defense(art)(np.log(raw)).risk_before
+    assert (risk[untouched] <= art.tau + 1e-4).all()  # nothing risky passes untouched
+    assert (risk[~untouched] > art.tau - 1e-4).all()  # nothing safe is touched
+    assert (defended[~untouched].max(1) < raw[~untouched].max(1)).all()  # never sharper
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_every_variant_keeps_the_label(server, eval_texts, protocol):
+    texts = eval_texts[0][:30]
+    with client_for(server, protocol) as c:
+        _, raw_l = c.classify(texts, model=RAW)
+        for variant in TINY_VARIANTS:
+            model = DEFENDED if variant == "veil" else f"veil_{variant}"
+            p, labels = c.classify(texts, model=model)
+            assert (labels == raw_l).all(), variant
+            assert np.isfinite(p).all()
+
+
+def _bad_requests(protocol: str):
+    mod = httpclient if protocol == "http" else grpcclient
+
+    def text_input(array, dtype="BYTES"):
+        inp = mod.InferInput("text", list(array.shape), dtype)
+        inp.set_data_from_numpy(array)
+        return [inp]
+
+    return {
+        "empty batch": (text_input(np.zeros((0, 1), dtype=object)), ""),
+        "wrong dtype": (text_input(np.ones((1, 1), np.int32), "INT32"), "data-type"),
+        "non-UTF-8": (text_input(np.array([[b"\xff\xfebad"]], dtype=object)), "not valid UTF-8"),
+        "empty text": (text_input(np.array([[b""]], dtype=object)), "empty or whitespace"),
+        "wrong shape": (text_input(np.array([[b"a", b"b"]], dtype=object)), "shape"),
+    }
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_bad_input_gets_a_clear_error_and_serving_goes_on(server, protocol):
+    probe = ["a good film", "an awful plot"]
+    with client_for(server, protocol) as c:
+        before = c.classify(probe, model="veil_fixed_intensity")
+        for case, (inputs, message) in _bad_requests(protocol).items():
+            with pytest.raises(InferenceServerException) as err:
+                c.client.infer(DEFENDED, inputs)
+            assert is_invalid_argument(err.value, protocol), (case, status_of(err.value), err.value.message())
+            assert message.lower() in err.value.message().lower(), (case, err.value.message())
+            after = c.classify(probe, model="veil_fixed_intensity")
+            assert (after[0] == before[0]).all() and (after[1] == before[1]).all(), case
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_very_long_text_is_truncated_not_fatal(server, protocol):
+    long_text = ("a good film with a warm cast " * 4000)[:100_000]
+    with client_for(server, protocol) as c:
+        p, _labels = c.classify([long_text, "short"], model=DEFENDED)
+    assert p.shape == (2, 2) and np.isfinite(p).all()
+
+
+def test_http_and_grpc_agree(server, eval_texts):
+    texts = eval_texts[0][:20]
+    with client_for(server, "http") as h, client_for(server, "grpc") as g:
+        for model in (RAW, "veil_fixed_intensity"):
+            assert (h.classify(texts, model=model)[0] == g.classify(texts, model=model)[0]).all()
+
+
+def _metric(server, name: str, model: str = "mia_defense") -> float:
+    for line in requests.get(server.metrics_url, timeout=5).text.splitlines():
+        if line.startswith(name + "{") and f'model="{model}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"metric {name} for {model} not exported")
+
+
+def test_client_id_from_parameter_and_forwarded_header(server):
+    before = _metric(server, "veil_tracked_clients")
+    inputs = lambda mod: [mod.InferInput("text", [1, 1], "BYTES")]  # noqa: E731
+    h = httpclient.InferenceServerClient(server.http_url)
+    inp = inputs(httpclient)
+    inp[0].set_data_from_numpy(np.array([[b"fine film"]], dtype=object))
+    h.infer(DEFENDED, inp, headers={"veil-client-id": fresh_id("header-http")})
+    h.infer(DEFENDED, inp, parameters={"veil-client-id": fresh_id("param-http")})
+    h.close()
+    g = grpcclient.InferenceServerClient(server.grpc_url)
+    inp = inputs(grpcclient)
+    inp[0].set_data_from_numpy(np.array([[b"fine film"]], dtype=object))
+    g.infer(DEFENDED, inp, headers={"veil-client-id": fresh_id("header-grpc")})
+    g.close()
+    assert _metric(server, "veil_tracked_clients") == before + 3
+
+
+def test_telemetry_is_exported(server, eval_texts):
+    with client_for(server, "http") as c:
+        c.classify(eval_texts[0][:10], model=DEFENDED)
+    assert _metric(server, "veil_outputs_total") >= 10
+    assert _metric(server, "veil_outputs_perturbed_total") >= 1
+    assert _metric(server, "veil_pgd_steps_total") >= 1
+    assert 0.0 <= _metric(server, "veil_risk_after_mean") <= _metric(server, "veil_risk_before_mean") <= 1.0

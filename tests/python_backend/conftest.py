@@ -1,0 +1,40 @@
+"""Artifacts for unit tests: a risk evaluator fitted on synthetic logits where members are sharper."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import lru_cache
+
+import numpy as np
+
+from veil.backend.artifact import DefenseArtifact
+from veil.backend.defense import Defense
+from veil.backend.risk import fit_risk_evaluator
+
+
+def synthetic_logits(n: int, num_classes: int, *, sharp: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 1.0, (n, num_classes)).astype(np.float32)
+    z[np.arange(n), rng.integers(0, num_classes, n)] += rng.gamma(2.0, sharp / 2.0, n).astype(np.float32)
+    return z
+
+
+@lru_cache(maxsize=32)
+def make_artifact(num_classes: int, *, tau_quantile: float = 0.5, eps: float = 50.0) -> DefenseArtifact:
+    members = synthetic_logits(300, num_classes, sharp=6.0, seed=num_classes)
+    nonmembers = synthetic_logits(300, num_classes, sharp=3.0, seed=100 + num_classes)
+    risk, _ = fit_risk_evaluator(members, nonmembers, epochs=150, seed=0)
+    art = DefenseArtifact(
+        num_classes=num_classes,
+        classifier_sha256="0" * 64,
+        tau=0.5,
+        eps=eps,
+        target_shift=1.0,
+        temperature=2.0,
+        noise_norm=1.0,
+        hidden=16,
+        label_names=[str(i) for i in range(num_classes)],
+        risk_state={k: v.detach().clone() for k, v in risk.state_dict().items()},
+    )
+    scores = Defense(art)(np.concatenate([members, nonmembers])).risk_before
+    return replace(art, tau=float(np.quantile(scores, tau_quantile)))

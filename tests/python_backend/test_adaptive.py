@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from veil.backend.adaptive import ANONYMOUS, AdaptiveConfig, ThreatTracker, normalise_client_id
+from veil.backend.tokens import TextEncoder
+from veil.export.train import packaged_minilm
+
+
+@pytest.fixture(scope="module")
+def encoder_signatures():
+    enc = TextEncoder(packaged_minilm(), input_names=["input_ids", "attention_mask"], max_length=64)
+    return lambda texts: enc(texts)["fingerprint"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def rows(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 3, (n, 2)).astype(np.float32)
+
+
+def test_calm_client_has_no_threat():
+    clock = Clock()
+    tr = ThreatTracker(clock=clock)
+    for i in range(50):
+        clock.t += 1.0
+        assert tr.observe("alice", rows(1, i)) == 0.0
+
+
+def test_burst_raises_threat_and_it_decays():
+    clock = Clock()
+    tr = ThreatTracker(clock=clock)
+    threat = 0.0
+    for i in range(400):
+        clock.t += 0.005  # 200 rows/s for 2 s
+        threat = tr.observe("mallory", rows(1, i))
+    assert threat > 0.5
+    clock.t += 120
+    assert tr.observe("mallory", rows(1, 999)) < 0.05
+
+
+def test_repeated_queries_raise_threat():
+    clock = Clock()
+    tr = ThreatTracker(clock=clock)
+    probe = rows(1, 0)
+    threat = 0.0
+    for i in range(100):
+        clock.t += 0.5  # slow: rate alone stays below the threshold
+        threat = tr.observe("prober", probe + np.float32(1e-3 * (i % 3)))  # near-duplicates
+    assert threat > 0.5
+    other = ThreatTracker(clock=clock)
+    honest = []
+    for i in range(100):
+        clock.t += 0.5
+        honest.append(other.observe("honest", rows(1, i)))
+    assert max(honest) == 0.0
+
+
+def test_anonymous_callers_share_one_bucket():
+    clock = Clock()
+    tr = ThreatTracker(clock=clock)
+    for i in range(100):
+        clock.t += 0.01
+        tr.observe(ANONYMOUS, rows(1, i))
+    assert len(tr) == 1
+
+
+def test_table_is_bounded_and_lru():
+    clock = Clock()
+    tr = ThreatTracker(AdaptiveConfig(max_clients=100), clock=clock)
+    for i in range(10_000):
+        clock.t += 0.001
+        tr.observe(f"id-{i}", rows(1, 0))
+    assert len(tr) == 100
+    assert "id-9999" in tr.clients and "id-0" not in tr.clients
+    assert tr.evicted == 9_900
+    assert tr.measure_bytes() < 100 * 2_000
+
+
+def test_rotating_ids_start_suspicious():
+    """Many new ids in a short time: each new id starts with the churn threat (never below 0)."""
+    clock = Clock()
+    tr = ThreatTracker(clock=clock)
+    threats = []
+    for i in range(500):
+        clock.t += 0.005
+        threats.append(tr.observe(f"sybil-{i}", rows(1, i)))
+    assert min(threats) >= 0.0
+    assert threats[-1] > 0.5
+
+
+def test_ttl_expires_entries():
+    clock = Clock()
+    tr = ThreatTracker(AdaptiveConfig(ttl_s=10), clock=clock)
+    for i in range(300):
+        clock.t += 0.002
+        tr.observe("x", rows(1, i))
+    clock.t += 11
+    assert tr.observe("x", rows(1, 1)) < 0.1
+
+
+def test_state_dict_round_trip():
+    clock = Clock()
+    tr = ThreatTracker(clock=clock)
+    for i in range(50):
+        clock.t += 0.01
+        tr.observe(f"c{i % 5}", rows(2, i))
+    clone = ThreatTracker(clock=clock)
+    clone.load_state_dict(tr.state_dict())
+    clock.t += 0.01
+    assert tr.observe("c1", rows(1, 7)) == clone.observe("c1", rows(1, 7))
+
+
+def test_signatures_flag_edited_repeats(encoder_signatures):
+    base = "the film is a warm and funny story about a family"
+    probes = [base, base + " indeed", base.replace("warm", "kind"), "a completely different dull plot"]
+    clock = Clock()
+    tr = ThreatTracker(clock=clock)
+    threat = 0.0
+    for i in range(60):
+        clock.t += 1.0
+        threat = tr.observe("editor", rows(1, i), encoder_signatures([probes[i % 3]]))
+    assert threat > 0.5
+    calm = ThreatTracker(clock=clock)
+    words = [w for w in packaged_minilm().joinpath("vocab.txt").read_text().split() if w.isalpha() and len(w) > 3]
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words[:3000], 8)) for _ in range(60)]  # distinct 8-word sentences
+    threats = []
+    for k, t in enumerate(texts):
+        clock.t += 1.0
+        threats.append(calm.observe("reader", rows(1, k), encoder_signatures([t])))
+    assert max(threats) < 0.5
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (5, "must be a string"),
+        ("x" * 10_000, "longer than"),
+        ("a\x00b", "control characters"),
+    ],
+)
+def test_bad_client_ids(raw, message):
+    with pytest.raises(ValueError, match=message):
+        normalise_client_id(raw, max_bytes=256)
+
+
+def test_missing_client_id_is_anonymous():
+    assert normalise_client_id(None, max_bytes=256) == ANONYMOUS

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from veil.backend.defense import VARIANTS, Defense, DefenseConfig
+from veil.backend.probabilities import softmax
+
+from .conftest import make_artifact
+
+batches = st.tuples(
+    st.integers(1, 40),  # rows
+    st.integers(2, 20),  # classes
+    st.floats(0.1, 30.0),  # logit scale
+    st.integers(0, 2**32 - 1),  # seed
+)
+
+
+def draw_logits(rows: int, classes: int, scale: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1, (rows, classes)) * scale
+    z[np.arange(rows), rng.integers(0, classes, rows)] += rng.exponential(scale, rows)
+    return z.astype(np.float32)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches, st.floats(0.0, 1.0))
+def test_veil_invariants(batch, threat):
+    rows, classes, scale, seed = batch
+    z = draw_logits(rows, classes, scale, seed)
+    art = make_artifact(classes)
+    defense = Defense(art)
+    out = defense(z, threat=np.full(rows, threat))
+    raw = softmax(z)
+    assert out.probabilities.shape == (rows, classes) and out.probabilities.dtype == np.float32
+    assert out.labels.shape == (rows,) and out.labels.dtype == np.int64
+    assert np.isfinite(out.probabilities).all()
+    np.testing.assert_allclose(out.probabilities.sum(1), 1.0, atol=1e-5)
+    # The label is kept for every row.
+    assert (out.labels == raw.argmax(1)).all()
+    assert (out.probabilities.argmax(1) == z.argmax(1)).all()
+    # Low-risk rows are returned bit-identical to the raw softmax.
+    target = defense.score_tau - art.target_shift * threat
+    untouched = ~out.perturbed
+    assert (out.probabilities[untouched] == raw[untouched]).all()
+    assert (np.log(out.risk_before[untouched] / (1 - out.risk_before[untouched])) <= target + 1e-4).all()
+    # Perturbed rows that converged are below the (client's) risk target.
+    done = out.perturbed & ~out.exhausted
+    assert (out.risk_after[done] <= art.tau + 1e-6).all()
+    # Budgets hold (the label constraint may exceed them only for near-ties, never seen here).
+    assert (out.budget_use[done] <= 1.0 + 1e-3 + 0.02 / art.eps).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(batches, st.sampled_from(VARIANTS))
+def test_every_variant_keeps_label_and_is_deterministic(batch, variant):
+    rows, classes, scale, seed = batch
+    z = draw_logits(rows, classes, scale, seed)
+    defense = Defense(make_artifact(classes), config=DefenseConfig(variant=variant))
+    a = defense(z, threat=np.zeros(rows))
+    b = defense(z.copy(), threat=np.zeros(rows))
+    assert (a.probabilities == b.probabilities).all()
+    assert (a.labels == z.argmax(1)).all()
+    assert np.isfinite(a.probabilities).all()
+    np.testing.assert_allclose(a.probabilities.sum(1), 1.0, atol=1e-5)
+
+
+def test_high_risk_row_is_perturbed_and_low_risk_row_is_not():
+    art = make_artifact(2)
+    out = Defense(art)(np.array([[9.0, -3.0], [0.05, 0.0]], np.float32), threat=np.zeros(2))
+    assert out.perturbed.tolist() == [True, False]
+    assert out.probabilities[0].max() < softmax(np.array([[9.0, -3.0]], np.float32))[0].max()
+    assert out.risk_after[0] < art.tau < out.risk_before[0]
+
+
+def test_result_does_not_depend_on_batch_neighbours():
+    art = make_artifact(4)
+    z = draw_logits(32, 4, 5.0, 7)
+    whole = Defense(art)(z, threat=np.zeros(32)).probabilities
+    single = np.concatenate([Defense(art)(z[i : i + 1], threat=np.zeros(1)).probabilities for i in range(32)])
+    np.testing.assert_allclose(whole, single, atol=2e-6)
+
+
+def test_higher_threat_perturbs_more():
+    art = make_artifact(2)
+    z = draw_logits(200, 2, 4.0, 3)
+    calm = Defense(art)(z, threat=np.zeros(200))
+    hot = Defense(art)(z, threat=np.ones(200))
+    assert hot.perturbed.sum() >= calm.perturbed.sum()
+    assert hot.probabilities.max(1).mean() < calm.probabilities.max(1).mean()
+
+
+def test_fixed_intensity_ignores_threat():
+    art = make_artifact(2)
+    z = draw_logits(50, 2, 4.0, 5)
+    d = Defense(art, config=DefenseConfig(variant="fixed_intensity"))
+    assert (d(z, threat=np.zeros(50)).probabilities == d(z, threat=np.ones(50)).probabilities).all()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_logits_are_rejected(bad):
+    z = np.array([[1.0, 2.0], [bad, 0.0]], np.float32)
+    with pytest.raises(ValueError, match=r"non-finite logits .* row\(s\) \[1\]"):
+        Defense(make_artifact(2))(z)
+
+
+def test_wrong_class_count_is_rejected():
+    with pytest.raises(ValueError, match="expected 2 logits per row, got 3"):
+        Defense(make_artifact(2))(np.zeros((1, 3), np.float32))
+
+
+def test_empty_batch():
+    out = Defense(make_artifact(2))(np.zeros((0, 2), np.float32))
+    assert out.probabilities.shape == (0, 2)
+
+
+def test_label_only_and_none():
+    z = draw_logits(10, 3, 3.0, 1)
+    art = make_artifact(3)
+    onehot = Defense(art, config=DefenseConfig(variant="label_only"))(z).probabilities
+    assert (onehot == np.eye(3, dtype=np.float32)[z.argmax(1)]).all()
+    none = Defense(art, config=DefenseConfig(variant="none"))(z).probabilities
+    assert (none == softmax(z)).all()
+
+
+def test_perturbed_outputs_collapse_onto_the_level_set():
+    """Binary: perturbed rows of one predicted class land on a few outputs (the level set crossed
+    first, snapped to the grid), not on a spread that keeps a trace of their starting point."""
+    art = make_artifact(2, tau_quantile=0.3)
+    z = draw_logits(300, 2, 6.0, 11)
+    out = Defense(art, config=DefenseConfig(variant="fixed_intensity"))(z)
+    for c in (0, 1):
+        sel = out.perturbed & ~out.exhausted & (out.labels == c)
+        assert sel.sum() > 20
+        _, counts = np.unique(out.probabilities[sel, c], return_counts=True)
+        assert np.sort(counts)[-3:].sum() >= 0.8 * sel.sum()
+        assert len(np.unique(z[sel, 0] - z[sel, 1])) == sel.sum()  # they started all different
+
+
+def test_unknown_variant():
+    with pytest.raises(ValueError, match="unknown defense variant"):
+        DefenseConfig(variant="nope")

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+
+from veil.export.train import packaged_minilm
+
+from .conftest import FakeRequest, load_adapter, model_args
+
+
+def test_tokenizer_adapter(pb_utils, tmp_path):
+    shutil.copytree(
+        packaged_minilm(),
+        tmp_path / "1" / "tokenizer",
+        ignore=shutil.ignore_patterns("*.safetensors", "1_Pooling"),
+    )
+    m = load_adapter("tokenizer").TritonPythonModel()
+    m.initialize(
+        model_args(
+            tmp_path,
+            name="tokenizer",
+            parameters={
+                "input_names": "input_ids,attention_mask",
+                "max_length": "16",
+                "max_text_bytes": "1000",
+            },
+        )
+    )
+    texts = np.array([[b"a fine day"], [b"another one, longer than the first"]], dtype=object)
+    responses = m.execute(
+        [
+            FakeRequest({"text": texts}),
+            FakeRequest({"text": np.array([[b""]], dtype=object)}),
+            FakeRequest({"text": np.array([[b"\xc3\x28"]], dtype=object)}),
+            FakeRequest({"text": np.array([b"flat"], dtype=object)}),
+            FakeRequest({"text": np.zeros((0, 1), dtype=object)}),
+            FakeRequest({"text": np.array([[b"x" * 2000]], dtype=object)}),
+        ]
+    )
+    ok = responses[0]
+    assert ok.error is None and set(ok.tensors) == {"input_ids", "attention_mask", "fingerprint"}
+    assert ok.tensors["fingerprint"].shape == (2, 8)
+    assert ok.tensors["input_ids"].shape == (2, 16)
+    msgs = [r.error.message() for r in responses[1:]]
+    assert "empty or whitespace" in msgs[0]
+    assert "not valid UTF-8" in msgs[1]
+    assert "shape [batch, 1]" in msgs[2]
+    assert "empty batch" in msgs[3]
+    assert "2000 bytes; the limit is 1000" in msgs[4]
