@@ -139,8 +139,10 @@ def show(summary: dict, console: Console) -> None:
         table.add_row(title, *(fmt.format(summary[p][key]) for p in ("http", "grpc")))
     console.print(table)
     console.print(
-        f"labels identical raw vs defended: yes; HTTP and gRPC outputs identical: "
-        f"{'yes' if summary['http_grpc_identical'] else 'NO'}"
+        "labels identical raw vs defended: yes; raw outputs identical over HTTP and gRPC: "
+        f"{'yes' if summary['http_grpc_raw_identical'] else 'NO'}; defended outputs identical for "
+        f"{summary['http_grpc_defended_identical_share']:.1%} of rows (each protocol used its own client id,"
+        " and adaptive intensity follows each client's query rate)"
     )
     if "server_perturbed_share" in summary:
         m = summary["server_metrics"]

@@ -8,12 +8,14 @@ Everything lands in one folder (default ``build/<dataset>-<model>``): ``splits.j
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,9 +24,9 @@ from veil.backend.calibrate import CalibrationConfig, calibrate
 from veil.backend.defense import VARIANTS
 from veil.backend.onnx_classifier import OnnxClassifier
 from veil.backend.tokens import TextEncoder
-from veil.export.data import Splits, dedupe, load_dataset, make_splits
+from veil.export.data import Splits, TextDataset, dedupe, fingerprint, load_dataset, make_splits
 from veil.export.onnx_export import check_parity, export_onnx
-from veil.export.train import fine_tune, load_model, model_input_names
+from veil.export.train import TrainReport, fine_tune, load_model, model_input_names
 from veil.repository.build import write_repository
 from veil.repository.spec import ServingOptions
 
@@ -49,6 +51,8 @@ class BuildConfig:
     mode: str = "benchmark"
     slack: float = CalibrationConfig.slack
     max_batch_size: int = 256
+    resume: bool = False
+    """Reuse the fine-tuned model in ``out/hf`` when it was trained on the same splits and settings."""
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -82,44 +86,79 @@ def _log(msg: str) -> None:
     print(f"[veil-build] {msg}", flush=True)
 
 
-def build(cfg: BuildConfig) -> dict:
-    t0 = time.perf_counter()
-    out = cfg.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    ds = dedupe(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir))
-    sizes = {
+Trainer = Callable[[Any, Any, TextDataset], TrainReport]
+"""(model, tokenizer, members) -> report: replaces plain fine-tuning (e.g. DP-SGD)."""
+
+
+def split_sizes(cfg: BuildConfig) -> dict[str, int]:
+    return {
         "member_eval": cfg.members // 2,
         "member_calib": cfg.members - cfg.members // 2,
         "nonmember_eval": cfg.nonmembers // 2,
         "nonmember_calib": cfg.nonmembers - cfg.nonmembers // 2,
         "attacker": cfg.attacker,
     }
-    splits = make_splits(ds, sizes=sizes, seed=cfg.seed, dataset_name=cfg.dataset)
+
+
+def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | None = None) -> dict:
+    """Run the whole build; ``splits`` (drawn elsewhere) and ``trainer`` override the defaults."""
+    t0 = time.perf_counter()
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    ds = dedupe(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir))
+    if splits is None:
+        splits = make_splits(ds, sizes=split_sizes(cfg), seed=cfg.seed, dataset_name=cfg.dataset)
+    elif splits.source_sha256 != fingerprint(ds):
+        raise ValueError("the given splits were drawn from another version of the data")
     splits.save(out / "splits.json")
+    sizes = {k: len(v) for k, v in splits.indices.items()}
     _log(f"{cfg.dataset}: {len(ds)} deduplicated rows; splits " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
 
-    model, tokenizer = load_model(cfg.model, num_labels=ds.num_classes, seed=cfg.seed)
     members = splits.take(ds, "members")
-    report = fine_tune(
-        model,
-        tokenizer,
-        members,
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        max_length=cfg.max_length,
-        seed=cfg.seed,
-        progress=cfg.progress,
-    )
-    _log(
-        f"fine-tuned {cfg.model} on {len(members)} members in {report.seconds:.0f}s:"
-        f" loss {report.final_loss:.4f}, train accuracy {report.train_accuracy:.4f}"
-    )
-    model.config.id2label = dict(enumerate(ds.label_names))
-    model.config.label2id = {name: i for i, name in enumerate(ds.label_names)}
     hf_dir = out / "hf"
-    model.save_pretrained(hf_dir)
-    tokenizer.save_pretrained(hf_dir)
+    train_key = {
+        "splits": hashlib.sha256(json.dumps(splits.indices, sort_keys=True).encode()).hexdigest(),
+        "model": cfg.model,
+        "epochs": cfg.epochs,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "max_length": cfg.max_length,
+        "seed": cfg.seed,
+        "trainer": getattr(trainer, "key", None),
+    }
+    trained = out / "trained.json"
+    if cfg.resume and trained.exists() and json.loads(trained.read_text())["key"] == train_key:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        model = AutoModelForSequenceClassification.from_pretrained(hf_dir, local_files_only=True).eval()
+        tokenizer = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
+        report = TrainReport(**json.loads(trained.read_text())["report"])
+        _log(f"reusing the model fine-tuned earlier in {hf_dir} (--resume)")
+    else:
+        model, tokenizer = load_model(cfg.model, num_labels=ds.num_classes, seed=cfg.seed)
+        if trainer is not None:
+            report = trainer(model, tokenizer, members)
+        else:
+            report = fine_tune(
+                model,
+                tokenizer,
+                members,
+                epochs=cfg.epochs,
+                lr=cfg.lr,
+                batch_size=cfg.batch_size,
+                max_length=cfg.max_length,
+                seed=cfg.seed,
+                progress=cfg.progress,
+            )
+        _log(
+            f"fine-tuned {cfg.model} on {len(members)} members in {report.seconds:.0f}s:"
+            f" loss {report.final_loss:.4f}, train accuracy {report.train_accuracy:.4f}"
+        )
+        model.config.id2label = dict(enumerate(ds.label_names))
+        model.config.label2id = {name: i for i, name in enumerate(ds.label_names)}
+        model.save_pretrained(hf_dir)
+        tokenizer.save_pretrained(hf_dir)
+        trained.write_text(json.dumps({"key": train_key, "report": asdict(report)}, default=str))
 
     names = model_input_names(model)
     onnx_path = out / "model.onnx"
@@ -218,6 +257,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
         help="production leaves out the raw ensemble",
     )
     p.add_argument("--slack", type=float, default=d.slack)
+    p.add_argument("--resume", action="store_true", help="reuse a model fine-tuned earlier with the same settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     variants = tuple(v.strip() for v in a.variants.split(",") if v.strip())
@@ -242,6 +282,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
         mode=a.mode,
         slack=a.slack,
         progress=not a.quiet,
+        resume=a.resume,
     )
 
 

@@ -230,18 +230,21 @@ def make_splits(
     sizes: dict[str, int],
     seed: int,
     dataset_name: str = "",
+    exclude: Sequence[int] = (),
 ) -> Splits:
     """Draw disjoint, seeded splits; every name in ``SPLIT_NAMES`` must be sized (0 allowed).
 
-    ``ds`` must already be deduplicated (see :func:`dedupe`).
+    ``ds`` must already be deduplicated (see :func:`dedupe`); rows in ``exclude`` are never drawn
+    (e.g. an attacker pool fixed across seeds).
     """
     missing = set(SPLIT_NAMES) - set(sizes)
     if missing:
         raise ValueError(f"sizes missing for {sorted(missing)}")
     total = sum(sizes[n] for n in SPLIT_NAMES)
-    if total > len(ds):
-        raise ValueError(f"splits need {total} rows but the deduplicated source has {len(ds)}")
-    order = np.random.default_rng(seed).permutation(len(ds))
+    available = np.setdiff1d(np.arange(len(ds)), np.asarray(exclude, dtype=np.int64))
+    if total > len(available):
+        raise ValueError(f"splits need {total} rows but the deduplicated source has {len(available)} available")
+    order = available[np.random.default_rng(seed).permutation(len(available))]
     out: dict[str, list[int]] = {}
     start = 0
     for name in SPLIT_NAMES:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +106,7 @@ class TrainReport:
     final_loss: float
     train_accuracy: float
     seconds: float
+    extra: dict = field(default_factory=dict)
 
 
 def _batches(n: int, batch_size: int, rng: np.random.Generator | None):

@@ -62,3 +62,25 @@ def write_repository(
     )
     (out / "options.json").write_text(json.dumps(opts.__dict__, indent=2, default=list))
     return roots
+
+
+def read_options(repository: str | Path) -> ServingOptions:
+    """The ``ServingOptions`` a repository was written with (its ``options.json``)."""
+    raw = json.loads((Path(repository) / "options.json").read_text())
+    return ServingOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+def rewrite_repository(build_dir: str | Path, out: str | Path, **changes: object) -> Path:
+    """A veil-build folder's repository written again from its artifacts (``model.onnx``, ``hf/``,
+    ``defense/``) with some ``ServingOptions`` changed, e.g. ``mode="production"``; no retraining."""
+    import dataclasses
+
+    build_dir = Path(build_dir)
+    write_repository(
+        out,
+        opts=dataclasses.replace(read_options(build_dir / "model_repository"), **changes),
+        onnx_path=build_dir / "model.onnx",
+        tokenizer_dir=build_dir / "hf",
+        defense_dir=build_dir / "defense",
+    )
+    return Path(out)

@@ -23,15 +23,67 @@ import sys
 import sysconfig
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import requests
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "build" / "triton-runtime"
 
 
+STUB_NAME = "triton_python_backend_stub"
+
+
 class ServerError(RuntimeError):
     pass
+
+
+@dataclass
+class Health:
+    """What the launcher sees of a running server: the tritonserver process and its python stubs.
+
+    Triton 2.51 does not restart a python-backend stub that dies: every later request to that model
+    fails ("Stub process ... is not healthy") while ``/v2/health/ready`` still says ready, so the
+    launcher watches the stub processes itself and names the model whose stub is gone."""
+
+    alive: bool
+    exit_code: int | None = None
+    dead_stubs: list[str] = field(default_factory=list)
+    """``model (pid N)`` for every stub recorded at start-up that has exited since."""
+    stubs: dict[str, list[int]] = field(default_factory=dict)
+    """Live stub PIDs per model."""
+
+    @property
+    def ok(self) -> bool:
+        return self.alive and not self.dead_stubs
+
+    def describe(self) -> str:
+        if not self.alive:
+            code = self.exit_code
+            how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+            return f"tritonserver is not running ({how})"
+        if self.dead_stubs:
+            return "python-backend stub process died: " + ", ".join(self.dead_stubs)
+        return f"healthy ({sum(len(p) for p in self.stubs.values())} stub processes)"
+
+
+def stub_model_name(proc: psutil.Process) -> str | None:
+    """Model name of a python-backend stub (its first argument is ``<model>/<version>/model.py``)."""
+    try:
+        if proc.name() != STUB_NAME:
+            return None
+        args = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    return Path(args[1]).parent.parent.name if len(args) > 1 else None
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _pytriton_root() -> Path:
@@ -101,7 +153,9 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
+        self.restarts = 0
         self._log = None
+        self._stubs: dict[str, list[psutil.Process]] = {}
 
     @property
     def http_url(self) -> str:
@@ -142,7 +196,8 @@ class TritonServer:
                 raise ServerError(f"model repository {repo} does not exist")
         if self.log_file:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_file, "wb")  # noqa: SIM115 - closed in stop()
+            # A restart appends, so the log keeps what happened before it.
+            self._log = open(self.log_file, "ab" if self.restarts else "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             self.command(),
             stdout=self._log or subprocess.DEVNULL,
@@ -152,6 +207,7 @@ class TritonServer:
         )
         try:
             self.wait_ready()
+            self._stubs = self.stub_processes()
         except BaseException:
             self.stop()
             raise
@@ -177,6 +233,47 @@ class TritonServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def stub_processes(self) -> dict[str, list[psutil.Process]]:
+        """The python-backend stub processes (children of tritonserver), by model name."""
+        out: dict[str, list[psutil.Process]] = {}
+        if not self.alive():
+            return out
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return out
+        for child in children:
+            model = stub_model_name(child)
+            if model is not None and _running(child):
+                out.setdefault(model, []).append(child)
+        return out
+
+    def health(self) -> Health:
+        """Is the server process alive, and is every stub recorded at start-up still running?"""
+        if self.process is None:
+            return Health(alive=False)
+        if not self.alive():
+            return Health(alive=False, exit_code=self.process.returncode)
+        dead = [f"{model} (pid {p.pid})" for model, procs in self._stubs.items() for p in procs if not _running(p)]
+        live = {m: [p.pid for p in procs] for m, procs in self.stub_processes().items()}
+        return Health(alive=True, dead_stubs=sorted(dead), stubs=live)
+
+    def check(self) -> Health:
+        """``health()``, raising :class:`ServerError` that names what died."""
+        report = self.health()
+        if not report.ok:
+            raise ServerError(report.describe())
+        return report
+
+    def restart(self, grace: float = 2.0) -> TritonServer:
+        """Stop whatever is left of the server (stubs included) and start it again on the same ports.
+
+        ``grace`` is short: a server being restarted has already failed, and tritonserver would
+        otherwise wait out its exit timeout on requests to a dead stub."""
+        self.stop(timeout=grace)
+        self.restarts += 1
+        return self.start()
+
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_file or not self.log_file.exists():
             return "(no log file)"
@@ -195,6 +292,13 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+        # Stubs outlive a server that was killed; end the ones we recorded (psutil checks the
+        # start time, so a recycled PID is never hit).
+        for stub in (p for procs in self._stubs.values() for p in procs):
+            with contextlib.suppress(psutil.Error):
+                if _running(stub):
+                    stub.kill()
+        self._stubs = {}
         if self._log:
             self._log.close()
             self._log = None
@@ -223,6 +327,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--log-file", default="build/tritonserver.log")
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="restart the server this many times when it or a python-backend stub dies (default: exit)",
+    )
     p.add_argument("extra", nargs="*", help="extra tritonserver flags (after --)")
     args = p.parse_args(argv)
     server = TritonServer(
@@ -247,9 +357,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     while not stop["now"]:
-        if not server.alive():
-            print(f"tritonserver died (exit {server.process.returncode})\n{server.log_tail()}", file=sys.stderr)
-            return 1
+        report = server.health()
+        if not report.ok:
+            print(f"tritonserver unhealthy: {report.describe()}\n{server.log_tail()}", file=sys.stderr, flush=True)
+            if server.restarts >= args.max_restarts:
+                server.stop()
+                return 1
+            server.restart()
+            print(f"tritonserver restarted ({server.restarts}/{args.max_restarts})", file=sys.stderr, flush=True)
         time.sleep(0.5)
     server.stop()
     return 0

@@ -9,8 +9,12 @@ multiplier on epsilon and a lower risk target.
 State is bounded: at most ``max_clients`` entries (least recently seen evicted first, and entries
 idle for ``ttl_s`` dropped), each with a fixed-size ring of fingerprints. A client seen for the
 first time starts at the *churn* threat: when many new ids appear quickly (an attacker rotating
-ids), new ids start suspicious, so rotating ids never yields less protection than the anonymous
-default (threat 0 is the floor for everyone).
+ids), new ids start suspicious. A fresh id has no history of its own, so while it is *young*
+(fewer than ``young_rows`` rows or ``young_s`` seconds) its rows also count as *unattributed*
+traffic: one shared state, outside the LRU table and never evicted, that also takes every
+anonymous row, and a young id's threat is at least that state's. Rotating ids therefore never
+yields less protection than sending the same queries anonymously (threat 0 is the floor for
+everyone).
 
 Each Triton python-backend instance is its own process, so with instance count > 1 every
 instance keeps its own table; Veil's configs default to one ``mia_defense`` instance.
@@ -56,6 +60,10 @@ class AdaptiveConfig:
     max_multiplier: float = 2.0
     """Intensity at threat 1 (1 at threat 0)."""
     max_client_id_bytes: int = 256
+    young_rows: int = 32
+    young_s: float = 6.0
+    """An id is young (also counted as unattributed traffic) until it has sent this many rows and
+    is this old: enough history of its own for the duplicate share and the rate to mean something."""
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:
@@ -63,9 +71,10 @@ def _ramp(x: float, lo: float, hi: float) -> float:
 
 
 class ClientState:
-    __slots__ = ("born", "dup", "initial", "last", "rate", "ring", "slots")
+    __slots__ = ("born", "dup", "initial", "last", "rate", "ring", "rows", "slots")
 
     def __init__(self, now: float, initial: float, slots: int) -> None:
+        self.rows = 0
         self.rate = 0.0
         self.dup = 0.0
         self.last = now
@@ -88,6 +97,8 @@ class ThreatTracker:
         self.churn = 0.0
         self.churn_last = clock()
         self.evicted = 0
+        self.unattributed = ClientState(self.churn_last, 0.0, config.fingerprints)
+        """Anonymous rows plus the rows of young ids: what the same traffic gets with no id."""
         self._entry_bytes = ClientState(0.0, 0.0, config.fingerprints).nbytes() + sys.getsizeof("x" * 32) + 100
 
     def __len__(self) -> int:
@@ -124,22 +135,31 @@ class ThreatTracker:
         cfg = self.config
         now = self.clock()
         state = self._get(client_id, now)
+        young = client_id == ANONYMOUS or state.rows < cfg.young_rows or now - state.born < cfg.young_s
+        sig = np.asarray(signatures if signatures is not None else logit_signature(logits), dtype=np.int32)
+        threat = self._update(state, now, sig)
+        if young:
+            threat = max(threat, self._update(self.unattributed, now, sig))
+        return float(threat)
+
+    def _update(self, state: ClientState, now: float, sig: np.ndarray) -> float:
+        """Fold ``sig`` (one request's rows) into ``state``; the state's threat afterwards."""
+        cfg = self.config
         dt = now - state.last
         state.last = now
-        n = len(logits)
+        n = len(sig)
+        state.rows += n
         state.rate = self._decay(state.rate, dt) + n / cfg.rate_window_s
-        sig = np.asarray(signatures if signatures is not None else logit_signature(logits), dtype=np.int32)
         repeats = int(near_duplicates(sig, state.ring).sum()) if n else 0
         state.ring = np.concatenate([state.ring, sig])[-state.slots :]
         # Near-duplicate share: exponential average over recent rows, fading while idle.
         keep = (1.0 - 1.0 / cfg.duplicate_span_rows) ** n
         state.dup = self._decay(state.dup, dt, cfg.duplicate_window_s) * keep + (1 - keep) * (repeats / n if n else 0.0)
-        threat = max(
+        return max(
             _ramp(state.rate, cfg.rate_low, cfg.rate_high),
             _ramp(state.dup, cfg.duplicate_low, cfg.duplicate_high),
             self._decay(state.initial, now - state.born),
         )
-        return float(threat)
 
     def multiplier(self, threat: float) -> float:
         return 1.0 + (self.config.max_multiplier - 1.0) * threat
@@ -150,24 +170,16 @@ class ThreatTracker:
 
     def measure_bytes(self) -> int:
         """O(n) measurement of the table (for tests and reports, not the hot path)."""
-        return sum(sys.getsizeof(k) + s.nbytes() + 100 for k, s in self.clients.items())
+        table = sum(sys.getsizeof(k) + s.nbytes() + 100 for k, s in self.clients.items())
+        return table + self.unattributed.nbytes()
 
     def state_dict(self) -> dict:
         return {
             "config": asdict(self.config),
             "churn": self.churn,
             "evicted": self.evicted,
-            "clients": {
-                k: {
-                    "rate": s.rate,
-                    "dup": s.dup,
-                    "last": s.last,
-                    "born": s.born,
-                    "initial": s.initial,
-                    "ring": s.ring.tolist(),
-                }
-                for k, s in self.clients.items()
-            },
+            "unattributed": _state_to_dict(self.unattributed),
+            "clients": {k: _state_to_dict(s) for k, s in self.clients.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -175,10 +187,29 @@ class ThreatTracker:
         self.evicted = int(state["evicted"])
         self.clients.clear()
         for k, v in state["clients"].items():
-            s = ClientState(float(v["last"]), float(v["initial"]), self.config.fingerprints)
-            s.rate, s.dup, s.born = float(v["rate"]), float(v["dup"]), float(v["born"])
-            s.ring = np.asarray(v["ring"], dtype=np.int32).reshape(-1, SIGNATURE_SIZE)
-            self.clients[k] = s
+            self.clients[k] = _state_from_dict(v, self.config.fingerprints)
+        if "unattributed" in state:
+            self.unattributed = _state_from_dict(state["unattributed"], self.config.fingerprints)
+
+
+def _state_to_dict(s: ClientState) -> dict:
+    return {
+        "rate": s.rate,
+        "dup": s.dup,
+        "last": s.last,
+        "born": s.born,
+        "initial": s.initial,
+        "rows": s.rows,
+        "ring": s.ring.tolist(),
+    }
+
+
+def _state_from_dict(v: dict, slots: int) -> ClientState:
+    s = ClientState(float(v["last"]), float(v["initial"]), slots)
+    s.rate, s.dup, s.born = float(v["rate"]), float(v["dup"]), float(v["born"])
+    s.rows = int(v.get("rows", 0))
+    s.ring = np.asarray(v["ring"], dtype=np.int32).reshape(-1, SIGNATURE_SIZE)
+    return s
 
 
 def normalise_client_id(raw: object, *, max_bytes: int) -> str:

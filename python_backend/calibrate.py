@@ -46,7 +46,7 @@ class CalibrationConfig:
     strict_share: float = 0.5
     """At threat 1 (adaptive intensity) the risk target drops to the calibration risk quantile
     holding this share of the rows that tau leaves untouched."""
-    eps_headroom: float = 1.25
+    eps_headroom: float = 2.0
     min_eps: float = 0.5
     seed: int = 0
 

@@ -25,11 +25,14 @@ import numpy as np
 import torch
 
 from veil.backend.artifact import DefenseArtifact
+from veil.backend.binary import MarginSolver
 from veil.backend.budgets import importance_budgets
 from veil.backend.pgd import PGDConfig, label_margin, label_preserving_pgd, project
 from veil.backend.probabilities import check_logits, softmax
 from veil.backend.risk import logit
 
+CLOSED_FORM = ("veil", "fixed_intensity", "perturb_all", "memguard")
+ONTO = ("perturb_all", "memguard")  # every row moved onto the level set, from either side
 VARIANTS = (
     "veil",
     "fixed_intensity",
@@ -51,6 +54,8 @@ class DefenseConfig:
     grid: float = 0.01
     """Perturbed outputs' logit gaps are snapped (towards lower confidence) to this grid, so rows
     that PGD brought to the same level set give identical outputs. 0 disables."""
+    closed_form_binary: bool = True
+    """For two classes use :mod:`binary`'s exact level-set solution instead of iterating PGD."""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -106,6 +111,9 @@ class Defense:
             p.requires_grad_(False)
         self.score_tau = logit(artifact.tau)
         self.num_classes = artifact.num_classes
+        self.margins = None
+        if self.num_classes == 2 and config.closed_form_binary and config.variant in CLOSED_FORM:
+            self.margins = MarginSolver(self.risk, device=self.device)
 
     @property
     def adaptive(self) -> bool:
@@ -156,21 +164,27 @@ class Defense:
             result.perturbed[:] = True
             return result
 
+        # Threat is quantised to 1/100 so that targets (and the closed-form cache) are discrete.
+        threat_q = np.round(np.clip(threat, 0.0, 1.0) * 100) / 100 if self.adaptive and threat is not None else None
+        target_np = np.full(b, self.score_tau)
+        mult_np = np.ones(b)
+        if threat_q is not None:
+            target_np = target_np - self.artifact.target_shift * threat_q
+            mult_np = 1.0 + threat_q  # intensity 1 at threat 0, 2 at threat 1
+        if variant == "memguard":
+            target_np = np.zeros(b)
+        eps_base = self.artifact.eps if eps_scale is None else eps_scale
+        if self.margins is not None:
+            return self._closed_form(logits, result, target_np, eps_base * mult_np, onto=variant in ONTO)
+
         z = torch.from_numpy(logits).to(self.device, torch.float64)
         s = self._scores(z)
         risk_before = torch.sigmoid(s).cpu().numpy().astype(np.float64)
         result.risk_before, result.risk_after = risk_before, risk_before.copy()
+        target = torch.as_tensor(target_np, dtype=torch.float64, device=self.device)
+        mult = torch.as_tensor(mult_np, dtype=torch.float64, device=self.device)
 
-        target = torch.full((b,), self.score_tau, dtype=torch.float64, device=self.device)
-        mult = torch.ones(b, dtype=torch.float64, device=self.device)
-        if self.adaptive and threat is not None:
-            t = torch.as_tensor(np.clip(threat, 0.0, 1.0), dtype=torch.float64, device=self.device)
-            target = target - self.artifact.target_shift * t
-            mult = 1.0 + t  # intensity 1 at threat 0, 2 at threat 1
-        if variant == "memguard":
-            target = torch.zeros(b, dtype=torch.float64, device=self.device)
-
-        if variant in ("perturb_all", "memguard"):
+        if variant in ONTO:
             rows = torch.arange(b, device=self.device)
             mode = "onto"
         else:
@@ -180,7 +194,6 @@ class Defense:
             return result
 
         zr = z[rows]
-        eps_base = self.artifact.eps if eps_scale is None else eps_scale
         with torch.enable_grad():
             x = zr.clone().requires_grad_(True)
             (g,) = torch.autograd.grad(self.risk.score(x).sum(), x)
@@ -222,6 +235,45 @@ class Defense:
         result.budget_use[idx] = (delta.abs() / eps.clamp_min(1e-12)).amax(1).cpu().numpy()
         result.risk_after[idx] = torch.sigmoid(self._scores(served)).cpu().numpy()
         result.labels = probs.argmax(1).astype(np.int64)
+        return result
+
+    def _closed_form(
+        self, logits: np.ndarray, result: DefenseResult, target: np.ndarray, eps: np.ndarray, *, onto: bool
+    ) -> DefenseResult:
+        """Two classes (see :mod:`binary`): move the margin to just under the risk crossing."""
+        z = logits.astype(np.float64)
+        label = result.labels
+        margin = np.abs(z[:, 0] - z[:, 1])
+        crossing = np.empty(len(z))
+        for c, t in set(zip(label.tolist(), target.tolist(), strict=True)):
+            crossing[(label == c) & (target == t)] = self.margins.crossing(c, t)
+        result.risk_before = 1.0 / (1.0 + np.exp(-self.margins.score(margin, label)))
+        moved = np.ones(len(z), bool) if onto else margin > crossing
+        if not moved.any():
+            result.risk_after = result.risk_before.copy()
+            return result
+        grid = self.config.grid or 1e-6
+        goal = np.floor(np.nextafter(crossing, -np.inf) / grid) * grid  # largest grid margin below it
+        least = np.minimum(self.config.pgd.label_margin, margin)  # the label keeps this lead
+        exhausted = goal < least
+        goal = np.maximum(goal, least)
+        new = np.clip(goal, margin - 2 * eps, margin + 2 * eps if onto else np.inf)  # each logit moves <= eps
+        exhausted |= new != goal
+        new = np.where(moved, np.where(np.isfinite(new), new, margin), margin)
+        shift = (margin - new) / 2  # the label's logit down, the other up, by the same amount
+        sign = np.where(label == 0, 1.0, -1.0)
+        delta = np.stack([-sign * shift, sign * shift], 1)
+        served = (z + delta).astype(np.float32)
+        result.probabilities = np.where(moved[:, None], softmax(served), result.probabilities)
+        result.perturbed = moved & (shift != 0) | (moved & onto)
+        result.steps = result.perturbed.astype(np.int64)
+        result.exhausted = result.perturbed & exhausted
+        result.delta = np.where(result.perturbed[:, None], served - logits, 0.0).astype(np.float32)
+        result.budget_use = np.where(result.perturbed, np.abs(shift) / eps, 0.0)
+        result.risk_after = np.where(
+            result.perturbed, 1.0 / (1.0 + np.exp(-self.margins.score(new, label))), result.risk_before
+        )
+        result.labels = result.probabilities.argmax(1).astype(np.int64)
         return result
 
     def _snap(

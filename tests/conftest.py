@@ -104,3 +104,33 @@ def server(tiny_build, tmp_path_factory):
     srv.start()
     yield srv
     srv.stop()
+
+
+def tiny_repository(tiny_build: Path, out: Path, **changes: object) -> Path:
+    """A model repository written from the tiny build's artifacts (no retraining) with some
+    ``ServingOptions`` changed, e.g. ``mode="production"`` or a small ``max_clients``."""
+    from veil.repository.build import rewrite_repository
+
+    return rewrite_repository(tiny_build, out, **changes)
+
+
+PRODUCTION_MAX_CLIENTS = 32
+
+
+@pytest.fixture(scope="session")
+def production_stack(tiny_build, tmp_path_factory):
+    """The documented production deployment on the tiny build: a production-mode repository (no
+    veil_raw), tritonserver on loopback with restricted APIs, the gateway in front. A small
+    ``max_clients`` lets the bounded-state test fill the adaptive-intensity table."""
+    from veil.repository.gateway import ProductionServer
+
+    root = tmp_path_factory.mktemp("production")
+    repo = tiny_repository(
+        tiny_build,
+        root / "model_repository",
+        mode="production",
+        variants=("veil", "fixed_intensity"),
+        max_clients=PRODUCTION_MAX_CLIENTS,
+    )
+    with ProductionServer(repo, log_file=root / "tritonserver.log") as stack:
+        yield stack

@@ -8,6 +8,13 @@ from veil.backend.tokens import InputError, TextEncoder, decode_texts
 from veil.backend.triton.common import input_array, internal, invalid, parameters, version_dir
 
 
+def check_visible(text: str, row: int) -> None:
+    """Control characters inside a text are normalised away by the tokenizer; a text made only of
+    them (and whitespace) would be classified as an empty text, so it is refused like one."""
+    if not any(ch.isprintable() and not ch.isspace() for ch in text):
+        raise InputError(f"text at row {row} has no visible characters (only control or format characters)")
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         params = parameters(args)
@@ -28,6 +35,8 @@ class TritonPythonModel:
                 texts = decode_texts(raw[:, 0], max_text_bytes=self.max_text_bytes)
                 if not texts:
                     raise InputError("empty batch: send at least one text")
+                for row, text in enumerate(texts):
+                    check_visible(text, row)
             except (InputError, ValueError) as err:
                 responses.append(invalid(str(err)))
                 continue

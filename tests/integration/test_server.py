@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from veil.backend.artifact import DefenseArtifact
-from veil.backend.defense import Defense
+from veil.backend.defense import Defense, DefenseConfig
 from veil.backend.probabilities import softmax
 from veil.client.triton import InferenceServerException, VeilClient
 from veil.export.build import load_splits
@@ -72,19 +72,21 @@ def test_high_risk_is_perturbed_and_low_risk_is_untouched(server, tiny_build, ev
     """Through the defense step itself (benchmark mode exposes it): a sharp output is perturbed,
     a near-tie (the least risky output there is) comes back bit-identical to the raw softmax."""
     art = DefenseArtifact.load(tiny_build / "defense")
-    logits = np.array([[8.0, -8.0], [-6.0, 7.0], [0.01, 0.0], [0.0, 0.02]], np.float32)
-    risk = Defense(art)(logits).risk_before
-    assert (risk[:2] > art.tau).all() and (risk[2:] < art.tau).all()
+    logits = np.array([[3.0, -3.0], [-2.5, 3.0], [0.01, 0.0], [0.0, 0.02]], np.float32)
+    local = Defense(art, config=DefenseConfig(variant="fixed_intensity"))(logits)
+    assert (local.risk_before[:2] > art.tau).all() and (local.risk_before[2:] < art.tau).all()
+    assert not local.exhausted.any()
     mod = httpclient if protocol == "http" else grpcclient
     client = mod.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
     inp = mod.InferInput("logits", list(logits.shape), "FP32")
     inp.set_data_from_numpy(logits)
-    res = client.infer("mia_defense", [inp], parameters={"veil-client-id": fresh_id("direct")})
+    res = client.infer("mia_defense_fixed_intensity", [inp])
     client.close()
     defended, raw = res.as_numpy("probabilities"), softmax(logits)
     assert (defended[2:] == raw[2:]).all()
     assert (defended[:2].max(1) < raw[:2].max(1) - 0.01).all()
     assert (defended.argmax(1) == raw.argmax(1)).all()
+    assert (defended == local.probabilities).all()  # the server runs exactly the core
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

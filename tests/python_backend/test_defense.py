@@ -142,3 +142,29 @@ def test_perturbed_outputs_collapse_onto_the_level_set():
 def test_unknown_variant():
     with pytest.raises(ValueError, match="unknown defense variant"):
         DefenseConfig(variant="nope")
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.integers(1, 60),
+    st.floats(0.1, 25.0),
+    st.integers(0, 2**32 - 1),
+    st.floats(0.0, 1.0),
+    st.sampled_from(["veil", "fixed_intensity", "perturb_all", "memguard"]),
+)
+def test_binary_closed_form_matches_pgd(rows, scale, seed, threat, variant):
+    art = make_artifact(2)
+    z = draw_logits(rows, 2, scale, seed)
+    fast = Defense(art, config=DefenseConfig(variant=variant))
+    slow = Defense(art, config=DefenseConfig(variant=variant, closed_form_binary=False))
+    assert fast.margins is not None and slow.margins is None
+    a, b = fast(z, threat=np.full(rows, threat)), slow(z, threat=np.full(rows, threat))
+    assert (a.labels == b.labels).all()
+    same = ~a.exhausted & ~b.exhausted
+    assert (a.perturbed[same] == b.perturbed[same]).all()
+    margin = lambda p: np.log(p.max(1)) - np.log(p.min(1))  # noqa: E731
+    # The closed form is the exact level-set point; PGD stops within its tolerance below it, so it
+    # may move a little further (never less, beyond one 0.01 output-grid step).
+    assert (margin(a.probabilities[same]) >= margin(b.probabilities[same]) - 0.011).all()
+    np.testing.assert_allclose(a.risk_after[same], b.risk_after[same], atol=5e-3)
+    np.testing.assert_allclose(a.risk_before, b.risk_before, atol=1e-3)

@@ -1,0 +1,1 @@
+"""Privacy evaluation of the served defenses: attacks, experiment, report."""

@@ -1,0 +1,236 @@
+"""GPU check for a device machine without internet: the defense step on CUDA, then (if it fits) Triton.
+
+    loadtest/gpu_check.sh prepare [--with-triton]   # here, on the CPU host: writes build/gpu-bundle/
+    loadtest/gpu_check.sh run                       # on the device, with build/gpu-bundle carried along
+
+Why a bundle: the device has Python 3.12 and CUDA torch but no network, and at most 64 MiB travel
+with a call. The MiniLM ONNX file alone is 91 MB and ``defense_bench`` imports transformers and
+onnxruntime to compute its input logits, so the host computes those logits once (the defense step
+only ever sees logits) and ships them with the defense artifact and a few small wheels. On the
+device, ``veil.loadtest.defense_bench`` then runs unchanged on those logits, on CPU and CUDA.
+
+Stage 2 (``--with-triton``) adds the nvidia-pytriton wheel (tritonserver 2.51, about 55 MB) and a
+two-model repository: ``mia_defense`` as built for the ``nvidia`` platform (KIND_GPU) and
+``softmax`` (the raw ensemble's last step), both fed logits directly. It runs only when the
+device's numpy is < 2 (the 2.51 python backend needs it, and a numpy wheel does not fit beside
+tritonserver in 64 MiB); otherwise it says why it was skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import types
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+CAP_BYTES = 64 * 2**20
+SMALL_WHEELS = ("safetensors==0.8.0", "requests==2.34.2", "urllib3==2.8.0", "idna==3.20", "certifi==2026.10.19.post1")
+PYTRITON = "nvidia-pytriton==0.7.0"
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _download(spec: str, dest: Path) -> None:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12"]
+    for tag in ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_35_x86_64"):
+        cmd += ["--platform", tag]
+    cmd += ["-d", str(dest), spec]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+
+
+def prepare(bundle: Path, build_dir: Path, *, rows: int, with_triton: bool) -> dict:
+    """Host side: logits of the build's evaluation rows, the artifact, wheels; checks the 64 MiB cap."""
+    from veil.loadtest.defense_bench import eval_logits
+
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    (bundle / "wheels").mkdir(parents=True)
+    np.save(bundle / "eval_logits.npy", eval_logits(build_dir, rows).astype(np.float32))
+    shutil.copytree(build_dir / "defense", bundle / "defense")
+    shutil.copy2(build_dir / "build.json", bundle / "build.json")
+    for spec in SMALL_WHEELS:
+        _download(spec, bundle / "wheels")
+    notes = []
+    if with_triton:
+        repo = build_dir / "model_repository"
+        shutil.copytree(repo / "nvidia" / "mia_defense", bundle / "repo" / "mia_defense")
+        shutil.copytree(repo / "common" / "softmax", bundle / "repo" / "softmax")
+        _download(PYTRITON, bundle / "wheels")
+        if _size(bundle) > CAP_BYTES:
+            for w in (bundle / "wheels").glob("nvidia_pytriton-*.whl"):
+                w.unlink()
+            shutil.rmtree(bundle / "repo")
+            notes.append("nvidia-pytriton does not fit in 64 MiB next to the rest: stage 2 left out")
+    manifest = {"build": str(build_dir), "rows": rows, "bytes": _size(bundle), "notes": notes}
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+# --- device side -------------------------------------------------------------------------------
+
+
+def _stub_export_build(logits_path: Path) -> None:
+    """defense_bench imports veil.export.build (transformers, onnx) only to compute logits; the
+    bundle already has them, so when that import fails give it a module that serves the file."""
+    try:
+        import veil.export.build  # noqa: F401
+    except ImportError as exc:
+        print(f"[gpu-check] veil.export.build not importable here ({exc}); using the bundled logits")
+        stub = types.ModuleType("veil.export.build")
+        stub.load_splits = lambda *a, **k: None  # type: ignore[attr-defined]
+        stub.onnx_logits = lambda *a, **k: np.load(logits_path)  # type: ignore[attr-defined]
+        sys.modules["veil.export.build"] = stub
+
+
+def stage_defense_bench(bundle: Path, *, repeats: int) -> int:
+    """``python -m veil.loadtest.defense_bench`` on the bundled logits (CPU, and CUDA when present)."""
+    logits_path = bundle / "eval_logits.npy"
+    _stub_export_build(logits_path)
+    from veil.loadtest import defense_bench
+
+    logits = np.load(logits_path)
+    defense_bench.eval_logits = lambda build_dir, rows: logits[:rows]  # the host computed them
+    return defense_bench.main(["--build-dir", str(bundle), "--rows", str(len(logits)), "--repeats", str(repeats)])
+
+
+def _infer(url: str, model: str, z: np.ndarray) -> float:
+    body = {
+        "inputs": [{"name": "logits", "shape": list(z.shape), "datatype": "FP32", "data": z.ravel().tolist()}],
+        "outputs": [{"name": "probabilities"}],
+    }
+    req = urllib.request.Request(
+        f"http://{url}/v2/models/{model}/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    t = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=60) as r:
+        r.read()
+    return time.perf_counter() - t
+
+
+def _compute_infer(url: str, model: str) -> tuple[int, int]:
+    """Triton's cumulative (ns, requests) of compute_infer for one model."""
+    with urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats", timeout=10) as r:
+        s = json.loads(r.read())["model_stats"][0]["inference_stats"]["compute_infer"]
+    return int(s["ns"]), int(s["count"])
+
+
+def stage_triton(bundle: Path, *, kind: str, requests_per_batch: int) -> int:
+    """tritonserver with mia_defense (KIND_GPU as built) and softmax, timed over HTTP with logits."""
+    if not (bundle / "repo").is_dir():
+        print("[gpu-check] stage 2 skipped: bundle prepared without --with-triton (or it did not fit)")
+        return 0
+    if int(np.__version__.split(".")[0]) >= 2:
+        print(f"[gpu-check] stage 2 skipped: numpy {np.__version__} here; Triton 2.51's python backend needs < 2")
+        return 0
+    # The launcher only needs pytriton's folder (binary, backend, stubs); importing the package would
+    # pull its client stack (tritonclient, zmq, ...), which the device lacks. Register it unexecuted.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.origin:
+        print("[gpu-check] stage 2 skipped: nvidia-pytriton is not unpacked here")
+        return 0
+    if "pytriton" not in sys.modules:
+        shell = types.ModuleType("pytriton")
+        shell.__file__ = spec.origin
+        shell.__path__ = list(spec.submodule_search_locations or [])
+        sys.modules["pytriton"] = shell
+    try:
+        from veil.repository.server import TritonServer
+    except ImportError as exc:
+        print(f"[gpu-check] stage 2 skipped: {exc}")
+        return 0
+    repo = Path("/tmp/veil-gpu-check-repo")
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(bundle / "repo", repo)
+    if kind == "cpu":  # plumbing test on a host without a GPU
+        cfg = repo / "mia_defense" / "config.pbtxt"
+        cfg.write_text(cfg.read_text().replace("KIND_GPU", "KIND_CPU"))
+    logits = np.load(bundle / "eval_logits.npy")
+    log = Path("/tmp/veil-gpu-check-tritonserver.log")
+    t = time.perf_counter()
+    with TritonServer([repo], log_file=log, startup_timeout=150) as server:
+        print(f"[gpu-check] tritonserver ready in {time.perf_counter() - t:.1f}s (mia_defense on KIND_{kind.upper()})")
+        print("| model | batch | client p50 ms | client p99 ms | server compute_infer µs/request (incl. warm-up) |")
+        print("|---|---|---|---|---|")
+        for batch in (1, 64):
+            times: dict[str, list[float]] = {"softmax": [], "mia_defense": []}
+            before = {m: _compute_infer(server.http_url, m) for m in times}
+            for i in range(requests_per_batch + 5):
+                start = (i * batch) % max(len(logits) - batch, 1)
+                for model in ("softmax", "mia_defense") if i % 2 == 0 else ("mia_defense", "softmax"):
+                    dt = _infer(server.http_url, model, logits[start : start + batch])
+                    if i >= 5:  # warm-up
+                        times[model].append(dt)
+            for model, ts in times.items():
+                q = statistics.quantiles(ts, n=100)
+                ns, count = (a - b for a, b in zip(_compute_infer(server.http_url, model), before[model], strict=True))
+                print(
+                    f"| {model} | {batch} | {1e3 * statistics.median(ts):.3f} | {1e3 * q[98]:.3f} |"
+                    f" {ns / max(count, 1) / 1e3:.0f} |"
+                )
+    return 0
+
+
+def run(bundle: Path, *, repeats: int, kind: str, requests_per_batch: int, skip_triton: bool) -> int:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    name = torch.cuda.get_device_name(0) if cuda else "none"
+    print(f"[gpu-check] python {sys.version.split()[0]}, torch {torch.__version__}, numpy {np.__version__}")
+    print(f"[gpu-check] CUDA available: {cuda} ({name}); bundle {json.loads((bundle / 'manifest.json').read_text())}")
+    t = time.perf_counter()
+    rc = stage_defense_bench(bundle, repeats=repeats)
+    print(f"[gpu-check] stage 1 (defense step) done in {time.perf_counter() - t:.0f}s")
+    if not skip_triton:
+        try:
+            rc = (
+                stage_triton(
+                    bundle,
+                    kind=kind if kind != "auto" else ("gpu" if cuda else "cpu"),
+                    requests_per_batch=requests_per_batch,
+                )
+                or rc
+            )
+        except Exception as exc:  # report, do not hide stage 1's numbers
+            print(f"[gpu-check] stage 2 failed: {type(exc).__name__}: {exc}")
+            rc = rc or 1
+    return rc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pp = sub.add_parser("prepare")
+    pp.add_argument("--bundle", default="build/gpu-bundle")
+    pp.add_argument("--build-dir", default="build/sst2-minilm")
+    pp.add_argument("--rows", type=int, default=1024)
+    pp.add_argument("--with-triton", action="store_true")
+    pr = sub.add_parser("run")
+    pr.add_argument("--bundle", default="build/gpu-bundle")
+    pr.add_argument("--repeats", type=int, default=50)
+    pr.add_argument("--kind", choices=("auto", "gpu", "cpu"), default="auto")
+    pr.add_argument("--requests", type=int, default=200, help="timed requests per model and batch size (stage 2)")
+    pr.add_argument("--skip-triton", action="store_true")
+    a = p.parse_args(argv)
+    if a.cmd == "prepare":
+        manifest = prepare(Path(a.bundle), Path(a.build_dir), rows=a.rows, with_triton=a.with_triton)
+        print(json.dumps(manifest, indent=2))
+        return 0 if manifest["bytes"] <= CAP_BYTES else 1
+    return run(Path(a.bundle), repeats=a.repeats, kind=a.kind, requests_per_batch=a.requests, skip_triton=a.skip_triton)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,442 @@
+"""Latency and throughput under load: the defended ensemble against the raw one, on the real server.
+
+    python -m veil.loadtest.runner --build-dir build/sst2-minilm          # about 3 minutes
+    python -m veil.loadtest.runner --build-dir build/sst2-minilm --quick  # seconds (CI size)
+
+Starts the embedded tritonserver once on loopback ports (or uses ``--grpc-url``/``--http-url``),
+then drives ``veil_raw`` and ``veil_defended`` with the Locust users of ``locustfile.py`` (Locust
+as a library: one Environment and local runner per round, no web UI). For every protocol and user
+count it runs alternating rounds, raw/defended then defended/raw (ABBA), so slow drift and noise on
+the shared machine hit both ensembles alike. Latency percentiles come from the users' own
+microsecond perf_counter samples; Triton's statistics endpoint, read before and after each round,
+says where the server's time went (queue and compute of every composing model). perf_analyzer
+cross-checks the gRPC numbers when its binary is available. Writes ``report.md``, ``report.json``
+and ``latency_vs_concurrency.png`` into ``<build>/loadtest/`` (``loadtest-quick/`` with --quick);
+the numbers and the rendering live in ``report.py``.
+
+Importing this module monkey-patches the process for gevent (Locust needs it): run it as a
+program, not inside another application.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+if not monkey.is_module_patched("socket"):
+    monkey.patch_all()
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import gevent
+import numpy as np
+import psutil
+import requests
+from locust.env import Environment
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from veil.loadtest import locustfile as lf
+from veil.loadtest import perf_analyzer as pa
+from veil.loadtest.report import (
+    DEFENDED,
+    RAW,
+    STAT_FIELDS,
+    RoundResult,
+    RunConfig,
+    plan,
+    stats_delta,
+    summarize,
+    to_markdown,
+    write_reports,
+)
+
+MIN_SAMPLES = 3  # a round measures at least this many requests ...
+MIN_SAMPLES_WAIT_S = 30.0  # ... unless that takes longer than this
+
+# --- Triton statistics ------------------------------------------------------------------------
+
+
+def model_stats(http_url: str) -> dict[str, dict[str, int]]:
+    """Cumulative counters of every model: request counts and ns per phase, executions, inferences."""
+    body = requests.get(f"http://{http_url}/v2/models/stats", timeout=10).json()
+    out = {}
+    for m in body.get("model_stats", []):
+        s = m["inference_stats"]
+        entry = {"executions": int(m.get("execution_count", 0)), "inferences": int(m.get("inference_count", 0))}
+        for name in STAT_FIELDS:
+            entry[f"{name}_count"] = int(s[name]["count"])
+            entry[f"{name}_ns"] = int(s[name]["ns"])
+        out[m["name"]] = entry
+    return out
+
+
+def ensemble_steps(http_url: str, ensemble: str) -> list[str]:
+    """Composing models of an ensemble, in order, from its served config."""
+    r = requests.get(f"http://{http_url}/v2/models/{ensemble}/config", timeout=10)
+    if r.status_code != 200:
+        raise RuntimeError(
+            f"model {ensemble!r} is not served ({r.status_code}): build in benchmark mode for {RAW}, see README"
+        )
+    steps = r.json().get("ensemble_scheduling", {}).get("step", [])
+    return [s["model_name"] for s in steps]
+
+
+def defense_counters(metrics_url: str | None, model: str) -> dict[str, float]:
+    """Veil's own counters of the defense model (outputs, perturbed, PGD steps), for context."""
+    if not metrics_url:
+        return {}
+    try:
+        text = requests.get(metrics_url, timeout=5).text
+    except requests.RequestException:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("veil_") and f'model="{model}"' in line and "_total" in line.split("{")[0]:
+            name, value = line.rsplit(" ", 1)
+            out[name.split("{")[0]] = out.get(name.split("{")[0], 0.0) + float(value)
+    return out
+
+
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds used so far by a process and its children (tritonserver's python stubs)."""
+    if pid is None:
+        return 0.0
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+# --- one round --------------------------------------------------------------------------------
+
+
+def run_round(
+    cfg: RunConfig,
+    *,
+    protocol: str,
+    model: str,
+    users: int,
+    index: int,
+    url: str,
+    http_url: str,
+    stat_models: Sequence[str],
+    server_pid: int | None,
+    tick: Callable[[], None] = lambda: None,
+    warmup: float | None = None,
+    seconds: float | None = None,
+    max_requests: int | None = None,
+) -> RoundResult:
+    """Spawn ``users`` closed-loop users at once, measure a window, let in-flight requests finish."""
+    warmup = cfg.warmup_seconds if warmup is None else warmup
+    seconds = cfg.round_seconds if seconds is None else seconds
+    max_requests = cfg.max_requests if max_requests is None else max_requests
+    lf.COLLECTOR.drain()
+    cls = lf.user_class(protocol, model, url, batch=cfg.batch, client_ids=cfg.client_ids, max_requests=max_requests)
+    env = Environment(user_classes=[cls])
+    runner = env.create_local_runner()
+    before = model_stats(http_url)
+    cpu0, srv0 = time.process_time(), process_cpu(server_pid)
+    w0 = time.perf_counter()
+    try:
+        runner.start(users, spawn_rate=users)
+        runner.spawning_greenlet.join(timeout=30)
+        gevent.sleep(warmup)
+        t0 = time.perf_counter()
+        deadline, hard_stop = t0 + seconds, t0 + max(seconds, MIN_SAMPLES_WAIT_S)
+        capped = False
+        while True:
+            gevent.sleep(0.02)
+            tick()
+            now = time.perf_counter()
+            if max_requests and lf.COLLECTOR.count() >= max_requests:  # users stop themselves at the cap
+                capped = True
+                break
+            # a starved machine may finish nothing inside a short window: wait (bounded) for a few samples
+            if now >= hard_stop or (now >= deadline and lf.COLLECTOR.completed_since(t0) >= MIN_SAMPLES):
+                break
+        t1 = time.perf_counter()
+        cls.halt = True  # users finish the request in flight, then stop
+        runner.user_greenlets.join(timeout=cls.timeout + 5)
+    finally:
+        runner.quit()
+    wall = time.perf_counter() - w0
+    after = model_stats(http_url)
+    client_cpu = (time.process_time() - cpu0) / wall
+    server_cpu = (process_cpu(server_pid) - srv0) / wall if server_pid else None
+    sets = lf.COLLECTOR.drain()
+    s = sets.get(f"{protocol}:{model}", lf.SampleSet())
+    starts = np.asarray(s.starts)
+    lat = np.asarray(s.latencies)
+    if capped and len(starts):  # the window closes with the last request, not with the next poll
+        t1 = min(t1, float((starts + lat).max()))
+    in_window = (starts >= t0) & (starts < t1)
+    return RoundResult(
+        protocol=protocol,
+        users=users,
+        model=model,
+        index=index,
+        seconds=t1 - t0,
+        latencies_us=lat[in_window] * 1e6,
+        errors=s.errors,
+        error_examples=s.error_examples,
+        locust_requests=int(env.stats.total.num_requests),
+        locust_failures=int(env.stats.total.num_failures),
+        stats=stats_delta(before, after, stat_models),
+        client_cpu=client_cpu,
+        server_cpu=server_cpu,
+    )
+
+
+# --- the whole measurement --------------------------------------------------------------------
+
+
+@contextmanager
+def serving(cfg: RunConfig, console: Console) -> Iterator[tuple[str, str, str | None, int | None]]:
+    """(grpc_url, http_url, metrics_url, server pid): the given server, or an embedded one for this run."""
+    if cfg.grpc_url or cfg.http_url:
+        if not (cfg.grpc_url and cfg.http_url):
+            raise SystemExit("--grpc-url and --http-url go together (statistics are read over HTTP)")
+        yield cfg.grpc_url, cfg.http_url, cfg.metrics_url, None
+        return
+    from veil.repository.server import TritonServer, repositories_for
+
+    out = cfg.output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    repo = Path(cfg.build_dir) / "model_repository"
+    t = time.perf_counter()
+    server = TritonServer(
+        repositories_for(repo),
+        log_file=out / "tritonserver.log",
+        extra_args=["--http-header-forward-pattern=veil-client-id", "--grpc-header-forward-pattern=veil-client-id"],
+    )
+    with server:
+        console.print(
+            f"tritonserver ready in {time.perf_counter() - t:.1f}s (gRPC {server.grpc_url}, HTTP {server.http_url})"
+        )
+        yield server.grpc_url, server.http_url, server.metrics_url, server.process.pid if server.process else None
+
+
+def measure(cfg: RunConfig, console: Console) -> dict:
+    texts = lf.load_texts(cfg.build_dir, cfg.split, cfg.texts)
+    lf.set_texts(texts)
+    steps = plan(cfg)
+    with serving(cfg, console) as (grpc_url, http_url, metrics_url, pid):
+        composing = {m: ensemble_steps(http_url, m) for m in (cfg.raw, cfg.defended)}
+        stat_models = sorted({cfg.raw, cfg.defended, *composing[cfg.raw], *composing[cfg.defended]})
+        urls = {"grpc": grpc_url, "http": http_url}
+        server_info = requests.get(f"http://{http_url}/v2", timeout=5).json()
+        defense_model = composing[cfg.defended][-1]
+        counters0 = defense_counters(metrics_url, defense_model)
+        rounds: list[RoundResult] = []
+        with progress_for(console, len(steps)) as (advance, tick):
+            # warm-up: connections, lazy imports in the python stubs, first-call allocations
+            for protocol in dict.fromkeys(p for p, *_ in steps):
+                for model in (cfg.raw, cfg.defended):
+                    run_round(
+                        cfg,
+                        protocol=protocol,
+                        model=model,
+                        users=1,
+                        index=-1,
+                        url=urls[protocol],
+                        http_url=http_url,
+                        stat_models=stat_models,
+                        server_pid=pid,
+                        warmup=0.0,
+                        seconds=0.5 if cfg.quick else 1.5,
+                        max_requests=5 if cfg.quick else 0,
+                    )
+            for protocol, users, r, model in steps:
+                advance(f"{protocol} {users:>2} users, round {r + 1}/{cfg.rounds}: {model}")
+                rounds.append(
+                    run_round(
+                        cfg,
+                        protocol=protocol,
+                        model=model,
+                        users=users,
+                        index=r,
+                        url=urls[protocol],
+                        http_url=http_url,
+                        stat_models=stat_models,
+                        server_pid=pid,
+                        tick=tick,
+                    )
+                )
+            advance("done")
+        counters1 = defense_counters(metrics_url, defense_model)
+        report = summarize(cfg, rounds, composing)
+        report["meta"].update(
+            server={"name": server_info.get("name"), "version": server_info.get("version")},
+            embedded_server=pid is not None,
+            texts={"split": cfg.split, "count": len(texts)},
+            defense_model=defense_model,
+            defense_counters={k: counters1.get(k, 0.0) - counters0.get(k, 0.0) for k in counters1},
+        )
+        report["perf_analyzer"] = cross_check(cfg, report, grpc_url, texts, console)
+    return report
+
+
+@contextmanager
+def progress_for(console: Console, total: int) -> Iterator[tuple[Callable[[str], None], Callable[[], None]]]:
+    """A rich progress bar on a terminal, one line per round otherwise (CI logs)."""
+    if not console.is_terminal:
+        count = {"n": 0}
+
+        def advance_line(text: str) -> None:
+            if text != "done":
+                count["n"] += 1
+                console.print(f"[{count['n']}/{total}] {text}")
+
+        yield advance_line, lambda: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, auto_refresh=False) as progress:
+        task = progress.add_task("warm-up", total=total)
+        started = {"n": 0}
+
+        def advance(text: str) -> None:
+            if started["n"]:
+                progress.advance(task)
+            started["n"] += 1
+            progress.update(task, description=text)
+            progress.refresh()
+
+        yield advance, progress.refresh
+
+
+# --- perf_analyzer ----------------------------------------------------------------------------
+
+
+def cross_check(cfg: RunConfig, report: dict, grpc_url: str, texts: Sequence[str], console: Console) -> dict:
+    """perf_analyzer on both ensembles over gRPC at concurrency 1 and at saturation, alternating."""
+    if not cfg.perf_analyzer:
+        return {"status": "skipped (--quick or --no-perf-analyzer)"}
+    try:
+        binary, env = pa.find_perf_analyzer()
+    except pa.PerfAnalyzerUnavailable as exc:
+        console.print(f"[yellow]perf_analyzer unavailable: {exc}[/yellow]")
+        return {"status": f"perf_analyzer unavailable: {exc}"}
+    out = cfg.output_dir() / "perf_analyzer"
+    out.mkdir(parents=True, exist_ok=True)
+    data = pa.write_input_data(texts, out / "input.json")
+    sat = report["summary"].get("grpc", {}).get("saturation", {}).get("users", 1)
+    runs = []
+    for concurrency in sorted({1, sat}):
+        for model in (cfg.raw, cfg.defended):
+            console.print(f"perf_analyzer: {model} over gRPC at concurrency {concurrency}")
+            runs.append(
+                pa.run(
+                    binary,
+                    env,
+                    model=model,
+                    url=grpc_url,
+                    protocol="grpc",
+                    concurrency=concurrency,
+                    input_data=data,
+                    csv_path=out / f"{model}_c{concurrency}.csv",
+                    request_count=cfg.perf_request_count,
+                )
+            )
+    failed = [r for r in runs if "error" in r]
+    status = "ok" if not failed else f"{len(failed)} of {len(runs)} runs failed"
+    return {"status": status, "binary": str(binary), "runs": runs}
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def _users(text: str) -> tuple[int, ...]:
+    values = tuple(int(x) for x in text.split(",") if x.strip())
+    if any(v < 1 or v > 64 for v in values):
+        raise argparse.ArgumentTypeError("user counts must be between 1 and 64")
+    return values
+
+
+def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--build-dir", default="build/sst2-minilm")
+    p.add_argument("--out", default=None, help="report folder (default <build>/loadtest, or loadtest-quick)")
+    p.add_argument("--quick", action="store_true", help="CI size: seconds, bounded request counts, no perf_analyzer")
+    p.add_argument("--grpc-users", type=_users, default=None, help="comma-separated user counts (default 1,2,4,8,16)")
+    p.add_argument("--http-users", type=_users, default=None, help="comma-separated, may be empty (default 1,8)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds per ensemble and user count (default 2)")
+    p.add_argument("--round-seconds", type=float, default=None, help="measured seconds per round (default 3)")
+    p.add_argument("--warmup-seconds", type=float, default=None)
+    p.add_argument(
+        "--max-requests", type=int, default=None, help="at most this many requests per round (warm-up included)"
+    )
+    p.add_argument("--batch", type=int, default=1, help="sentences per request")
+    p.add_argument("--client-ids", choices=lf.CLIENT_ID_MODES, default="per-user")
+    p.add_argument("--split", default="nonmember_eval", help="which split of the build the sentences come from")
+    p.add_argument("--defended", default=DEFENDED, help="defended ensemble (e.g. veil_fixed_intensity)")
+    p.add_argument("--raw", default=RAW)
+    p.add_argument("--no-perf-analyzer", action="store_true")
+    p.add_argument("--fetch-perf-analyzer", action="store_true", help="download the tritonclient wheel that has it")
+    p.add_argument("--grpc-url", default=None, help="use a running server instead of starting one")
+    p.add_argument("--http-url", default=None)
+    p.add_argument("--metrics-url", default=None)
+    a = p.parse_args(argv)
+    if a.fetch_perf_analyzer:
+        print(f"downloaded {pa.fetch_wheel()}", flush=True)
+    overrides = {
+        "build_dir": a.build_dir,
+        "out_dir": a.out,
+        "batch": a.batch,
+        "client_ids": a.client_ids,
+        "split": a.split,
+        "defended": a.defended,
+        "raw": a.raw,
+        "grpc_url": a.grpc_url,
+        "http_url": a.http_url,
+        "metrics_url": a.metrics_url,
+    }
+    for name in ("grpc_users", "http_users", "rounds", "round_seconds", "warmup_seconds", "max_requests"):
+        if getattr(a, name) is not None:
+            overrides[name] = getattr(a, name)
+    if a.no_perf_analyzer:
+        overrides["perf_analyzer"] = False
+    cfg = RunConfig.quick_defaults(**overrides) if a.quick else RunConfig(**overrides)
+    if not cfg.grpc_users and not cfg.http_users:
+        p.error("no user counts to run")
+    if cfg.rounds < 1 or cfg.round_seconds <= 0 or cfg.batch < 1:
+        p.error("--rounds, --round-seconds and --batch must be positive")
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    console = Console()
+    if not (Path(cfg.build_dir) / "build.json").exists():
+        console.print(f"[red]{cfg.build_dir}/build.json not found: run ./veil.sh build first[/red]")
+        return 2
+    from veil.repository.server import ServerError
+
+    t = time.perf_counter()
+    try:
+        report = measure(cfg, console)
+    except ServerError as exc:  # e.g. a defense artifact that no longer matches the code: rebuild
+        console.print(f"tritonserver did not start: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    report["meta"]["seconds"] = time.perf_counter() - t
+    paths = write_reports(report, cfg.output_dir())
+    console.print(to_markdown(report), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"written: {', '.join(str(p) for p in paths.values())} ({report['meta']['seconds']:.0f}s)")
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The report's arithmetic and rendering on synthetic rounds (no server, no gevent)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from veil.loadtest.report import RoundResult, RunConfig, plan, summarize, write_reports
+
+COMPOSING = {
+    "veil_raw": ["tokenizer", "classifier", "softmax"],
+    "veil_defended": ["tokenizer", "classifier", "mia_defense"],
+}
+
+
+def stats(requests: int, infer_us: float) -> dict[str, dict[str, int]]:
+    def entry(n: int, us: float) -> dict[str, int]:
+        e = {"executions": n, "inferences": n}
+        for name in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+            e[f"{name}_count"] = n
+            e[f"{name}_ns"] = int(n * us * 1e3 / (1 if name in ("success", "compute_infer") else 10))
+        e["fail_count"] = e["fail_ns"] = 0
+        return e
+
+    names = {*COMPOSING["veil_raw"], *COMPOSING["veil_defended"], "veil_raw", "veil_defended"}
+    return {m: entry(requests, infer_us) for m in names}
+
+
+def fake_round(protocol: str, users: int, model: str, index: int, p50_ms: float, n: int = 200) -> RoundResult:
+    rng = np.random.default_rng(index + users)
+    lat = rng.normal(p50_ms * 1e3, p50_ms * 50, n).clip(1)
+    seconds = n * p50_ms / 1e3 / users  # closed loop: throughput = users / latency
+    return RoundResult(protocol, users, model, index, seconds, lat, 0, [], n, 0, stats(n, 500), 0.3, 1.2)
+
+
+@pytest.fixture
+def report(tmp_path) -> dict:
+    cfg = RunConfig(build_dir=str(tmp_path), grpc_users=(1, 2, 4), http_users=(1,), rounds=2)
+    rounds = []
+    for protocol, users, r, model in plan(cfg):
+        base = 3.0 * max(1, users / 2)  # raw saturates from 2 users
+        rounds.append(fake_round(protocol, users, model, r, base * (1.04 if model == "veil_defended" else 1.0)))
+    return summarize(cfg, rounds, COMPOSING)
+
+
+def test_plan_alternates_abba_per_user_count():
+    cfg = RunConfig(grpc_users=(1, 8), http_users=(), rounds=2)
+    assert [m for p, u, r, m in plan(cfg) if u == 8] == ["veil_raw", "veil_defended", "veil_defended", "veil_raw"]
+    assert {p for p, *_ in plan(cfg)} == {"grpc"}
+
+
+def test_ratios_and_summary_points(report):
+    grpc = report["summary"]["grpc"]
+    assert grpc["concurrency_1"]["users"] == 1 and grpc["saturation"]["users"] == 4
+    assert grpc["knee_users"] in (1, 2)
+    for r in report["ratios"]:
+        assert r["p50"] == pytest.approx(1.04, rel=0.02)
+        assert r["throughput"] == pytest.approx(1 / 1.04, rel=0.02)
+        assert len(r["round_p50"]) == 2
+    for a in report["attribution"]:  # identical synthetic steps: no extra cost, no noise
+        assert a["extra_us"] == pytest.approx(0) and a["shared_compute_ratio"] == pytest.approx(1)
+    split = report["levels"][0]["server"]
+    assert split["ensemble"]["server_us"] == pytest.approx(500, rel=0.01)
+    assert split["models"]["tokenizer"]["avg_batch"] == 1.0
+
+
+def test_reports_are_written_and_readable(report, tmp_path):
+    paths = write_reports(report, tmp_path / "out")
+    assert json.loads(paths["json"].read_text())["ratios"] == json.loads(json.dumps(report["ratios"]))
+    md = paths["markdown"].read_text()
+    assert "| grpc | saturation | 4 |" in md and "| http | concurrency 1 | 1 |" in md
+    assert "1.040 met" in md  # p50 ratio against the 1.05 goal
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quick_defaults_are_small():
+    cfg = RunConfig.quick_defaults(build_dir="b")
+    assert cfg.quick and cfg.max_requests and cfg.rounds == 1 and not cfg.perf_analyzer
+    assert cfg.output_dir().name == "loadtest-quick"
