@@ -19,6 +19,7 @@ import requests
 from rich.console import Console
 from rich.table import Table
 
+from veil.backend.triton_keys import METRICS_FLUSH_S
 from veil.client.triton import VeilClient
 from veil.export.build import load_splits
 from veil.export.data import dedupe, load_dataset
@@ -78,6 +79,7 @@ def run(build_dir: Path, *, rows: int, data_dir: str | None, console: Console) -
                     t = time.perf_counter()
                     probs, labels = client.classify(texts, model=model, client_id=f"demo-{protocol}", batch_size=32)
                     results[(protocol, model)] = (probs, labels, time.perf_counter() - t)
+        time.sleep(2 * METRICS_FLUSH_S)  # let the defense step send its last metric updates
         metrics = server_metrics(server.metrics_url)
     summary: dict = {"rows": {"members": int(is_member.sum()), "nonmembers": int((~is_member).sum())}}
     for protocol in ("http", "grpc"):

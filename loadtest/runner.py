@@ -40,6 +40,7 @@ from locust.env import Environment
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from veil.backend.triton_keys import METRICS_FLUSH_S
 from veil.loadtest import locustfile as lf
 from veil.loadtest import perf_analyzer as pa
 from veil.loadtest.report import (
@@ -90,6 +91,7 @@ def defense_counters(metrics_url: str | None, model: str) -> dict[str, float]:
     """Veil's own counters of the defense model (outputs, perturbed, PGD steps), for context."""
     if not metrics_url:
         return {}
+    time.sleep(2 * METRICS_FLUSH_S)  # the defense step batches its metric updates
     try:
         text = requests.get(metrics_url, timeout=5).text
     except requests.RequestException:

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -39,12 +40,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 class DefenseArtifact:
     num_classes: int
     classifier_sha256: str
-    tau: float
-    """Risk threshold: outputs with r(z) > tau are perturbed until r < tau."""
+    tau: list[float]
+    """Risk threshold per predicted class: outputs with r(z) > tau[c] are perturbed until r < tau[c]."""
     eps: float
     """Base per-dimension budget (logit units) at intensity 1."""
-    target_shift: float
-    """Score units the target is lowered by at threat 1 (adaptive intensity)."""
+    target_shift: list[float]
+    """Per predicted class, score units the target is lowered by at threat 1 (adaptive intensity)."""
     temperature: float
     """Temperature of the temperature-only ablation (same mean confidence as Veil on calibration)."""
     noise_norm: float
@@ -54,6 +55,10 @@ class DefenseArtifact:
     metrics: dict = field(default_factory=dict)
     risk_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     format_version: int = FORMAT_VERSION
+
+    def thresholds(self, predicted: np.ndarray) -> np.ndarray:
+        """tau of each row's predicted class."""
+        return np.asarray(self.tau, dtype=np.float64)[np.asarray(predicted, dtype=np.int64)]
 
     def risk_evaluator(self, device: str | torch.device = "cpu") -> RiskEvaluator:
         model = RiskEvaluator(self.num_classes, hidden=self.hidden)
@@ -94,6 +99,10 @@ class DefenseArtifact:
                 f"{expected_classifier_sha256[:12]}…; recalibrate it for this model"
             )
         meta.pop("tensors_sha256")
+        if len(meta.get("tau", [])) != meta.get("num_classes"):
+            raise ArtifactError(
+                f"defense artifact {meta_path} has no per-class tau for its {meta.get('num_classes')} classes"
+            )
         try:
             art = cls(**meta, risk_state=load_file(tensor_path))
             art.risk_evaluator()  # shapes must fit

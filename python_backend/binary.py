@@ -32,13 +32,12 @@ class MarginSolver:
         self.margins = np.arange(0.0, MAX_MARGIN + TABLE_STEP, TABLE_STEP)
         # Risk score along the margin for each predicted class: telemetry and crossing brackets.
         self.table = np.stack([self._score(self.margins, c) for c in (0, 1)])
+        self.rows = [list(map(float, row)) for row in self.table]
         self._crossings: dict[tuple[int, float], float] = {}
 
     def _score(self, margins: np.ndarray, c: int) -> np.ndarray:
-        z = np.zeros((len(margins), 2))
-        z[:, c] = np.maximum(margins, 1e-9)  # a strictly positive lead keeps the predicted class c
-        with torch.no_grad():
-            return self.risk.score(torch.as_tensor(z, dtype=torch.float64, device=self.device)).cpu().numpy()
+        # A strictly positive lead keeps the predicted class c (at a tie argmax would pick class 0).
+        return self._scores(margins, np.full(len(margins), c))
 
     def score(self, margins: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """s(m, c) by interpolation in the table (for telemetry; decisions use :meth:`crossing`)."""
@@ -48,26 +47,54 @@ class MarginSolver:
             out[sel] = np.interp(margins[sel], self.margins, self.table[c])
         return out
 
+    def score_one(self, margin: float, c: int) -> float:
+        """:meth:`score` for one row, without numpy's per-call overhead."""
+        i = min(int(margin / TABLE_STEP), len(self.margins) - 2)
+        row = self.rows[c]
+        if margin >= self.margins[-1]:
+            return row[-1]
+        frac = (margin - i * TABLE_STEP) / TABLE_STEP
+        return row[i] + (row[i + 1] - row[i]) * frac
+
     def crossing(self, c: int, target: float) -> float:
         """m* with s(m, c) <= target exactly for m <= m*: inf if never above, 0 if always above."""
         key = (int(c), round(float(target), 9))
         hit = self._crossings.get(key)
-        if hit is not None:
-            return hit
-        row = self.table[c]
-        above = np.flatnonzero(row > target)
-        if len(above) == 0:
-            value = math.inf if self._score(np.array([1e4]), c)[0] <= target else MAX_MARGIN
-        elif above[0] == 0:
-            value = 0.0
-        else:
-            lo, hi = self.margins[above[0] - 1], self.margins[above[0]]
-            for _ in range(40):  # table brackets the crossing to TABLE_STEP; bisect to ~1e-14
-                mid = 0.5 * (lo + hi)
-                if self._score(np.array([mid]), c)[0] > target:
-                    hi = mid
-                else:
-                    lo = mid
-            value = float(lo)
-        self._crossings[key] = value
-        return value
+        if hit is None:
+            self.prepare([key])
+            hit = self._crossings[key]
+        return hit
+
+    def prepare(self, pairs: list[tuple[int, float]]) -> None:
+        """Solve many (class, target) crossings at once (one batched bisection), e.g. every
+        quantised threat level at start-up, so no request pays for a cache miss."""
+        keys = [(int(c), round(float(t), 9)) for c, t in pairs]
+        keys = [k for k in dict.fromkeys(keys) if k not in self._crossings]
+        if not keys:
+            return
+        classes = np.array([c for c, _ in keys])
+        targets = np.array([t for _, t in keys])
+        first_above = np.array([np.searchsorted(self.table[c], t, side="right") for c, t in keys])
+        n = len(self.margins)
+        lo = self.margins[np.clip(first_above - 1, 0, n - 1)].astype(np.float64)
+        hi = self.margins[np.clip(first_above, 0, n - 1)].astype(np.float64)
+        open_ = (first_above > 0) & (first_above < n)
+        for _ in range(40):  # the table brackets each crossing to TABLE_STEP; bisect to ~1e-14
+            mid = 0.5 * (lo + hi)
+            above = self._scores(mid, classes) > targets
+            hi = np.where(open_ & above, mid, hi)
+            lo = np.where(open_ & ~above, mid, lo)
+        for i, key in enumerate(keys):
+            if first_above[i] == 0:
+                value = 0.0
+            elif first_above[i] >= n:
+                value = math.inf if self._score(np.array([1e4]), key[0])[0] <= key[1] else MAX_MARGIN
+            else:
+                value = float(lo[i])
+            self._crossings[key] = value
+
+    def _scores(self, margins: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        z = np.zeros((len(margins), 2))
+        z[np.arange(len(margins)), classes] = np.maximum(margins, 1e-9)
+        with torch.no_grad():
+            return self.risk.score(torch.as_tensor(z, dtype=torch.float64, device=self.device)).cpu().numpy()

@@ -3,17 +3,19 @@
 Calibration data are outputs of the target classifier on the defender's own known members and
 non-members, disjoint from every attack evaluation set. Nothing here sees evaluation data.
 
-The rule for tau. For each candidate (quantiles of the calibration risk above the lowest risk a
-label-preserving output can reach for every class), the defense is
+The rule for tau (one threshold per predicted class, since the risk evaluator's class bias gives
+each class its own risk scale). A candidate is a share q: each class's threshold is the q-quantile
+of its calibration rows' risk (never below the lowest risk a label-preserving output of that class
+can reach), so q of each class's outputs stay untouched. For each candidate the defense is
 simulated on the calibration outputs and the simple score attacks of
 :func:`veil.backend.leakage.threshold_attack_suite` are fitted to them; the same attacks are
 fitted to the label-only version of the same outputs, which is what no label-preserving defense
-can go below. tau is the *largest* candidate (fewest outputs perturbed) whose strongest attack
-is at most ``slack`` above that reference. If none qualifies, the smallest candidate is used and
-the metrics say so.
+can go below. tau is the *largest* q (fewest outputs perturbed) whose strongest attack is at most ``slack``
+above that reference. If none qualifies, q = 0 (every output above its class's reachable floor is
+perturbed) and the metrics say so.
 
-At threat 1 the adaptive variant lowers the target to the risk quantile that leaves
-``strict_share`` of tau's untouched rows untouched (``target_shift``, in score units).
+At threat 1 the adaptive variant lowers each class's target to the quantile q * ``strict_share``
+(``target_shift``, in score units; never below the reachable floor).
 
 epsilon is then the largest per-dimension budget scale any calibration row needed to reach the
 target, times ``eps_headroom``, so PGD converges on calibration outputs at intensity 1.
@@ -84,9 +86,9 @@ def calibrate(
     art = DefenseArtifact(
         num_classes=num_classes,
         classifier_sha256=classifier_sha256,
-        tau=0.5,
+        tau=[0.5] * num_classes,
         eps=UNBOUNDED_EPS,
-        target_shift=0.0,
+        target_shift=[0.0] * num_classes,
         temperature=1.0,
         noise_norm=0.0,
         hidden=config.hidden,
@@ -104,31 +106,48 @@ def calibrate(
     undefended = threshold_attack_suite(raw, y, is_member)
 
     fixed = DefenseConfig(variant="fixed_intensity")
-    risk_all = Defense(art, config=fixed)(z).risk_before
+    base = Defense(art, config=fixed)(z)
+    risk_all, pred = base.risk_before, base.labels
     # The least risky output that still keeps each label: every other class exactly the label
-    # margin behind. A tau below that is unreachable for that class, so candidates stay above.
+    # margin behind. A threshold below that is unreachable for that class.
     least_sharp = np.eye(num_classes, dtype=np.float32) * np.float32(fixed.pgd.label_margin)
-    reachable = float(Defense(art, config=fixed)(least_sharp).risk_before.max())
-    taus = np.unique(np.quantile(risk_all, np.linspace(0.02, 0.98, config.candidates)))
-    taus = taus[taus > reachable + 1e-6]
-    if len(taus) == 0:
-        taus = np.array([min(reachable + 1e-3, 1.0 - 1e-6)])
+    reachable = Defense(art, config=fixed)(least_sharp).risk_before + 1e-6
+
+    def thresholds(share: float) -> list[float]:
+        """Per predicted class: the risk quantile leaving ``share`` of that class untouched."""
+        out = []
+        for c in range(num_classes):
+            r = risk_all[pred == c]
+            q = float(np.quantile(r, share)) if len(r) else 0.5
+            out.append(min(max(q, float(reachable[c])), 1.0 - 1e-9))
+        return out
+
     table = []
     chosen = None
-    for tau in tqdm(taus[::-1], desc="calibrating tau", disable=not progress, leave=False):
-        out = Defense(replace(art, tau=float(tau)), config=fixed)(z)
+    shares = np.linspace(0.98, 0.0, config.candidates)
+    for share in tqdm(shares, desc="calibrating tau", disable=not progress, leave=False):
+        tau = thresholds(float(share))
+        out = Defense(replace(art, tau=tau), config=fixed)(z)
         attacks = threshold_attack_suite(out.probabilities, y, is_member)
         excess = max(attacks.values()) - reference
-        table.append({"tau": float(tau), "perturbed": float(out.perturbed.mean()), "excess": float(excess)})
+        table.append(
+            {
+                "untouched_share": float(share),
+                "tau": tau,
+                "perturbed": float(out.perturbed.mean()),
+                "excess": float(excess),
+            }
+        )
         if excess <= config.slack:
-            chosen = float(tau)
+            chosen = float(share)
             break
     met = chosen is not None
     if chosen is None:
-        chosen = float(taus[0])
-    untouched_share = float((risk_all <= chosen).mean())
-    strict = float(np.quantile(risk_all, untouched_share * config.strict_share))
-    art = replace(art, tau=chosen, target_shift=max(0.0, logit(chosen) - logit(min(strict, chosen))))
+        chosen = 0.0
+    tau = thresholds(chosen)
+    strict = thresholds(chosen * config.strict_share)
+    shift = [max(0.0, logit(t) - logit(min(st, t))) for t, st in zip(tau, strict, strict=True)]
+    art = replace(art, tau=tau, target_shift=shift)
 
     out = Defense(art, config=fixed)(z)
     moved = out.perturbed
@@ -151,8 +170,9 @@ def calibrate(
         "attacks_defended": attacks,
         "slack": config.slack,
         "slack_met": met,
-        "tau": chosen,
-        "lowest_reachable_risk": reachable,
+        "untouched_share": chosen,
+        "tau": tau,
+        "lowest_reachable_risk": reachable.tolist(),
         "perturbed_share": float(final.perturbed.mean()),
         "exhausted_share": float(final.exhausted[final.perturbed].mean()) if final.perturbed.any() else 0.0,
         "steps_median": float(np.median(final.steps[final.perturbed])) if final.perturbed.any() else 0.0,

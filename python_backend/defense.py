@@ -19,6 +19,7 @@ Variants (chosen per served model, so ablations run side by side):
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,11 +110,21 @@ class Defense:
         self.risk = artifact.risk_evaluator(self.device).double()
         for p in self.risk.parameters():
             p.requires_grad_(False)
-        self.score_tau = logit(artifact.tau)
+        self.score_tau = np.array([logit(t) for t in artifact.tau])  # per predicted class
+        self.target_shift = np.asarray(artifact.target_shift, dtype=np.float64)
         self.num_classes = artifact.num_classes
         self.margins = None
         if self.num_classes == 2 and config.closed_form_binary and config.variant in CLOSED_FORM:
             self.margins = MarginSolver(self.risk, device=self.device)
+            levels = np.arange(101) / 100 if self.adaptive else np.zeros(1)  # threat is quantised to 1/100
+            targets = [0.0] * 2 if config.variant == "memguard" else None
+            self.margins.prepare(
+                [
+                    (c, targets[c] if targets else float(self.score_tau[c] - self.target_shift[c] * q))
+                    for c in (0, 1)
+                    for q in levels
+                ]
+            )
 
     @property
     def adaptive(self) -> bool:
@@ -139,6 +150,8 @@ class Defense:
         if logits.shape[1] != self.num_classes:
             raise ValueError(f"expected {self.num_classes} logits per row, got {logits.shape[1]}")
         b = logits.shape[0]
+        if b == 1 and self.margins is not None:
+            return self._closed_form_one(logits, 0.0 if threat is None else float(np.asarray(threat).reshape(-1)[0]))
         raw = softmax(logits)
         variant = self.config.variant
         zeros = np.zeros(b)
@@ -166,10 +179,10 @@ class Defense:
 
         # Threat is quantised to 1/100 so that targets (and the closed-form cache) are discrete.
         threat_q = np.round(np.clip(threat, 0.0, 1.0) * 100) / 100 if self.adaptive and threat is not None else None
-        target_np = np.full(b, self.score_tau)
+        target_np = self.score_tau[result.labels]
         mult_np = np.ones(b)
         if threat_q is not None:
-            target_np = target_np - self.artifact.target_shift * threat_q
+            target_np = target_np - self.target_shift[result.labels] * threat_q
             mult_np = 1.0 + threat_q  # intensity 1 at threat 0, 2 at threat 1
         if variant == "memguard":
             target_np = np.zeros(b)
@@ -274,6 +287,63 @@ class Defense:
             result.perturbed, 1.0 / (1.0 + np.exp(-self.margins.score(new, label))), result.risk_before
         )
         result.labels = result.probabilities.argmax(1).astype(np.int64)
+        return result
+
+    def _closed_form_one(self, logits: np.ndarray, threat: float) -> DefenseResult:
+        """:meth:`_closed_form` for a single row in plain Python floats: at batch size 1 (the
+        latency-bound case) numpy's per-call overhead would be most of the defense's cost.
+        The arithmetic is the same, step for step (a test checks that both agree bit for bit)."""
+        raw = softmax(logits)
+        label = int(raw[0, 1] > raw[0, 0])  # argmax; a tie goes to class 0
+        z0, z1 = float(logits[0, 0]), float(logits[0, 1])
+        margin = abs(z0 - z1)
+        target = float(self.score_tau[label])
+        mult = 1.0
+        if self.adaptive:
+            q = round(min(max(threat, 0.0), 1.0) * 100) / 100
+            target -= float(self.target_shift[label]) * q
+            mult = 1.0 + q
+        onto = self.config.variant in ONTO
+        if self.config.variant == "memguard":
+            target = 0.0
+        eps = self.artifact.eps * mult
+        crossing = self.margins.crossing(label, target)
+        risk_before = 1.0 / (1.0 + math.exp(-self.margins.score_one(margin, label)))
+        result = DefenseResult(
+            probabilities=raw,
+            labels=np.array([label], np.int64),
+            perturbed=np.zeros(1, bool),
+            steps=np.zeros(1, np.int64),
+            exhausted=np.zeros(1, bool),
+            risk_before=np.array([risk_before]),
+            risk_after=np.array([risk_before]),
+            delta=np.zeros((1, 2), np.float32),
+            budget_use=np.zeros(1),
+        )
+        if not (onto or margin > crossing):
+            return result
+        grid = self.config.grid or 1e-6
+        goal = math.floor(np.nextafter(crossing, -np.inf) / grid) * grid
+        least = min(self.config.pgd.label_margin, margin)
+        exhausted = goal < least
+        goal = max(goal, least)
+        new = min(max(goal, margin - 2 * eps), margin + 2 * eps if onto else math.inf)
+        exhausted = exhausted or new != goal
+        if not math.isfinite(new):
+            new = margin
+        shift = (margin - new) / 2
+        if shift == 0 and not onto:
+            return result
+        sign = 1.0 if label == 0 else -1.0
+        served = np.array([[z0 - sign * shift, z1 + sign * shift]], dtype=np.float32)
+        result.probabilities = softmax(served)
+        result.labels = result.probabilities.argmax(1).astype(np.int64)
+        result.perturbed[0] = True
+        result.steps[0] = 1
+        result.exhausted[0] = exhausted
+        result.delta = served - logits
+        result.budget_use[0] = abs(shift) / eps
+        result.risk_after[0] = 1.0 / (1.0 + math.exp(-self.margins.score_one(new, label)))
         return result
 
     def _snap(

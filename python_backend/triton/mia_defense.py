@@ -7,6 +7,7 @@ affected requests, never the raw softmax.
 
 from __future__ import annotations
 
+import threading
 from typing import ClassVar
 
 import numpy as np
@@ -28,11 +29,16 @@ from veil.backend.triton.common import (
     request_parameters,
     version_dir,
 )
+from veil.backend.triton_keys import METRICS_FLUSH_S
 
 
 class Telemetry:
     """Triton custom metrics (counters; means are sum / count on the Prometheus side, and
-    running means are exported as gauges for a quick look)."""
+    running means are exported as gauges for a quick look).
+
+    Every metric update is a call into the Triton process, a dozen per request; so requests only
+    add to local totals and a background thread sends the changes every ``flush_every_s``
+    (0 sends them with every request). Scraped values lag by at most that interval."""
 
     COUNTERS: ClassVar[dict[str, str]] = {
         "veil_outputs_total": "Output rows seen by the defense",
@@ -52,7 +58,7 @@ class Telemetry:
         "veil_tracked_clients_bytes": "Approximate bytes held by the adaptive-intensity table",
     }
 
-    def __init__(self, labels: dict[str, str]) -> None:
+    def __init__(self, labels: dict[str, str], *, flush_every_s: float = METRICS_FLUSH_S) -> None:
         self.metric = {}
         self.families = []
         for kind, table in (
@@ -63,34 +69,75 @@ class Telemetry:
                 family = pb_utils.MetricFamily(name=name, description=desc, kind=kind)
                 self.families.append(family)
                 self.metric[name] = family.Metric(labels=labels)
-        self.totals = {"n": 0, "risk_before": 0.0, "risk_after": 0.0, "perturbed": 0, "delta": 0.0}
+        # Totals since start and what the metrics have already been told: each metric update is a
+        # call into Triton, so they are batched and flushed at most every ``flush_every_s``.
+        self.totals = dict.fromkeys(
+            ("n", "perturbed", "steps", "exhausted", "risk_before", "risk_after", "delta", "errors"), 0.0
+        )
+        self.sent = dict(self.totals)
+        self.tracked = (0, 0)
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.flusher = None
+        if flush_every_s > 0:
+            self.flusher = threading.Thread(target=self._run, args=(flush_every_s,), name="veil-metrics", daemon=True)
+            self.flusher.start()
+
+    def _run(self, every: float) -> None:
+        while not self.stopped.wait(every):
+            self.flush()
+
+    def close(self) -> None:
+        self.stopped.set()
+        if self.flusher is not None:
+            self.flusher.join(timeout=5)
+        self.flush()
 
     def record(self, out, tracked: int, tracked_bytes: int) -> None:
-        n, k = len(out.perturbed), int(out.perturbed.sum())
-        rb, ra = float(out.risk_before.sum()), float(out.risk_after.sum())
-        dsum = float(out.delta_abs[out.perturbed].sum())
+        moved = out.perturbed
+        delta = float(np.abs(out.delta[moved]).mean(1).sum()) if moved.any() else 0.0
+        with self.lock:
+            t = self.totals
+            t["n"] += len(moved)
+            t["perturbed"] += int(moved.sum())
+            t["steps"] += int(out.steps.sum())
+            t["exhausted"] += int(out.exhausted.sum())
+            t["risk_before"] += float(out.risk_before.sum())
+            t["risk_after"] += float(out.risk_after.sum())
+            t["delta"] += delta
+            self.tracked = (tracked, tracked_bytes)
+        if self.flusher is None:
+            self.flush()
+
+    def error(self, count: int = 1) -> None:
+        with self.lock:
+            self.totals["errors"] += count
+        if self.flusher is None:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what changed since the last flush to Triton's metrics."""
+        with self.lock:
+            t, tracked = dict(self.totals), self.tracked
         m = self.metric
-        m["veil_outputs_total"].increment(n)
-        m["veil_outputs_perturbed_total"].increment(k)
-        m["veil_pgd_steps_total"].increment(int(out.steps.sum()))
-        m["veil_budget_exhausted_total"].increment(int(out.exhausted.sum()))
-        m["veil_risk_before_sum"].increment(rb)
-        m["veil_risk_after_sum"].increment(ra)
-        m["veil_delta_abs_sum"].increment(dsum)
-        t = self.totals
-        t["n"] += n
-        t["perturbed"] += k
-        t["risk_before"] += rb
-        t["risk_after"] += ra
-        t["delta"] += dsum
+        for counter, key in (
+            ("veil_outputs_total", "n"),
+            ("veil_outputs_perturbed_total", "perturbed"),
+            ("veil_pgd_steps_total", "steps"),
+            ("veil_budget_exhausted_total", "exhausted"),
+            ("veil_risk_before_sum", "risk_before"),
+            ("veil_risk_after_sum", "risk_after"),
+            ("veil_delta_abs_sum", "delta"),
+            ("veil_request_errors_total", "errors"),
+        ):
+            if t[key] != self.sent[key]:
+                m[counter].increment(t[key] - self.sent[key])
+                self.sent[key] = t[key]
         m["veil_risk_before_mean"].set(t["risk_before"] / max(t["n"], 1))
         m["veil_risk_after_mean"].set(t["risk_after"] / max(t["n"], 1))
         m["veil_delta_abs_mean"].set(t["delta"] / max(t["perturbed"], 1))
-        m["veil_tracked_clients"].set(tracked)
-        m["veil_tracked_clients_bytes"].set(tracked_bytes)
-
-    def error(self, count: int = 1) -> None:
-        self.metric["veil_request_errors_total"].increment(count)
+        m["veil_tracked_clients"].set(tracked[0])
+        m["veil_tracked_clients_bytes"].set(tracked[1])
 
 
 class TritonPythonModel:
@@ -111,7 +158,13 @@ class TritonPythonModel:
             torch.set_num_threads(int(params.get("torch_threads", "1")))
         self.defense = Defense(artifact, config=DefenseConfig(variant=params["variant"]), device=device)
         self.tracker = ThreatTracker(AdaptiveConfig(max_clients=int(params.get("max_clients", "10000"))))
-        self.telemetry = Telemetry({"model": args["model_name"], "variant": params["variant"]})
+        self.telemetry = Telemetry(
+            {"model": args["model_name"], "variant": params["variant"]},
+            flush_every_s=float(params.get("metrics_flush_s", str(METRICS_FLUSH_S))),
+        )
+
+    def finalize(self) -> None:
+        self.telemetry.close()
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import numpy as np
 import pytest
 import requests
 
 from veil.backend.artifact import META_FILE, TENSOR_FILE
-from veil.backend.triton_keys import CLIENT_ID_KEY
+from veil.backend.triton_keys import CLIENT_ID_KEY, METRICS_FLUSH_S
 from veil.repository.gateway import Gateway, ProductionServer
 from veil.repository.server import ServerError, TritonServer, repositories_for
 from veil.repository.spec import DEFENDED, RAW
@@ -150,6 +151,7 @@ def test_a_defense_that_raises_answers_with_an_error(fault_stack, via, protocol)
 
 
 def _errors(stack) -> float:
+    time.sleep(2 * METRICS_FLUSH_S)  # the defense step batches its metric updates
     text = requests.get(stack.triton.metrics_url, timeout=5).text
     return sum(
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("veil_request_errors_total{")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import tritonclient.http as httpclient
 from veil.backend.artifact import DefenseArtifact
 from veil.backend.defense import Defense, DefenseConfig
 from veil.backend.probabilities import softmax
+from veil.backend.triton_keys import METRICS_FLUSH_S
 from veil.client.triton import InferenceServerException, VeilClient
 from veil.export.build import load_splits
 from veil.export.data import dedupe, load_file
@@ -74,7 +76,8 @@ def test_high_risk_is_perturbed_and_low_risk_is_untouched(server, tiny_build, ev
     art = DefenseArtifact.load(tiny_build / "defense")
     logits = np.array([[3.0, -3.0], [-2.5, 3.0], [0.01, 0.0], [0.0, 0.02]], np.float32)
     local = Defense(art, config=DefenseConfig(variant="fixed_intensity"))(logits)
-    assert (local.risk_before[:2] > art.tau).all() and (local.risk_before[2:] < art.tau).all()
+    tau = art.thresholds(local.labels)
+    assert (local.risk_before[:2] > tau[:2]).all() and (local.risk_before[2:] < tau[2:]).all()
     assert not local.exhausted.any()
     mod = httpclient if protocol == "http" else grpcclient
     client = mod.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
@@ -99,8 +102,9 @@ def test_untouched_rows_are_bit_identical_to_the_raw_ensemble(server, tiny_build
     untouched = (defended == raw).all(1)
     # Logits up to a shift, recovered from the raw probabilities, give the risk the server saw.
     risk = Defense(art)(np.log(raw)).risk_before
-    assert (risk[untouched] <= art.tau + 1e-4).all()  # nothing risky passes untouched
-    assert (risk[~untouched] > art.tau - 1e-4).all()  # nothing safe is touched
+    tau = art.thresholds(raw.argmax(1))
+    assert (risk[untouched] <= tau[untouched] + 1e-4).all()  # nothing risky passes untouched
+    assert (risk[~untouched] > tau[~untouched] - 1e-4).all()  # nothing safe is touched
     assert (defended[~untouched].max(1) < raw[~untouched].max(1)).all()  # never sharper
 
 
@@ -163,6 +167,7 @@ def test_http_and_grpc_agree(server, eval_texts):
 
 
 def _metric(server, name: str, model: str = "mia_defense") -> float:
+    time.sleep(2 * METRICS_FLUSH_S)  # the defense step batches its metric updates
     for line in requests.get(server.metrics_url, timeout=5).text.splitlines():
         if line.startswith(name + "{") and f'model="{model}"' in line:
             return float(line.rsplit(" ", 1)[1])

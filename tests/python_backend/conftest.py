@@ -27,14 +27,15 @@ def make_artifact(num_classes: int, *, tau_quantile: float = 0.5, eps: float = 5
     art = DefenseArtifact(
         num_classes=num_classes,
         classifier_sha256="0" * 64,
-        tau=0.5,
+        tau=[0.5] * num_classes,
         eps=eps,
-        target_shift=1.0,
+        target_shift=[0.3] * num_classes,
         temperature=2.0,
         noise_norm=1.0,
         hidden=16,
         label_names=[str(i) for i in range(num_classes)],
         risk_state={k: v.detach().clone() for k, v in risk.state_dict().items()},
     )
-    scores = Defense(art)(np.concatenate([members, nonmembers])).risk_before
-    return replace(art, tau=float(np.quantile(scores, tau_quantile)))
+    out = Defense(art)(np.concatenate([members, nonmembers]))
+    tau = [float(np.quantile(out.risk_before[out.labels == c], tau_quantile)) for c in range(num_classes)]
+    return replace(art, tau=tau)

@@ -13,6 +13,7 @@ import requests
 
 from veil.backend.adaptive import ANONYMOUS, AdaptiveConfig, ThreatTracker
 from veil.backend.fingerprint import SIGNATURE_SIZE
+from veil.backend.triton_keys import METRICS_FLUSH_S
 
 from ..conftest import PRODUCTION_MAX_CLIENTS
 
@@ -138,6 +139,7 @@ def test_the_servers_table_stays_bounded(production_stack):
         assert valid_probabilities(answer, 1)
     for w in wires:
         w.close()
+    time.sleep(2 * METRICS_FLUSH_S)  # the defense step batches its metric updates
     metrics = requests.get(production_stack.triton.metrics_url, timeout=5).text
     values = {
         line.split("{")[0]: float(line.rsplit(" ", 1)[1])

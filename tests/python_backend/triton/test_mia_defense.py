@@ -15,7 +15,11 @@ def model(pb_utils, tmp_path):
     make_artifact(2).save(tmp_path / "1" / "defense")
     m = load_adapter("mia_defense").TritonPythonModel()
     m.initialize(
-        model_args(tmp_path, name="mia_defense", parameters={"variant": "veil", "classifier_sha256": "0" * 64})
+        model_args(
+            tmp_path,
+            name="mia_defense",
+            parameters={"variant": "veil", "classifier_sha256": "0" * 64, "metrics_flush_s": "0"},
+        )
     )
     return m
 
