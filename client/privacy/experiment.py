@@ -23,6 +23,7 @@ import torch
 import tritonclient.http as httpclient
 from rich.console import Console
 
+from veil.backend.defense import VARIANTS as ALL_VARIANTS
 from veil.client.privacy.attacks import Outputs, run_attacks
 from veil.client.triton import VeilClient
 from veil.export.build import BuildConfig, build, split_sizes
@@ -32,7 +33,7 @@ from veil.export.train import fine_tune, load_model, predict_logits
 from veil.repository.server import TritonServer, repositories_for
 from veil.repository.spec import RAW, defense_model_name, ensemble_name
 
-VARIANTS = ("veil", "fixed_intensity", "perturb_all", "random_noise", "temperature", "memguard", "label_only")
+VARIANTS = tuple(v for v in ALL_VARIANTS if v != "none")  # "none" is served as veil_raw
 POOL_SEED = 10_000
 
 
