@@ -18,11 +18,11 @@ from veil.backend.features import membership_features, num_features
 
 
 class RiskEvaluator(nn.Module):
-    """Standardised sharpness features -> monotone MLP + per-class bias -> membership score.
+    """Standardised sharpness features -> monotone MLP + positive linear path + per-class bias.
 
-    Weights into and out of the hidden layer pass through softplus, so the score never decreases
-    when any feature gets sharper: lowering an output's confidence can only lower its risk, and
-    for a binary task the risk level set is one point per predicted class.
+    Weights into and out of the hidden layer and of the linear path pass through softplus, so the
+    score increases when any feature gets sharper: lowering an output's confidence always lowers
+    its risk, and for a binary task the risk level set is one point per predicted class.
     """
 
     def __init__(self, num_classes: int, *, hidden: int = 16) -> None:
@@ -35,6 +35,10 @@ class RiskEvaluator(nn.Module):
         self.w1 = nn.Parameter(torch.randn(hidden, f) * 0.3 - 1.0)
         self.b1 = nn.Parameter(torch.zeros(hidden))
         self.w2 = nn.Parameter(torch.randn(hidden) * 0.3 - 1.0)
+        # A positive linear path beside the tanh units keeps the score strictly increasing where
+        # the hidden units saturate, so no range of outputs sits on a flat "floor" of risk that
+        # the defense could not tell apart (and would have to leave untouched).
+        self.w_lin = nn.Parameter(torch.full((f,), -3.0))
         self.class_bias = nn.Parameter(torch.zeros(num_classes))
 
     def features(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +49,7 @@ class RiskEvaluator(nn.Module):
         """Pre-sigmoid membership score, shape [B]."""
         x, pred = self.features(logits)
         h = torch.tanh(x @ F.softplus(self.w1).T + self.b1)
-        return h @ F.softplus(self.w2) + self.class_bias[pred]
+        return h @ F.softplus(self.w2) + x @ F.softplus(self.w_lin) + self.class_bias[pred]
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         """Risk r(z) in [0, 1], shape [B]."""
