@@ -5,6 +5,11 @@ weights), the top ``train_layers`` transformer layers, the pooler and the classi
 trained with per-sample clipping and Gaussian noise calibrated to (``target_epsilon``, delta =
 1 / n) over the planned epochs, with Poisson sampling. Fine-tuning only the top of a pretrained
 model is the standard way to keep DP utility reasonable at small data sizes.
+
+The defaults come from a sweep on SST-2 (seed 0, 1000 members, eps 8) scored on the
+``nonmember_calib`` split only, never on attack-evaluation rows: AdamW at 1e-3..2e-4 stayed at
+the majority class (per-coordinate normalisation amplifies the noise in every trained weight);
+SGD with momentum 0.9, lr 0.05, clip norm 1 and one trained layer reached 78.7% (head only: 69%).
 """
 
 from __future__ import annotations
@@ -49,11 +54,12 @@ def dp_fine_tune(
     *,
     target_epsilon: float,
     epochs: int = 8,
-    lr: float = 5e-4,
+    lr: float = 0.05,
     batch_size: int = 64,
     max_length: int = 64,
     max_grad_norm: float = 1.0,
-    train_layers: int = 2,
+    train_layers: int = 1,
+    momentum: float = 0.9,
     seed: int = 0,
     progress: bool = True,
 ) -> TrainReport:
@@ -73,7 +79,7 @@ def dp_fine_tune(
 
     loader = torch.utils.data.DataLoader(index, batch_size=batch_size, shuffle=True, collate_fn=collate)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
     engine = PrivacyEngine(accountant="rdp")
     model.train()
     dp_model, optimizer, loader = engine.make_private_with_epsilon(
@@ -122,6 +128,7 @@ def dp_fine_tune(
             "noise_multiplier": float(optimizer.noise_multiplier),
             "max_grad_norm": max_grad_norm,
             "trained_layers": train_layers,
+            "optimizer": f"SGD(momentum={momentum})",
             "lr": lr,
             "batch_size": batch_size,
         },

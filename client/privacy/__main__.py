@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     results = {}
     t0 = time.perf_counter()
+    command = ("python -m veil.client.privacy " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))).strip()
     for dataset in [d.strip() for d in a.datasets.split(",") if d.strip()]:
         cfg = EvalConfig(
             dataset=dataset,
@@ -62,8 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.quick:
             cfg = quick(cfg)
         results[dataset] = evaluate(cfg)
-    command = "python -m veil.client.privacy " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
-    path = write_report(results, a.out, command=command.strip())
+        # Written after every dataset, so a long run leaves a report of what it has finished.
+        path = write_report(results, a.out, command=command)
     print(path.read_text())
     print(f"written: {path} ({(time.perf_counter() - t0) / 60:.1f} min)")
     return 0

@@ -54,7 +54,8 @@ class EvalConfig:
     max_length: int = 64
     dp_epsilons: tuple[float, ...] = (8.0, 1.0)
     dp_epochs: int = 8
-    dp_lr: float = 5e-4
+    dp_lr: float = 0.05
+    dp_train_layers: int = 1
     dp_batch_size: int = 64
     variants: tuple[str, ...] = VARIANTS
     slack: float = 0.005
@@ -277,10 +278,14 @@ def evaluate_seed(cfg: EvalConfig, ds: TextDataset, refs: ReferenceModels, seed:
             lr=cfg.dp_lr,
             batch_size=cfg.dp_batch_size,
             max_length=cfg.max_length,
+            train_layers=cfg.dp_train_layers,
             seed=seed,
             progress=cfg.progress,
         )
-        trainer.key = f"dp-sgd eps={eps} epochs={cfg.dp_epochs} lr={cfg.dp_lr} batch={cfg.dp_batch_size}"
+        trainer.key = (
+            f"dp-sgd eps={eps} epochs={cfg.dp_epochs} sgd-momentum lr={cfg.dp_lr} batch={cfg.dp_batch_size} "
+            f"layers={cfg.dp_train_layers}"
+        )
         dp_build = build(_build_cfg(cfg, seed, dp_dir, ("veil",)), splits=splits, trainer=trainer)
         with TritonServer(repositories_for(dp_dir / "model_repository"), log_file=dp_dir / "tritonserver.log") as s:
             probs = classify(s, RAW, texts, client_id="evaluator-dp")
@@ -365,5 +370,5 @@ def quick(cfg: EvalConfig) -> EvalConfig:
         dp_epsilons=(8.0,),
         dp_epochs=2,
         dp_batch_size=32,
-        dp_lr=2e-3,
+        dp_lr=0.05,
     )
