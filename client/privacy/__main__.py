@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from veil.client.privacy.experiment import VARIANTS, EvalConfig, evaluate, quick
+from veil.client.privacy.experiment import VARIANTS, EvalConfig, evaluate, quick, saved_results
 from veil.client.privacy.report import write_report
 
 # Per-dataset settings (AG News descriptions are longer; 64 tokens keeps most of them and the CPU budget).
@@ -39,6 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="reports/privacy")
     p.add_argument("--quick", action="store_true", help="tiny model, small data, one seed (for CI)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from the per-seed results an earlier run saved in --work-dir (same settings)",
+    )
     a = p.parse_args(argv)
     results = {}
     t0 = time.perf_counter()
@@ -62,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if a.quick:
             cfg = quick(cfg)
-        results[dataset] = evaluate(cfg)
+        results[dataset] = saved_results(cfg) if a.report_only else evaluate(cfg)
         # Written after every dataset, so a long run leaves a report of what it has finished.
         path = write_report(results, a.out, command=command)
     print(path.read_text())

@@ -353,6 +353,26 @@ def evaluate(cfg: EvalConfig) -> dict:
     }
 
 
+def saved_results(cfg: EvalConfig) -> dict:
+    """What :func:`evaluate` returns, rebuilt from the per-seed results an earlier run saved (to
+    re-render a report, or to report the seeds a long run has finished). Wall time is not known."""
+    seeds = []
+    for seed in cfg.seeds:
+        path = cfg.root / f"seed{seed}" / "result.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: evaluate seed {seed} first (without --report-only)")
+        seeds.append(json.loads(path.read_text()))
+    ds = dedupe(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir))
+    return {
+        "name": cfg.name,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+        "dataset_rows": len(ds),
+        "source_sha256": fingerprint(ds),
+        "seeds": seeds,
+        "seconds": None,
+    }
+
+
 def quick(cfg: EvalConfig) -> EvalConfig:
     """CI-sized settings (tiny model, few rows, one seed)."""
     return replace(

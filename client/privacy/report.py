@@ -202,14 +202,18 @@ def write_report(results: dict[str, dict], out_dir: str | Path, *, command: str)
         summaries[dataset] = summary
         cfg = result["config"]
         seeds = result["seeds"]
+        timing = (
+            f"{result['seconds'] / 60:.0f} min on this machine."
+            if result.get("seconds") is not None
+            else "re-rendered from saved per-seed results (wall time not recorded)."
+        )
         parts += [
             f"## {dataset} ({cfg['model']})",
             "",
             f"{cfg['members']} members ({cfg['members'] // 2} attacked, {cfg['members'] // 2} for calibration), "
             f"{cfg['nonmembers']} non-members (likewise), {cfg['pool']}-row attacker pool, "
             f"{cfg['references']} reference models, {cfg['epochs']} epochs, seeds {cfg['seeds']}; "
-            f"target train accuracy {_ms([s['train_accuracy'] for s in seeds])}%; "
-            f"{result['seconds'] / 60:.0f} min on this machine.",
+            f"target train accuracy {_ms([s['train_accuracy'] for s in seeds])}%; {timing}",
             "",
             table(summary, MAIN_ROWS, "Main table"),
             table(summary, ABLATION_ROWS, "Ablations"),

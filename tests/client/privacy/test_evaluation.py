@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from veil.client.privacy.experiment import EvalConfig, evaluate, quick
+from veil.client.privacy.experiment import EvalConfig, evaluate, quick, saved_results
 from veil.client.privacy.report import write_report
 
 from ...conftest import synthetic_rows, write_tsv
@@ -40,3 +40,10 @@ def test_quick_evaluation_writes_tables_and_plots(tmp_path):
     assert summary["label_only"]["gap_accuracy"] == summary["label_only"]["floor"]
     # Temperature scaling is monotone: threshold attacks see exactly the same ranking.
     assert summary["temperature"]["auc"] == summary["none"]["auc"]
+
+    # --report-only: the same tables again from the per-seed results the run saved.
+    again = saved_results(cfg)
+    assert again["seeds"] == json.loads(json.dumps(result["seeds"]))
+    path2 = write_report({cfg.name: again}, tmp_path / "report2", command="test")
+    assert "wall time not recorded" in path2.read_text()
+    assert json.loads((tmp_path / "report2" / "privacy.json").read_text())["reviews"]["summary"] == summary
