@@ -70,13 +70,13 @@ def bench(build_dir: Path, *, rows: int, repeats: int, threads: int) -> dict:
     logits = eval_logits(build_dir, rows)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     report: dict = {"rows": len(logits), "torch_threads": threads, "devices": {}}
-    modes = [(d, True) for d in devices]
-    if art.num_classes == 2:  # also the iterative PGD that the closed form replaces
-        modes += [(d, False) for d in devices]
+    # The served closed form (exact for two classes, the canonical point for more), then the
+    # iterative PGD it replaces.
+    modes = [(d, True) for d in devices] + [(d, False) for d in devices]
     for device, closed in modes:
-        config = DefenseConfig(variant="fixed_intensity", closed_form_binary=closed)
+        config = DefenseConfig(variant="fixed_intensity", closed_form_binary=closed, canonical_multiclass=closed)
         defense = Defense(art, config=config, device=device)
-        name = device if closed or art.num_classes != 2 else f"{device}, iterative PGD"
+        name = device if closed else f"{device}, iterative PGD"
         full = defense(logits)
         moved = full.perturbed
         steps = full.steps[moved]

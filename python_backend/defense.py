@@ -4,7 +4,9 @@ Variants (chosen per served model, so ablations run side by side):
 
 - ``veil``: rows with r(z) > tau get the smallest label-preserving delta with r(z + delta) < tau,
   with per-dimension budgets from gradient importance and adaptive intensity; other rows are
-  returned exactly as the raw endpoint returns them.
+  returned exactly as the raw endpoint returns them. With more than two classes the served point
+  is the class's canonical point on the level set (a uniform tail; see :mod:`binary`), since
+  where PGD lands on a level *surface* still depends on the input.
 - ``fixed_intensity``: the same without adaptive intensity.
 - ``perturb_all``: no risk gate; every row is moved onto the risk level set r = tau (from above
   or below).
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 
 from veil.backend.artifact import DefenseArtifact
-from veil.backend.binary import MarginSolver
+from veil.backend.binary import MAX_MARGIN, MarginSolver
 from veil.backend.budgets import importance_budgets
 from veil.backend.pgd import PGDConfig, label_margin, label_preserving_pgd, project
 from veil.backend.probabilities import check_logits, softmax
@@ -57,6 +59,9 @@ class DefenseConfig:
     that PGD brought to the same level set give identical outputs. 0 disables."""
     closed_form_binary: bool = True
     """For two classes use :mod:`binary`'s exact level-set solution instead of iterating PGD."""
+    canonical_multiclass: bool = True
+    """For more than two classes serve the canonical level-set point (:mod:`binary`) instead of
+    PGD's minimal-delta point; False keeps PGD (the paper's method, for comparison)."""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -114,14 +119,15 @@ class Defense:
         self.target_shift = np.asarray(artifact.target_shift, dtype=np.float64)
         self.num_classes = artifact.num_classes
         self.margins = None
-        if self.num_classes == 2 and config.closed_form_binary and config.variant in CLOSED_FORM:
+        closed = config.closed_form_binary if self.num_classes == 2 else config.canonical_multiclass
+        if closed and config.variant in CLOSED_FORM:
             self.margins = MarginSolver(self.risk, device=self.device)
             levels = np.arange(101) / 100 if self.adaptive else np.zeros(1)  # threat is quantised to 1/100
-            targets = [0.0] * 2 if config.variant == "memguard" else None
+            memguard = config.variant == "memguard"
             self.margins.prepare(
                 [
-                    (c, targets[c] if targets else float(self.score_tau[c] - self.target_shift[c] * q))
-                    for c in (0, 1)
+                    (c, 0.0 if memguard else float(self.score_tau[c] - self.target_shift[c] * q))
+                    for c in range(self.num_classes)
                     for q in levels
                 ]
             )
@@ -150,7 +156,7 @@ class Defense:
         if logits.shape[1] != self.num_classes:
             raise ValueError(f"expected {self.num_classes} logits per row, got {logits.shape[1]}")
         b = logits.shape[0]
-        if b == 1 and self.margins is not None:
+        if b == 1 and self.margins is not None and self.num_classes == 2:
             return self._closed_form_one(logits, 0.0 if threat is None else float(np.asarray(threat).reshape(-1)[0]))
         raw = softmax(logits)
         variant = self.config.variant
@@ -188,7 +194,8 @@ class Defense:
             target_np = np.zeros(b)
         eps_base = self.artifact.eps if eps_scale is None else eps_scale
         if self.margins is not None:
-            return self._closed_form(logits, result, target_np, eps_base * mult_np, onto=variant in ONTO)
+            solve = self._closed_form if self.num_classes == 2 else self._canonical
+            return solve(logits, result, target_np, eps_base * mult_np, onto=variant in ONTO)
 
         z = torch.from_numpy(logits).to(self.device, torch.float64)
         s = self._scores(z)
@@ -286,6 +293,58 @@ class Defense:
         result.risk_after = np.where(
             result.perturbed, 1.0 / (1.0 + np.exp(-self.margins.score(new, label))), result.risk_before
         )
+        result.labels = result.probabilities.argmax(1).astype(np.int64)
+        return result
+
+    def _canonical(
+        self, logits: np.ndarray, result: DefenseResult, target: np.ndarray, eps: np.ndarray, *, onto: bool
+    ) -> DefenseResult:
+        """More than two classes (see :mod:`binary`): serve the class's canonical level-set point,
+        the label's logit at the largest grid value under the crossing above a uniform tail.
+
+        Rows at full budget get exactly softmax(canonical point), so they are bit-identical for
+        every input with the same class and target; a row whose move would exceed its budget
+        (max_i |delta_i| <= eps, after the free common shift) moves as far as the budget allows
+        along the straight line, which keeps the label, and is counted as exhausted."""
+        z = logits.astype(np.float64)
+        label = result.labels
+        b = len(z)
+        with torch.no_grad():
+            s = self.risk.score(torch.as_tensor(z, device=self.device)).cpu().numpy()
+        result.risk_before = 1.0 / (1.0 + np.exp(-s))
+        result.risk_after = result.risk_before.copy()
+        crossing = np.empty(b)
+        for c, t in set(zip(label.tolist(), target.tolist(), strict=True)):
+            crossing[(label == c) & (target == t)] = self.margins.crossing(c, t)
+        moved = np.ones(b, bool) if onto else s > target
+        if not moved.any():
+            return result
+        grid = self.config.grid or 1e-6
+        goal = np.floor(np.nextafter(crossing, -np.inf) / grid) * grid
+        least = self.config.pgd.label_margin
+        exhausted = goal < least
+        # No crossing: the whole canonical line is below the target; its sharp end is one-hot-like.
+        goal = np.where(np.isfinite(goal), np.maximum(goal, least), MAX_MARGIN)
+        canon = np.zeros_like(z)
+        canon[np.arange(b), label] = goal
+        diff = canon - z
+        diff -= ((diff.max(1) + diff.min(1)) / 2)[:, None]  # the common shift that needs least budget
+        need = np.abs(diff).max(1)
+        t = np.minimum(1.0, eps / np.maximum(need, 1e-12))
+        exhausted |= t < 1.0
+        served = (z + t[:, None] * diff).astype(np.float32)
+        probs = np.where((t < 1.0)[:, None], softmax(served), softmax(canon.astype(np.float32)))
+        idx = np.flatnonzero(moved)
+        result.probabilities = result.probabilities.copy()
+        result.probabilities[idx] = probs[idx]
+        result.perturbed = moved
+        result.steps = moved.astype(np.int64)
+        result.exhausted = moved & exhausted
+        result.delta = np.where(moved[:, None], served - logits, 0.0).astype(np.float32)
+        result.budget_use = np.where(moved, need * t / eps, 0.0)
+        with torch.no_grad():
+            after = self.risk.score(torch.as_tensor(served[idx].astype(np.float64), device=self.device))
+        result.risk_after[idx] = torch.sigmoid(after).cpu().numpy()
         result.labels = result.probabilities.argmax(1).astype(np.int64)
         return result
 

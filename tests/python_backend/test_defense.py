@@ -192,3 +192,35 @@ def test_single_row_path_matches_the_batch_path(rows, scale, seed, threat, varia
         assert one.exhausted[0] == batch.exhausted[i]
         assert one.risk_before[0] == pytest.approx(batch.risk_before[i], abs=1e-9)
         assert one.risk_after[0] == pytest.approx(batch.risk_after[i], abs=1e-9)
+
+
+def test_multiclass_outputs_are_the_canonical_point_of_their_class():
+    """More than two classes: a perturbed row at full budget is served the canonical point of its
+    class (label at the level, uniform tail), bit-identical for every input, so a caller learns
+    the label and nothing else; PGD's minimal-delta points would keep a trace of the input."""
+    art = make_artifact(4, tau_quantile=0.3)
+    z = draw_logits(400, 4, 6.0, 12)
+    out = Defense(art, config=DefenseConfig(variant="fixed_intensity"))(z)
+    assert (out.labels == z.argmax(1)).all()
+    for c in range(4):
+        sel = out.perturbed & ~out.exhausted & (out.labels == c)
+        assert sel.sum() > 20
+        assert len(np.unique(out.probabilities[sel], axis=0)) == 1
+        tail = np.delete(out.probabilities[sel][0], c)
+        assert (tail == tail[0]).all()
+    pgd = Defense(art, config=DefenseConfig(variant="fixed_intensity", canonical_multiclass=False))(z)
+    assert (pgd.labels == z.argmax(1)).all()
+    sel = pgd.perturbed & (pgd.labels == 0)
+    assert len(np.unique(pgd.probabilities[sel], axis=0)) > 1
+
+
+def test_multiclass_budget_is_respected_along_the_line():
+    art = make_artifact(5, tau_quantile=0.3)
+    z = draw_logits(200, 5, 8.0, 13)
+    d = Defense(art, config=DefenseConfig(variant="fixed_intensity"))
+    out = d(z, eps_scale=0.3)
+    assert out.exhausted.any()
+    assert (out.labels == z.argmax(1)).all()
+    moved = out.perturbed
+    shifted = out.delta[moved] - (out.delta[moved].max(1, keepdims=True) + out.delta[moved].min(1, keepdims=True)) / 2
+    assert (np.abs(shifted).max(1) <= 0.3 + 1e-4).all()
