@@ -331,9 +331,12 @@ class Defense:
         diff -= ((diff.max(1) + diff.min(1)) / 2)[:, None]  # the common shift that needs least budget
         need = np.abs(diff).max(1)
         t = np.minimum(1.0, eps / np.maximum(need, 1e-12))
-        exhausted |= t < 1.0
+        short = t < 1.0
+        exhausted |= short
         served = (z + t[:, None] * diff).astype(np.float32)
-        probs = np.where((t < 1.0)[:, None], softmax(served), softmax(canon.astype(np.float32)))
+        probs = softmax(canon.astype(np.float32))
+        if short.any():  # only budget-limited rows need their own softmax
+            probs[short] = softmax(served[short])
         idx = np.flatnonzero(moved)
         result.probabilities = result.probabilities.copy()
         result.probabilities[idx] = probs[idx]
@@ -342,9 +345,15 @@ class Defense:
         result.exhausted = moved & exhausted
         result.delta = np.where(moved[:, None], served - logits, 0.0).astype(np.float32)
         result.budget_use = np.where(moved, need * t / eps, 0.0)
-        with torch.no_grad():
-            after = self.risk.score(torch.as_tensor(served[idx].astype(np.float64), device=self.device))
-        result.risk_after[idx] = torch.sigmoid(after).cpu().numpy()
+        # The canonical point's score is in the solver's table (goal sits on its grid); only
+        # budget-limited rows need a second forward pass.
+        after = self.margins.score(goal, label)
+        redo = np.flatnonzero(moved & short)
+        if len(redo):
+            with torch.no_grad():
+                x = torch.as_tensor(served[redo].astype(np.float64), device=self.device)
+                after[redo] = self.risk.score(x).cpu().numpy()
+        result.risk_after[idx] = 1.0 / (1.0 + np.exp(-after[idx]))
         result.labels = result.probabilities.argmax(1).astype(np.int64)
         return result
 

@@ -343,13 +343,17 @@ def evaluate(cfg: EvalConfig) -> dict:
         result = evaluate_seed(cfg, ds, refs, seed)
         seeds.append(result)
         (cfg.root / f"seed{seed}" / "result.json").write_text(json.dumps(result))
+    return _dataset_result(cfg, ds, seeds, seconds=time.perf_counter() - t0)
+
+
+def _dataset_result(cfg: EvalConfig, ds: TextDataset, seeds: list[dict], *, seconds: float | None) -> dict:
     return {
         "name": cfg.name,
         "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
         "dataset_rows": len(ds),
         "source_sha256": fingerprint(ds),
         "seeds": seeds,
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
     }
 
 
@@ -363,14 +367,7 @@ def saved_results(cfg: EvalConfig) -> dict:
             raise FileNotFoundError(f"{path} is missing: evaluate seed {seed} first (without --report-only)")
         seeds.append(json.loads(path.read_text()))
     ds = dedupe(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir))
-    return {
-        "name": cfg.name,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
-        "dataset_rows": len(ds),
-        "source_sha256": fingerprint(ds),
-        "seeds": seeds,
-        "seconds": None,
-    }
+    return _dataset_result(cfg, ds, seeds, seconds=None)
 
 
 def quick(cfg: EvalConfig) -> EvalConfig:
