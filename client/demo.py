@@ -19,12 +19,12 @@ import requests
 from rich.console import Console
 from rich.table import Table
 
-from veil.backend.triton_keys import METRICS_FLUSH_S
 from veil.client.triton import VeilClient
-from veil.export.build import load_splits
 from veil.export.data import dedupe, load_dataset
-from veil.repository.server import TritonServer, repositories_for
-from veil.repository.spec import DEFENDED, RAW
+from veil.export.pipeline import load_splits
+from veil.model_repository.spec import DEFENDED, RAW
+from veil.serving.launcher import TritonServer, repositories_for
+from veil.wire import METRICS_FLUSH_S
 
 
 def _centered_log(p: np.ndarray) -> np.ndarray:

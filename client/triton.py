@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from veil.backend.triton_keys import CLIENT_ID_KEY
+from veil.wire import CLIENT_ID_KEY
 
 __all__ = ["InferenceServerException", "VeilClient"]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from veil.backend.onnx_classifier import OnnxClassifier
-from veil.backend.tokens import TextEncoder
 from veil.export.train import model_input_names, predict_logits
+from veil.python_backend.onnx_classifier import OnnxClassifier
+from veil.python_backend.tokens import TextEncoder
 
 PARITY_MAX_ABS = 1e-4
 

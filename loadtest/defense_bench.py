@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from veil.backend.artifact import DefenseArtifact
-from veil.backend.defense import Defense, DefenseConfig
-from veil.backend.probabilities import softmax
-from veil.export.build import load_splits, onnx_logits
 from veil.export.data import dedupe, load_dataset
+from veil.export.pipeline import load_splits, onnx_logits
+from veil.python_backend.artifact import DefenseArtifact
+from veil.python_backend.defense import Defense, DefenseConfig
+from veil.python_backend.probabilities import softmax
 
 BATCHES = (1, 8, 64, 256)
 

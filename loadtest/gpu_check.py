@@ -82,16 +82,16 @@ def prepare(bundle: Path, build_dir: Path, *, rows: int, with_triton: bool) -> d
 
 
 def _stub_export_build(logits_path: Path) -> None:
-    """defense_bench imports veil.export.build (transformers, onnx) only to compute logits; the
+    """defense_bench imports veil.export.pipeline (transformers, onnx) only to compute logits; the
     bundle already has them, so when that import fails give it a module that serves the file."""
     try:
-        import veil.export.build  # noqa: F401
+        import veil.export.pipeline  # noqa: F401
     except ImportError as exc:
-        print(f"[gpu-check] veil.export.build not importable here ({exc}); using the bundled logits")
-        stub = types.ModuleType("veil.export.build")
+        print(f"[gpu-check] veil.export.pipeline not importable here ({exc}); using the bundled logits")
+        stub = types.ModuleType("veil.export.pipeline")
         stub.load_splits = lambda *a, **k: None  # type: ignore[attr-defined]
         stub.onnx_logits = lambda *a, **k: np.load(logits_path)  # type: ignore[attr-defined]
-        sys.modules["veil.export.build"] = stub
+        sys.modules["veil.export.pipeline"] = stub
 
 
 def stage_defense_bench(bundle: Path, *, repeats: int) -> int:
@@ -148,7 +148,7 @@ def stage_triton(bundle: Path, *, kind: str, requests_per_batch: int) -> int:
         shell.__path__ = list(spec.submodule_search_locations or [])
         sys.modules["pytriton"] = shell
     try:
-        from veil.repository.server import TritonServer
+        from veil.serving.launcher import TritonServer
     except ImportError as exc:
         print(f"[gpu-check] stage 2 skipped: {exc}")
         return 0

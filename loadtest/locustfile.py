@@ -47,7 +47,7 @@ import tritonclient.http as httpclient
 from locust import User, constant, events, task
 from locust.exception import StopUser
 
-from veil.backend.triton_keys import CLIENT_ID_KEY
+from veil.wire import CLIENT_ID_KEY
 
 DEFAULT_MODEL = "veil_defended"
 CLIENT_ID_MODES = ("per-user", "shared", "none")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from veil.repository.spec import DEFENDED, RAW
+from veil.model_repository.spec import DEFENDED, RAW
 
 STAT_FIELDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 GOALS = {"p50": 1.05, "p99": 1.10, "throughput": 0.95}  # issue #5: defended/raw latency at most, throughput at least

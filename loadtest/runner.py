@@ -40,7 +40,6 @@ from locust.env import Environment
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from veil.backend.triton_keys import METRICS_FLUSH_S
 from veil.loadtest import locustfile as lf
 from veil.loadtest import perf_analyzer as pa
 from veil.loadtest.report import (
@@ -55,6 +54,7 @@ from veil.loadtest.report import (
     to_markdown,
     write_reports,
 )
+from veil.wire import METRICS_FLUSH_S
 
 MIN_SAMPLES = 3  # a round measures at least this many requests ...
 MIN_SAMPLES_WAIT_S = 30.0  # ... unless that takes longer than this
@@ -214,7 +214,7 @@ def serving(cfg: RunConfig, console: Console) -> Iterator[tuple[str, str, str | 
             raise SystemExit("--grpc-url and --http-url go together (statistics are read over HTTP)")
         yield cfg.grpc_url, cfg.http_url, cfg.metrics_url, None
         return
-    from veil.repository.server import TritonServer, repositories_for
+    from veil.serving.launcher import TritonServer, repositories_for
 
     out = cfg.output_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -425,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (Path(cfg.build_dir) / "build.json").exists():
         console.print(f"[red]{cfg.build_dir}/build.json not found: run ./veil.sh build first[/red]")
         return 2
-    from veil.repository.server import ServerError
+    from veil.serving.launcher import ServerError
 
     t = time.perf_counter()
     try:

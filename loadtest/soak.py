@@ -5,7 +5,7 @@ resident memory of tritonserver and its python stubs growing less than 5% after 
     python -m veil.loadtest.soak --build-dir build/sst2-minilm --quick      # about a minute (CI)
 
 Writes a production-mode repository from the build's artifacts (``<build>/soak/model_repository``:
-no raw ensemble), starts ``python -m veil.repository.gateway`` on it as a separate process (tritonserver
+no raw ensemble), starts ``python -m veil.serving.gateway`` on it as a separate process (tritonserver
 on loopback behind the gateway, with restarts switched off so a crash shows up as failures), and
 drives ``veil_defended`` through the gateway with the closed-loop Locust users of
 ``veil.loadtest.locustfile`` (gRPC and HTTP, no think time: saturation), each user with its own
@@ -42,9 +42,9 @@ import requests
 from locust.env import Environment
 
 from veil.loadtest import locustfile as lf
-from veil.repository.build import rewrite_repository
-from veil.repository.server import STUB_NAME, free_port, server_env, stub_model_name
-from veil.repository.spec import DEFENDED
+from veil.model_repository.spec import DEFENDED
+from veil.model_repository.writer import rewrite_repository
+from veil.serving.launcher import STUB_NAME, free_port, server_env, stub_model_name
 
 GROWTH_LIMIT = 0.05
 
@@ -112,7 +112,7 @@ def growth(before: dict, after: dict) -> dict:
 
 
 class Stack:
-    """``python -m veil.repository.gateway`` in its own process (its own process group)."""
+    """``python -m veil.serving.gateway`` in its own process (its own process group)."""
 
     def __init__(self, repository: Path, log_dir: Path, startup_timeout: float) -> None:
         self.http_port, self.grpc_port = free_port(), free_port()
@@ -121,7 +121,7 @@ class Stack:
             [
                 sys.executable,
                 "-m",
-                "veil.repository.gateway",
+                "veil.serving.gateway",
                 f"--repository={repository}",
                 f"--http-port={self.http_port}",
                 f"--grpc-port={self.grpc_port}",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from veil.backend.fingerprint import SIGNATURE_SIZE
+from veil.python_backend.fingerprint import SIGNATURE_SIZE
 
 PLATFORMS = ("embedded", "nvidia")
 MODES = ("production", "benchmark")
@@ -108,7 +108,7 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
             [*token_tensors, fingerprint],
             mbs,
             "common",
-            adapter="veil.backend.triton.tokenizer",
+            adapter="veil.python_backend.triton.tokenizer",
             instance_count=opts.tokenizer_instances,
             max_queue_delay_us=delay,
             parameters={
@@ -141,7 +141,7 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
                 [logits],
                 mbs,
                 platform,
-                adapter="veil.backend.triton.classifier",
+                adapter="veil.python_backend.triton.classifier",
                 instance_count=opts.classifier_instances,
                 max_queue_delay_us=delay,
                 parameters={"classifier_sha256": opts.classifier_sha256},
@@ -158,7 +158,7 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
                 outputs,
                 mbs,
                 platform,
-                adapter="veil.backend.triton.mia_defense",
+                adapter="veil.python_backend.triton.mia_defense",
                 instance_kind="KIND_GPU" if gpu else "KIND_CPU",
                 # One instance: adaptive-intensity state lives in the instance's process.
                 instance_count=1,
@@ -180,7 +180,7 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
                 outputs,
                 mbs,
                 "common",
-                adapter="veil.backend.triton.softmax",
+                adapter="veil.python_backend.triton.softmax",
                 max_queue_delay_us=delay,
             )
         )

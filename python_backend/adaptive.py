@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from veil.backend.fingerprint import SIGNATURE_SIZE, logit_signature, near_duplicates
+from veil.python_backend.fingerprint import SIGNATURE_SIZE, logit_signature, near_duplicates
 
 ANONYMOUS = ""
 

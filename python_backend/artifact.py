@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from veil.backend.risk import RiskEvaluator
+from veil.python_backend.risk import RiskEvaluator
 
 FORMAT_VERSION = 1
 META_FILE = "defense.json"

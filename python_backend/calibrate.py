@@ -8,7 +8,7 @@ each class its own risk scale). A candidate is a share q: each class's threshold
 of its calibration rows' risk (never below the lowest risk a label-preserving output of that class
 can reach), so q of each class's outputs stay untouched. For each candidate the defense is
 simulated on the calibration outputs and the simple score attacks of
-:func:`veil.backend.leakage.threshold_attack_suite` are fitted to them; the same attacks are
+:func:`veil.python_backend.leakage.threshold_attack_suite` are fitted to them; the same attacks are
 fitted to the label-only version of the same outputs, which is what no label-preserving defense
 can go below. tau is the *largest* q (fewest outputs perturbed) whose strongest attack is at most ``slack``
 above that reference. If none qualifies, q = 0 (every output above its class's reachable floor is
@@ -28,11 +28,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tqdm.auto import tqdm
 
-from veil.backend.artifact import DefenseArtifact
-from veil.backend.defense import Defense, DefenseConfig
-from veil.backend.leakage import label_only_floor, threshold_attack_suite
-from veil.backend.probabilities import softmax
-from veil.backend.risk import fit_risk_evaluator, logit
+from veil.python_backend.artifact import DefenseArtifact
+from veil.python_backend.defense import Defense, DefenseConfig
+from veil.python_backend.leakage import label_only_floor, threshold_attack_suite
+from veil.python_backend.probabilities import softmax
+from veil.python_backend.risk import fit_risk_evaluator, logit
 
 UNBOUNDED_EPS = 1e3
 

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from veil.backend.artifact import DefenseArtifact
-from veil.backend.binary import MAX_MARGIN, MarginSolver
-from veil.backend.budgets import importance_budgets
-from veil.backend.pgd import PGDConfig, label_margin, label_preserving_pgd, project
-from veil.backend.probabilities import check_logits, softmax
-from veil.backend.risk import logit
+from veil.python_backend.artifact import DefenseArtifact
+from veil.python_backend.budgets import importance_budgets
+from veil.python_backend.levelset import MAX_MARGIN, MarginSolver
+from veil.python_backend.pgd import PGDConfig, label_margin, label_preserving_pgd, project
+from veil.python_backend.probabilities import check_logits, softmax
+from veil.python_backend.risk import logit
 
 CLOSED_FORM = ("veil", "fixed_intensity", "perturb_all", "memguard")
 ONTO = ("perturb_all", "memguard")  # every row moved onto the level set, from either side

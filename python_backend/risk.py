@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from veil.backend.features import membership_features, num_features
+from veil.python_backend.features import membership_features, num_features
 
 
 class RiskEvaluator(nn.Module):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from veil.backend.fingerprint import text_signature
+from veil.python_backend.fingerprint import text_signature
 
 
 class InputError(ValueError):

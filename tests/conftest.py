@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from veil.backend.defense import VARIANTS
+from veil.python_backend.defense import VARIANTS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -60,7 +60,7 @@ TINY_VARIANTS = tuple(v for v in VARIANTS if v != "none")  # every served varian
 
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory, synthetic_tsv) -> Path:
-    from veil.export.build import BuildConfig, build
+    from veil.export.pipeline import BuildConfig, build
 
     out = tmp_path_factory.mktemp("build")
     build(
@@ -84,7 +84,7 @@ def tiny_build(tmp_path_factory, synthetic_tsv) -> Path:
 
 @pytest.fixture(scope="session")
 def server(tiny_build, tmp_path_factory):
-    from veil.repository.server import TritonServer, repositories_for
+    from veil.serving.launcher import TritonServer, repositories_for
 
     log = tmp_path_factory.mktemp("logs") / "tritonserver.log"
     srv = TritonServer(
@@ -103,7 +103,7 @@ def server(tiny_build, tmp_path_factory):
 def tiny_repository(tiny_build: Path, out: Path, **changes: object) -> Path:
     """A model repository written from the tiny build's artifacts (no retraining) with some
     ``ServingOptions`` changed, e.g. ``mode="production"`` or a small ``max_clients``."""
-    from veil.repository.build import rewrite_repository
+    from veil.model_repository.writer import rewrite_repository
 
     return rewrite_repository(tiny_build, out, **changes)
 
@@ -116,7 +116,7 @@ def production_stack(tiny_build, tmp_path_factory):
     """The documented production deployment on the tiny build: a production-mode repository (no
     veil_raw), tritonserver on loopback with restricted APIs, the gateway in front. A small
     ``max_clients`` lets the bounded-state test fill the adaptive-intensity table."""
-    from veil.repository.gateway import ProductionServer
+    from veil.serving.gateway import ProductionServer
 
     root = tmp_path_factory.mktemp("production")
     repo = tiny_repository(

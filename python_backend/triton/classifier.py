@@ -11,9 +11,9 @@ from collections import defaultdict
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from veil.backend.artifact import sha256_file
-from veil.backend.onnx_classifier import OnnxClassifier
-from veil.backend.triton.common import input_array, internal, invalid, parameters, version_dir
+from veil.python_backend.artifact import sha256_file
+from veil.python_backend.onnx_classifier import OnnxClassifier
+from veil.python_backend.triton.common import input_array, internal, invalid, parameters, version_dir
 
 
 class TritonPythonModel:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from veil.backend.triton_keys import CLIENT_ID_KEY  # noqa: F401  (re-exported)
+from veil.wire import CLIENT_ID_KEY  # noqa: F401  (re-exported)
 
 
 def parameters(args: dict) -> dict[str, str]:

@@ -13,12 +13,12 @@ from typing import ClassVar
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from veil.backend.adaptive import AdaptiveConfig, ThreatTracker, normalise_client_id
-from veil.backend.artifact import DefenseArtifact
-from veil.backend.defense import Defense, DefenseConfig
-from veil.backend.fingerprint import SIGNATURE_SIZE
-from veil.backend.probabilities import check_logits
-from veil.backend.triton.common import (
+from veil.python_backend.adaptive import AdaptiveConfig, ThreatTracker, normalise_client_id
+from veil.python_backend.artifact import DefenseArtifact
+from veil.python_backend.defense import Defense, DefenseConfig
+from veil.python_backend.fingerprint import SIGNATURE_SIZE
+from veil.python_backend.probabilities import check_logits
+from veil.python_backend.triton.common import (
     CLIENT_ID_KEY,
     device_of,
     input_array,
@@ -29,7 +29,7 @@ from veil.backend.triton.common import (
     request_parameters,
     version_dir,
 )
-from veil.backend.triton_keys import METRICS_FLUSH_S
+from veil.wire import METRICS_FLUSH_S
 
 
 class Telemetry:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from veil.backend.probabilities import check_logits, softmax
-from veil.backend.triton.common import input_array, invalid
+from veil.python_backend.probabilities import check_logits, softmax
+from veil.python_backend.triton.common import input_array, invalid
 
 
 class TritonPythonModel:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import triton_python_backend_utils as pb_utils
 
-from veil.backend.tokens import InputError, TextEncoder, decode_texts
-from veil.backend.triton.common import input_array, internal, invalid, parameters, version_dir
+from veil.python_backend.tokens import InputError, TextEncoder, decode_texts
+from veil.python_backend.triton.common import input_array, internal, invalid, parameters, version_dir
 
 
 def check_visible(text: str, row: int) -> None:

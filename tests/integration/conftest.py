@@ -24,7 +24,7 @@ import json
 
 import numpy as np
 
-from veil.backend.triton.classifier import TritonPythonModel as RealClassifier
+from veil.python_backend.triton.classifier import TritonPythonModel as RealClassifier
 
 REPLACE = {{int(token): row for token, row in json.loads({payload!r}).items()}}
 
@@ -51,7 +51,7 @@ DEFENSE_PY = '''"""Test-only: the real defense step, whose defense raises on the
 
 import numpy as np
 
-from veil.backend.triton.mia_defense import TritonPythonModel as RealDefense
+from veil.python_backend.triton.mia_defense import TritonPythonModel as RealDefense
 
 
 class Faulty:
@@ -87,7 +87,7 @@ def trigger_tokens(tiny_build: Path) -> dict[str, int]:
 def fault_stack(tiny_build, tmp_path_factory):
     """The faulty repository behind the production gateway (``.triton`` is reachable directly
     with ``internal_headers()``)."""
-    from veil.repository.gateway import ProductionServer
+    from veil.serving.gateway import ProductionServer
 
     root = tmp_path_factory.mktemp("faulty")
     repo = tiny_repository(

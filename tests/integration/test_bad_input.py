@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from veil.backend.triton_keys import CLIENT_ID_KEY
-from veil.repository.spec import DEFENDED
+from veil.model_repository.spec import DEFENDED
+from veil.wire import CLIENT_ID_KEY
 
 from .conftest import TRIGGERS
 from .wire import Answer, Tensor, Wire, caller_fault, numbers, texts, valid_probabilities

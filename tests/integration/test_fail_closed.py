@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import requests
 
-from veil.backend.artifact import META_FILE, TENSOR_FILE
-from veil.backend.triton_keys import CLIENT_ID_KEY, METRICS_FLUSH_S
-from veil.repository.gateway import Gateway, ProductionServer
-from veil.repository.server import ServerError, TritonServer, repositories_for
-from veil.repository.spec import DEFENDED, RAW
+from veil.model_repository.spec import DEFENDED, RAW
+from veil.python_backend.artifact import META_FILE, TENSOR_FILE
+from veil.serving.gateway import Gateway, ProductionServer
+from veil.serving.launcher import ServerError, TritonServer, repositories_for
+from veil.wire import CLIENT_ID_KEY, METRICS_FLUSH_S
 
 from ..conftest import tiny_repository
 from .conftest import TRIGGERS

@@ -18,9 +18,9 @@ import numpy as np
 import psutil
 import pytest
 
-from veil.repository.gateway import ProductionServer
-from veil.repository.server import Health
-from veil.repository.spec import DEFENDED, RAW
+from veil.model_repository.spec import DEFENDED, RAW
+from veil.serving.gateway import ProductionServer
+from veil.serving.launcher import Health
 
 from ..conftest import tiny_repository
 from .wire import Answer, Wire, valid_probabilities

@@ -12,14 +12,14 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from veil.backend.artifact import DefenseArtifact
-from veil.backend.defense import Defense, DefenseConfig
-from veil.backend.probabilities import softmax
-from veil.backend.triton_keys import METRICS_FLUSH_S
 from veil.client.triton import InferenceServerException, VeilClient
-from veil.export.build import load_splits
 from veil.export.data import dedupe, load_file
-from veil.repository.spec import DEFENDED, RAW
+from veil.export.pipeline import load_splits
+from veil.model_repository.spec import DEFENDED, RAW
+from veil.python_backend.artifact import DefenseArtifact
+from veil.python_backend.defense import Defense, DefenseConfig
+from veil.python_backend.probabilities import softmax
+from veil.wire import METRICS_FLUSH_S
 
 from ..conftest import TINY_VARIANTS
 

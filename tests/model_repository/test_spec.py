@@ -6,7 +6,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from veil.repository.spec import DEFENDED, RAW, ServingOptions, describe, render
+from veil.model_repository.spec import DEFENDED, RAW, ServingOptions, describe, render
 
 OPTS = ServingOptions(
     input_names=("input_ids", "attention_mask"),

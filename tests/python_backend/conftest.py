@@ -7,9 +7,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from veil.backend.artifact import DefenseArtifact
-from veil.backend.defense import Defense
-from veil.backend.risk import fit_risk_evaluator
+from veil.python_backend.artifact import DefenseArtifact
+from veil.python_backend.defense import Defense
+from veil.python_backend.risk import fit_risk_evaluator
 
 
 def synthetic_logits(n: int, num_classes: int, *, sharp: float, seed: int) -> np.ndarray:

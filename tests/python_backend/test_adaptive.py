@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from veil.backend.adaptive import ANONYMOUS, AdaptiveConfig, ThreatTracker, normalise_client_id
-from veil.backend.tokens import TextEncoder
 from veil.export.train import packaged_minilm
+from veil.python_backend.adaptive import ANONYMOUS, AdaptiveConfig, ThreatTracker, normalise_client_id
+from veil.python_backend.tokens import TextEncoder
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import psutil
 import pytest
 import requests
 
-from veil.backend.adaptive import ANONYMOUS, AdaptiveConfig, ThreatTracker
-from veil.backend.fingerprint import SIGNATURE_SIZE
-from veil.backend.triton_keys import METRICS_FLUSH_S
+from veil.python_backend.adaptive import ANONYMOUS, AdaptiveConfig, ThreatTracker
+from veil.python_backend.fingerprint import SIGNATURE_SIZE
+from veil.wire import METRICS_FLUSH_S
 
 from ..conftest import PRODUCTION_MAX_CLIENTS
 

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from veil.backend.artifact import ArtifactError, DefenseArtifact
-from veil.backend.defense import Defense
+from veil.python_backend.artifact import ArtifactError, DefenseArtifact
+from veil.python_backend.defense import Defense
 
 from .conftest import make_artifact
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from veil.backend.budgets import importance_budgets
+from veil.python_backend.budgets import importance_budgets
 
 
 def test_budgets_scale_mean_and_label_dimensions():

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from veil.backend.defense import VARIANTS, Defense, DefenseConfig
-from veil.backend.probabilities import softmax
+from veil.python_backend.defense import VARIANTS, Defense, DefenseConfig
+from veil.python_backend.probabilities import softmax
 
 from .conftest import make_artifact
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from veil.backend.defense import Defense
+from veil.python_backend.defense import Defense
 
 from .conftest import make_artifact
 from .test_defense import draw_logits

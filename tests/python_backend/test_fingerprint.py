@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from veil.backend.fingerprint import SIGNATURE_SIZE, logit_signature, near_duplicates, text_signature
+from veil.python_backend.fingerprint import SIGNATURE_SIZE, logit_signature, near_duplicates, text_signature
 
 
 def sig(*token_lists: list[int]) -> np.ndarray:

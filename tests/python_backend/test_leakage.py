@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from veil.backend.leakage import (
+from veil.python_backend.leakage import (
     best_threshold_accuracy,
     classwise_threshold_accuracy,
     label_only_floor,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from veil.backend.pgd import PGDConfig, label_margin, label_preserving_pgd, project
+from veil.python_backend.pgd import PGDConfig, label_margin, label_preserving_pgd, project
 
 
 def linear_score(z: torch.Tensor) -> torch.Tensor:

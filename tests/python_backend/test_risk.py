@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from veil.backend.calibrate import calibrate
-from veil.backend.defense import Defense, DefenseConfig
-from veil.backend.leakage import threshold_attack_suite
+from veil.python_backend.calibrate import calibrate
+from veil.python_backend.defense import Defense, DefenseConfig
+from veil.python_backend.leakage import threshold_attack_suite
 
 
 def overfit_model(seed: int = 0, classes: int = 3, dim: int = 8, n: int = 1200):

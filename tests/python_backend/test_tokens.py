@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from veil.backend.tokens import InputError, TextEncoder, bucket_length, decode_texts
 from veil.export.train import packaged_minilm
+from veil.python_backend.tokens import InputError, TextEncoder, bucket_length, decode_texts
 
 
 @pytest.fixture(scope="module")

@@ -83,14 +83,14 @@ def pb_utils(monkeypatch):
     mod.get_input_tensor_by_name = lambda req, name: req.inputs.get(name)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", mod)
     for name in list(sys.modules):
-        if name.startswith("veil.backend.triton."):
+        if name.startswith("veil.python_backend.triton."):
             monkeypatch.delitem(sys.modules, name)
     FakeFamily.registry = {}
     return mod
 
 
 def load_adapter(name: str):
-    return importlib.import_module(f"veil.backend.triton.{name}")
+    return importlib.import_module(f"veil.python_backend.triton.{name}")
 
 
 def model_args(version_root, *, name: str, parameters: dict[str, str]) -> dict:

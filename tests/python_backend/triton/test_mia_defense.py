@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from veil.backend.artifact import ArtifactError
-from veil.backend.defense import Defense
+from veil.python_backend.artifact import ArtifactError
+from veil.python_backend.defense import Defense
 
 from ..conftest import make_artifact
 from .conftest import FakeFamily, FakeRequest, load_adapter, model_args

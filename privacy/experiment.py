@@ -23,15 +23,15 @@ import torch
 import tritonclient.http as httpclient
 from rich.console import Console
 
-from veil.backend.defense import VARIANTS as ALL_VARIANTS
-from veil.client.privacy.attacks import Outputs, run_attacks
 from veil.client.triton import VeilClient
-from veil.export.build import BuildConfig, build, split_sizes
 from veil.export.data import SPLIT_NAMES, Splits, TextDataset, dedupe, fingerprint, load_dataset, make_splits
 from veil.export.dp import dp_fine_tune
+from veil.export.pipeline import BuildConfig, build, split_sizes
 from veil.export.train import fine_tune, load_model, predict_logits
-from veil.repository.server import TritonServer, repositories_for
-from veil.repository.spec import RAW, defense_model_name, ensemble_name
+from veil.model_repository.spec import RAW, defense_model_name, ensemble_name
+from veil.privacy.attacks import Outputs, run_attacks
+from veil.python_backend.defense import VARIANTS as ALL_VARIANTS
+from veil.serving.launcher import TritonServer, repositories_for
 
 VARIANTS = tuple(v for v in ALL_VARIANTS if v != "none")  # "none" is served as veil_raw
 POOL_SEED = 10_000
@@ -313,7 +313,7 @@ def _phi(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def _slices(target: Outputs, found) -> dict:
     """Best-threshold accuracy of each score attack within slices (per class; correct vs wrong)."""
-    from veil.backend.leakage import best_threshold_accuracy
+    from veil.python_backend.leakage import best_threshold_accuracy
 
     out: dict[str, dict[str, float]] = {}
     slices = {f"class_{c}": target.labels == c for c in np.unique(target.labels)}

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from veil.client.privacy.experiment import EvalConfig, evaluate, quick, saved_results
-from veil.client.privacy.report import write_report
+from veil.privacy.experiment import EvalConfig, evaluate, quick, saved_results
+from veil.privacy.report import write_report
 
-from ...conftest import synthetic_rows, write_tsv
+from ..conftest import synthetic_rows, write_tsv
 
 pytestmark = pytest.mark.integration
 

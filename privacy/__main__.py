@@ -1,8 +1,8 @@
-"""``python -m veil.client.privacy``: the paper's tables for our models, through the real server.
+"""``python -m veil.privacy``: the paper's tables for our models, through the real server.
 
-    python -m veil.client.privacy                     # SST-2 and AG News, 3 seeds (hours on 2 cores)
-    python -m veil.client.privacy --datasets sst2 --seeds 0
-    python -m veil.client.privacy --quick             # tiny model, one seed, CI-sized
+    python -m veil.privacy                     # SST-2 and AG News, 3 seeds (hours on 2 cores)
+    python -m veil.privacy --datasets sst2 --seeds 0
+    python -m veil.privacy --quick             # tiny model, one seed, CI-sized
 
 Writes reports/privacy/privacy.md, privacy.json and ROC plots (linear and log scale).
 """
@@ -15,8 +15,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from veil.client.privacy.experiment import VARIANTS, EvalConfig, evaluate, quick, saved_results
-from veil.client.privacy.report import write_report
+from veil.privacy.experiment import VARIANTS, EvalConfig, evaluate, quick, saved_results
+from veil.privacy.report import write_report
 
 # Per-dataset settings (AG News descriptions are longer; 64 tokens keeps most of them and the CPU budget).
 DATASET_DEFAULTS = {"sst2": {"max_length": 64}, "agnews": {"max_length": 64}}
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     results = {}
     t0 = time.perf_counter()
-    command = ("python -m veil.client.privacy " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))).strip()
+    command = ("python -m veil.privacy " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))).strip()
     for dataset in [d.strip() for d in a.datasets.split(",") if d.strip()]:
         cfg = EvalConfig(
             dataset=dataset,

@@ -23,7 +23,7 @@ import math
 import numpy as np
 import torch
 
-from veil.backend.risk import RiskEvaluator
+from veil.python_backend.risk import RiskEvaluator
 
 MAX_MARGIN = 80.0
 TABLE_STEP = 0.01

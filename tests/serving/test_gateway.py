@@ -17,15 +17,15 @@ import requests
 from aiohttp import web
 from tritonclient.grpc import service_pb2
 
-from veil.repository.gateway import (
+from veil.model_repository.spec import DEFENDED
+from veil.serving.gateway import (
     ADMIN_KEY_HEADER,
     DENIED_RPCS,
     GATEWAY_KEY_HEADER,
     Gateway,
     ProductionServer,
 )
-from veil.repository.server import ServerError, free_port
-from veil.repository.spec import DEFENDED
+from veil.serving.launcher import ServerError, free_port
 
 from ..integration.wire import Wire, texts, valid_probabilities
 

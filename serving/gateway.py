@@ -19,7 +19,7 @@ adaptive intensity: the ``veil-client-id`` header (or request parameter) if the 
 else its peer address (``--client-id-source peer`` assigns the peer address always).
 
 Run it with :class:`ProductionServer` (internal tritonserver + gateway) or ``python -m
-veil.repository.gateway --repository ...``; see README.md, "Production deployment (no bypass)".
+veil.serving.gateway --repository ...``; see README.md, "Production deployment (no bypass)".
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ import grpc
 from aiohttp import web
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from veil.backend.adaptive import AdaptiveConfig, normalise_client_id
-from veil.backend.triton_keys import CLIENT_ID_KEY
-from veil.repository.server import Health, ServerError, TritonServer, repositories_for
-from veil.repository.spec import DEFENDED
+from veil.model_repository.spec import DEFENDED
+from veil.python_backend.adaptive import AdaptiveConfig, normalise_client_id
+from veil.serving.launcher import Health, ServerError, TritonServer, repositories_for
+from veil.wire import CLIENT_ID_KEY
 
 GATEWAY_KEY_HEADER = "veil-gateway-key"
 """Header the internal Triton requires for inference, metadata and model-config (the gateway's key)."""
@@ -632,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     if args.build_dir:
-        from veil.repository.build import rewrite_repository
+        from veil.model_repository.writer import rewrite_repository
 
         out = Path(args.build_dir) / "production" / "model_repository"
         args.repository = rewrite_repository(args.build_dir, out, mode="production", variants=("veil",))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from veil.client.privacy.attacks import (
+from veil.privacy.attacks import (
     Outputs,
     blind_attack,
     lira_offline,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from veil.client.privacy.attacks import SCORE_BASED
+from veil.privacy.attacks import SCORE_BASED
 
 MAIN_ROWS = ("none", "veil", "label_only", "memguard", "dpsgd_eps8", "dpsgd_eps1")
 ABLATION_ROWS = ("veil", "fixed_intensity", "perturb_all", "random_noise", "temperature")

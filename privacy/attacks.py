@@ -16,7 +16,7 @@ import numpy as np
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from veil.backend.leakage import best_threshold_accuracy, classwise_threshold_accuracy, label_only_floor
+from veil.python_backend.leakage import best_threshold_accuracy, classwise_threshold_accuracy, label_only_floor
 
 EPS = 1e-12
 

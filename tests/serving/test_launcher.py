@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from veil.repository.server import ServerError, TritonServer, prepare_backends, repositories_for
+from veil.serving.launcher import ServerError, TritonServer, prepare_backends, repositories_for
 
 pytestmark = pytest.mark.integration
 

@@ -19,16 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from veil.backend.artifact import sha256_file
-from veil.backend.calibrate import CalibrationConfig, calibrate
-from veil.backend.defense import VARIANTS
-from veil.backend.onnx_classifier import OnnxClassifier
-from veil.backend.tokens import TextEncoder
 from veil.export.data import Splits, TextDataset, dedupe, fingerprint, load_dataset, make_splits
 from veil.export.onnx_export import check_parity, export_onnx
 from veil.export.train import TrainReport, fine_tune, load_model, model_input_names
-from veil.repository.build import write_repository
-from veil.repository.spec import ServingOptions
+from veil.model_repository.spec import ServingOptions
+from veil.model_repository.writer import write_repository
+from veil.python_backend.artifact import sha256_file
+from veil.python_backend.calibrate import CalibrationConfig, calibrate
+from veil.python_backend.defense import VARIANTS
+from veil.python_backend.onnx_classifier import OnnxClassifier
+from veil.python_backend.tokens import TextEncoder
 
 
 @dataclass
