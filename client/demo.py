@@ -20,8 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from veil.client.triton import VeilClient
-from veil.export.data import dedupe, load_dataset
-from veil.export.pipeline import load_splits
+from veil.export.build_dir import BuildDir
 from veil.model_repository.spec import DEFENDED, RAW
 from veil.serving.launcher import TritonServer, repositories_for
 from veil.wire import METRICS_FLUSH_S
@@ -56,18 +55,16 @@ def server_metrics(url: str) -> dict[str, float]:
 
 
 def run(build_dir: Path, *, rows: int, data_dir: str | None, console: Console) -> dict:
-    info = json.loads((build_dir / "build.json").read_text())
-    splits = load_splits(build_dir)
-    ds = dedupe(load_dataset(info["config"]["dataset"], "train", data_dir=data_dir or info["config"]["data_dir"]))
-    members = splits.take(ds, "member_eval").subset(range(min(rows, len(splits.indices["member_eval"]))))
-    nonmembers = splits.take(ds, "nonmember_eval").subset(range(min(rows, len(splits.indices["nonmember_eval"]))))
+    build = BuildDir(build_dir)
+    members = build.rows("member_eval", limit=rows, data_dir=data_dir)
+    nonmembers = build.rows("nonmember_eval", limit=rows, data_dir=data_dir)
     texts = members.texts + nonmembers.texts
     truth = np.concatenate([members.labels, nonmembers.labels])
     is_member = np.r_[np.ones(len(members), bool), np.zeros(len(nonmembers), bool)]
 
-    log = build_dir / "tritonserver.log"
+    log = build.server_log
     t0 = time.perf_counter()
-    with TritonServer(repositories_for(build_dir / "model_repository"), log_file=log) as server:
+    with TritonServer(repositories_for(build.repository), log_file=log) as server:
         console.print(
             f"tritonserver ready in {time.perf_counter() - t0:.1f}s "
             f"(HTTP {server.http_url}, gRPC {server.grpc_url}; log {log})"
@@ -169,14 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     a = p.parse_args(argv)
     console = Console()
-    build_dir = Path(a.build_dir)
-    if not (build_dir / "build.json").exists():
-        console.print(f"[red]{build_dir}/build.json not found: run ./veil.sh build first[/red]")
+    build = BuildDir(a.build_dir)
+    if not build.exists():
+        console.print(f"[red]{build.summary_file} not found: run ./veil.sh build first[/red]")
         return 2
-    summary = run(build_dir, rows=a.rows, data_dir=a.data_dir, console=console)
-    (build_dir / "demo.json").write_text(json.dumps(summary, indent=2))
+    summary = run(build.root, rows=a.rows, data_dir=a.data_dir, console=console)
+    build.report("demo.json").write_text(json.dumps(summary, indent=2))
     show(summary, console)
-    console.print(f"written: {build_dir / 'demo.json'}")
+    console.print(f"written: {build.report('demo.json')}")
     return 0
 
 

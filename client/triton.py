@@ -10,6 +10,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from veil import wire
 from veil.wire import CLIENT_ID_KEY
 
 __all__ = ["InferenceServerException", "VeilClient"]
@@ -55,11 +56,11 @@ class VeilClient:
         headers: dict[str, str] | None = None,
     ):
         data = np.array([[t.encode("utf-8") if isinstance(t, str) else t] for t in texts], dtype=object)
-        inp = self.module.InferInput("text", [len(texts), 1], "BYTES")
+        inp = self.module.InferInput(wire.TEXT, [len(texts), 1], "BYTES")
         inp.set_data_from_numpy(data.reshape(len(texts), 1))
         outputs = [
-            self.module.InferRequestedOutput("probabilities"),
-            self.module.InferRequestedOutput("label"),
+            self.module.InferRequestedOutput(wire.PROBABILITIES),
+            self.module.InferRequestedOutput(wire.LABEL),
         ]
         params = {CLIENT_ID_KEY: client_id} if client_id is not None else None
         kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
@@ -77,8 +78,8 @@ class VeilClient:
         probs, labels = [], []
         for start in range(0, len(texts), batch_size):
             res = self.infer(model, texts[start : start + batch_size], client_id=client_id)
-            probs.append(res.as_numpy("probabilities"))
-            labels.append(res.as_numpy("label").reshape(-1))
+            probs.append(res.as_numpy(wire.PROBABILITIES))
+            labels.append(res.as_numpy(wire.LABEL).reshape(-1))
         if not probs:
             raise ValueError("no texts to classify")
         return np.concatenate(probs), np.concatenate(labels)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from veil import wire
 from veil.export.train import model_input_names, predict_logits
 from veil.python_backend.onnx_classifier import OnnxClassifier
 from veil.python_backend.tokens import TextEncoder
@@ -54,8 +55,8 @@ def export_onnx(model, tokenizer, path: str | Path, *, exporter: str = "torchscr
                 args,
                 str(path),
                 input_names=names,
-                output_names=["logits"],
-                dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
+                output_names=[wire.LOGITS],
+                dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, wire.LOGITS: {0: "batch"}},
                 opset_version=17,
                 dynamo=False,
             )
@@ -65,7 +66,7 @@ def export_onnx(model, tokenizer, path: str | Path, *, exporter: str = "torchscr
                 wrapper,
                 args,
                 input_names=names,
-                output_names=["logits"],
+                output_names=[wire.LOGITS],
                 dynamic_shapes=tuple({0: batch, 1: seq} for _ in names),
                 opset_version=20,
                 dynamo=True,

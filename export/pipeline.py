@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from veil.export.build_dir import BuildDir
 from veil.export.data import Splits, TextDataset, dedupe, fingerprint, load_dataset, make_splits
 from veil.export.onnx_export import check_parity, export_onnx
 from veil.export.train import TrainReport, fine_tune, load_model, model_input_names
@@ -26,9 +27,9 @@ from veil.model_repository.spec import ServingOptions
 from veil.model_repository.writer import write_repository
 from veil.python_backend.artifact import sha256_file
 from veil.python_backend.calibrate import CalibrationConfig, calibrate
-from veil.python_backend.defense import VARIANTS
 from veil.python_backend.onnx_classifier import OnnxClassifier
-from veil.python_backend.tokens import TextEncoder
+from veil.python_backend.tokens import TextEncoder, text_signatures
+from veil.python_backend.variants import REGISTRY
 
 
 @dataclass
@@ -40,6 +41,10 @@ class BuildConfig:
     seed: int = 0
     members: int = 3000
     nonmembers: int = 3000
+    calibration_nonmembers: int | None = None
+    """Non-members the defender calibrates on (default: half of ``nonmembers``; the other half is
+    held out for evaluation). More calibration rows make the selective map and its confidences
+    more exact; they are the defender's own held-out data, never evaluation rows."""
     attacker: int = 0
     epochs: int = 3
     lr: float = 5e-5
@@ -95,7 +100,9 @@ def split_sizes(cfg: BuildConfig) -> dict[str, int]:
         "member_eval": cfg.members // 2,
         "member_calib": cfg.members - cfg.members // 2,
         "nonmember_eval": cfg.nonmembers // 2,
-        "nonmember_calib": cfg.nonmembers - cfg.nonmembers // 2,
+        "nonmember_calib": (
+            cfg.nonmembers - cfg.nonmembers // 2 if cfg.calibration_nonmembers is None else cfg.calibration_nonmembers
+        ),
         "attacker": cfg.attacker,
     }
 
@@ -105,17 +112,18 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
     t0 = time.perf_counter()
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
+    layout = BuildDir(out)
     ds = dedupe(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir))
     if splits is None:
         splits = make_splits(ds, sizes=split_sizes(cfg), seed=cfg.seed, dataset_name=cfg.dataset)
     elif splits.source_sha256 != fingerprint(ds):
         raise ValueError("the given splits were drawn from another version of the data")
-    splits.save(out / "splits.json")
+    splits.save(layout.splits_file)
     sizes = {k: len(v) for k, v in splits.indices.items()}
     _log(f"{cfg.dataset}: {len(ds)} deduplicated rows; splits " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
 
     members = splits.take(ds, "members")
-    hf_dir = out / "hf"
+    hf_dir = layout.hf
     train_key = {
         "splits": hashlib.sha256(json.dumps(splits.indices, sort_keys=True).encode()).hexdigest(),
         "model": cfg.model,
@@ -126,7 +134,7 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         "seed": cfg.seed,
         "trainer": getattr(trainer, "key", None),
     }
-    trained = out / "trained.json"
+    trained = layout.trained_file
     if cfg.resume and trained.exists() and json.loads(trained.read_text())["key"] == train_key:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -161,7 +169,7 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         trained.write_text(json.dumps({"key": train_key, "report": asdict(report)}, default=str))
 
     names = model_input_names(model)
-    onnx_path = out / "model.onnx"
+    onnx_path = layout.onnx
     export_onnx(model, tokenizer, onnx_path, exporter=cfg.exporter)
     held_out = splits.take(ds, "nonmember_eval").texts[: cfg.parity_rows]
     parity = check_parity(model, tokenizer, onnx_path, hf_dir, held_out, max_length=cfg.max_length)
@@ -182,16 +190,24 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         nonmember_labels=calib_n.labels,
         classifier_sha256=digest,
         label_names=ds.label_names,
+        index_signatures=text_signatures(hf_dir, names, members.texts, max_length=cfg.max_length),
+        index_labels=members.labels,
+        index_logits=onnx_logits(onnx_path, hf_dir, names, members.texts, max_length=cfg.max_length),
         config=CalibrationConfig(slack=cfg.slack, seed=cfg.seed),
         progress=cfg.progress,
     )
-    artifact.save(out / "defense")
+    artifact.save(layout.defense)
     m = artifact.metrics
     _log(
         f"calibrated on {len(zm)}+{len(zn)} rows: risk AUC {m['risk_auc_holdout']:.3f} (holdout),"
         f" tau {[round(t, 4) for t in artifact.tau]} (untouched share {m['untouched_share']:.2f}),"
         f" perturbed {m['perturbed_share']:.1%}, eps {artifact.eps:.2f},"
         f" slack met {m['slack_met']}"
+    )
+    sel = artifact.selective.metrics
+    _log(
+        f"selective defense: {len(members)} training texts indexed; intensity floor {sel['floor']:.2f}"
+        f" ({sel['levels']} confidence levels per class; {sel['rule']}; met {sel['slack_met']})"
     )
 
     opts = ServingOptions(
@@ -205,11 +221,11 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         max_batch_size=cfg.max_batch_size,
     )
     roots = write_repository(
-        out / "model_repository",
+        layout.repository,
         opts=opts,
         onnx_path=onnx_path,
         tokenizer_dir=hf_dir,
-        defense_dir=out / "defense",
+        defense_dir=layout.defense,
     )
     summary = {
         "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
@@ -221,13 +237,13 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         "repositories": {k: str(v) for k, v in roots.items()},
         "seconds": time.perf_counter() - t0,
     }
-    (out / "build.json").write_text(json.dumps(summary, indent=2, default=str))
-    _log(f"model repository in {out / 'model_repository'} ({summary['seconds']:.0f}s in all)")
+    layout.summary_file.write_text(json.dumps(summary, indent=2, default=str))
+    _log(f"model repository in {layout.repository} ({summary['seconds']:.0f}s in all)")
     return summary
 
 
 def load_splits(out_dir: str | Path) -> Splits:
-    return Splits.load(Path(out_dir) / "splits.json")
+    return BuildDir(out_dir).splits()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
@@ -244,13 +260,16 @@ def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--members", type=int, default=d.members)
     p.add_argument("--nonmembers", type=int, default=d.nonmembers)
+    p.add_argument(
+        "--calibration-nonmembers", type=int, default=None, help="defender's calibration non-members (default: half)"
+    )
     p.add_argument("--attacker", type=int, default=d.attacker)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--max-length", type=int, default=d.max_length)
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default=d.exporter)
-    p.add_argument("--variants", default="veil", help=f"comma-separated, from {','.join(VARIANTS)}")
+    p.add_argument("--variants", default="veil", help=f"comma-separated, from {','.join(REGISTRY)}")
     p.add_argument(
         "--mode",
         choices=("benchmark", "production"),
@@ -262,9 +281,9 @@ def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     variants = tuple(v.strip() for v in a.variants.split(",") if v.strip())
-    bad = [v for v in variants if v not in VARIANTS]
+    bad = [v for v in variants if v not in REGISTRY or v == "none"]
     if bad:
-        p.error(f"unknown variant(s) {bad}; choose from {VARIANTS}")
+        p.error(f"unknown variant(s) {bad}; choose from {[v for v in REGISTRY if v != 'none']}")
     return BuildConfig(
         dataset=a.dataset,
         data_dir=a.data_dir,
@@ -273,6 +292,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
         seed=a.seed,
         members=a.members,
         nonmembers=a.nonmembers,
+        calibration_nonmembers=a.calibration_nonmembers,
         attacker=a.attacker,
         epochs=a.epochs,
         lr=a.lr,

@@ -2,8 +2,8 @@
 
     python -m veil.loadtest.defense_bench --build-dir build/sst2-minilm
 
-Uses the served classifier's logits on the held-out evaluation rows (members and non-members)
-of the build, so the numbers describe the real model's outputs. Prints a table and writes
+Uses the served classifier's logits (and the tokenizer's signatures) on the held-out evaluation
+rows (members and non-members) of the build, so the numbers describe the real model's outputs. Prints a table and writes
 ``defense_bench.json`` / ``.md`` into the build folder.
 """
 
@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from veil.export.data import dedupe, load_dataset
-from veil.export.pipeline import load_splits, onnx_logits
+from veil.export.build_dir import BuildDir
 from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.defense import Defense, DefenseConfig
 from veil.python_backend.probabilities import softmax
@@ -29,34 +28,27 @@ from veil.python_backend.probabilities import softmax
 BATCHES = (1, 8, 64, 256)
 
 
-def eval_logits(build_dir: Path, rows: int) -> np.ndarray:
-    info = json.loads((build_dir / "build.json").read_text())
-    options = json.loads((build_dir / "model_repository" / "options.json").read_text())
-    cfg = info["config"]
-    ds = dedupe(load_dataset(cfg["dataset"], "train", data_dir=cfg["data_dir"]))
-    splits = load_splits(build_dir)
-    texts = splits.take(ds, "member_eval").texts[: rows // 2] + splits.take(ds, "nonmember_eval").texts[: rows // 2]
-    return onnx_logits(
-        build_dir / "model.onnx",
-        build_dir / "hf",
-        options["input_names"],
-        texts,
-        max_length=options["max_length"],
-        progress=True,
-    )
+def eval_inputs(build_dir: Path, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and query signatures of the build's evaluation rows (half members, half not)."""
+    from veil.export.pipeline import onnx_logits, text_signatures
+
+    build = BuildDir(build_dir)
+    options = build.options()
+    names = list(options.input_names)
+    texts, _ = build.labelled("member_eval", "nonmember_eval", limit=rows // 2)
+    logits = onnx_logits(build.onnx, build.hf, names, texts, max_length=options.max_length, progress=True)
+    return logits, text_signatures(build.hf, names, texts, max_length=options.max_length)
 
 
-def time_batches(fn, logits: np.ndarray, batch: int, *, repeats: int, device: str) -> float:
-    """Median seconds per call over ``repeats`` batches cycling through the logits."""
-    n = len(logits)
+def time_batches(fn, n: int, batch: int, *, repeats: int, device: str) -> float:
+    """Median seconds per ``fn(start, stop)`` call over ``repeats`` batches cycling through n rows."""
     times = []
     for r in range(repeats + 3):
         start = (r * batch) % max(n - batch, 1)
-        z = logits[start : start + batch]
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t = time.perf_counter()
-        fn(z)
+        fn(start, start + batch)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         if r >= 3:  # warm-up
@@ -64,42 +56,55 @@ def time_batches(fn, logits: np.ndarray, batch: int, *, repeats: int, device: st
     return statistics.median(times)
 
 
-def bench(build_dir: Path, *, rows: int, repeats: int, threads: int) -> dict:
+SERVED = ("veil", "levelset", "pgd")
+"""The product (selective), the first round's closed-form level set, and the paper's iterative PGD."""
+
+
+def bench(
+    build_dir: Path,
+    *,
+    rows: int,
+    repeats: int,
+    threads: int,
+    inputs: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict:
     torch.set_num_threads(threads)
-    art = DefenseArtifact.load(build_dir / "defense")
-    logits = eval_logits(build_dir, rows)
+    art = DefenseArtifact.load(BuildDir(build_dir).defense)
+    logits, sigs = inputs if inputs is not None else eval_inputs(build_dir, rows)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     report: dict = {"rows": len(logits), "torch_threads": threads, "devices": {}}
-    # The served closed form (exact for two classes, the canonical point for more), then the
-    # iterative PGD it replaces.
-    modes = [(d, True) for d in devices] + [(d, False) for d in devices]
-    for device, closed in modes:
-        config = DefenseConfig(variant="fixed_intensity", closed_form_binary=closed, canonical_multiclass=closed)
-        defense = Defense(art, config=config, device=device)
-        name = device if closed else f"{device}, iterative PGD"
-        full = defense(logits)
-        moved = full.perturbed
-        steps = full.steps[moved]
-        entry = {
-            "perturbed_share": float(moved.mean()),
-            "exhausted_share_of_perturbed": float(full.exhausted[moved].mean()) if moved.any() else 0.0,
-            "pgd_steps_median": float(np.median(steps)) if moved.any() else 0.0,
-            "pgd_steps_p99": float(np.percentile(steps, 99)) if moved.any() else 0.0,
-            "pgd_steps_max": int(steps.max()) if moved.any() else 0,
-            "steps_histogram": {int(k): int(v) for k, v in zip(*np.unique(steps, return_counts=True), strict=True)},
-            "mean_abs_delta": float(full.delta_abs[moved].mean()) if moved.any() else 0.0,
-            "max_abs_delta": float(full.delta_max[moved].max()) if moved.any() else 0.0,
-            "risk_before_mean": float(full.risk_before.mean()),
-            "risk_after_mean": float(full.risk_after.mean()),
-            "ms_per_batch": {},
-            "ms_per_batch_softmax_only": {},
-        }
-        for b in BATCHES:
-            entry["ms_per_batch"][b] = 1e3 * time_batches(defense, logits, b, repeats=repeats, device=device)
-            entry["ms_per_batch_softmax_only"][b] = 1e3 * time_batches(
-                softmax, logits, b, repeats=repeats, device="cpu"
-            )
-        report["devices"][name] = entry
+    for variant in SERVED:
+        if variant == "veil" and art.selective is None:
+            continue
+        for device in devices:
+            defense = Defense(art, config=DefenseConfig(variant=variant), device=device)
+            name = f"{variant}, {device}"
+            full = defense(logits, signatures=sigs)
+            moved = full.perturbed
+            steps = full.steps[moved]
+            entry = {
+                "perturbed_share": float(moved.mean()),
+                "exhausted_share_of_perturbed": float(full.exhausted[moved].mean()) if moved.any() else 0.0,
+                "pgd_steps_median": float(np.median(steps)) if moved.any() else 0.0,
+                "pgd_steps_p99": float(np.percentile(steps, 99)) if moved.any() else 0.0,
+                "pgd_steps_max": int(steps.max()) if moved.any() else 0,
+                "mean_abs_delta": float(full.delta_abs[moved].mean()) if moved.any() else 0.0,
+                "max_abs_delta": float(full.delta_max[moved].max()) if moved.any() else 0.0,
+                "ms_per_batch": {},
+                "ms_per_batch_softmax_only": {},
+            }
+            for b in BATCHES:
+                entry["ms_per_batch"][b] = 1e3 * time_batches(
+                    lambda i, j, d=defense: d(logits[i:j], signatures=sigs[i:j]),
+                    len(logits),
+                    b,
+                    repeats=repeats,
+                    device=device,
+                )
+                entry["ms_per_batch_softmax_only"][b] = 1e3 * time_batches(
+                    lambda i, j: softmax(logits[i:j]), len(logits), b, repeats=repeats, device="cpu"
+                )
+            report["devices"][name] = entry
     report["risk_auc_calibration_holdout"] = art.metrics.get("risk_auc_holdout")
     report["tau_per_class"] = art.tau
     return report
@@ -119,7 +124,7 @@ def to_markdown(report: dict) -> str:
             f" {e['mean_abs_delta']:.3f} / {e['max_abs_delta']:.3f} |"
             + "".join(f" {e['ms_per_batch'][b]:.2f} |" for b in BATCHES)
         )
-    cpu = report["devices"]["cpu"]
+    cpu = next(iter(report["devices"].values()))
     lines.append(
         "| softmax only (raw step) | | | | |"
         + "".join(f" {cpu['ms_per_batch_softmax_only'][b]:.3f} |" for b in BATCHES)
@@ -133,12 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the served model uses 1)")
+    p.add_argument("--inputs", default=None, help="an .npz with logits and signatures computed elsewhere")
     a = p.parse_args(argv)
     build_dir = Path(a.build_dir)
-    report = bench(build_dir, rows=a.rows, repeats=a.repeats, threads=a.threads)
+    inputs = None
+    if a.inputs:
+        data = np.load(a.inputs)
+        inputs = (data["logits"][: a.rows], data["signatures"][: a.rows])
+    report = bench(build_dir, rows=a.rows, repeats=a.repeats, threads=a.threads, inputs=inputs)
     md = to_markdown(report)
-    (build_dir / "defense_bench.json").write_text(json.dumps(report, indent=2))
-    (build_dir / "defense_bench.md").write_text(md)
+    BuildDir(build_dir).report("defense_bench.json").write_text(json.dumps(report, indent=2))
+    BuildDir(build_dir).report("defense_bench.md").write_text(md)
     print(md)
     return 0
 

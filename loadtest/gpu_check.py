@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from veil import wire
+from veil.export.build_dir import BuildDir
+
 CAP_BYTES = 64 * 2**20
 SMALL_WHEELS = ("safetensors==0.8.0", "requests==2.34.2", "urllib3==2.8.0", "idna==3.20", "certifi==2026.10.19.post1")
 PYTRITON = "nvidia-pytriton==0.7.0"
@@ -52,19 +55,21 @@ def _download(spec: str, dest: Path) -> None:
 
 def prepare(bundle: Path, build_dir: Path, *, rows: int, with_triton: bool) -> dict:
     """Host side: logits of the build's evaluation rows, the artifact, wheels; checks the 64 MiB cap."""
-    from veil.loadtest.defense_bench import eval_logits
+    from veil.loadtest.defense_bench import eval_inputs
 
     if bundle.exists():
         shutil.rmtree(bundle)
     (bundle / "wheels").mkdir(parents=True)
-    np.save(bundle / "eval_logits.npy", eval_logits(build_dir, rows).astype(np.float32))
-    shutil.copytree(build_dir / "defense", bundle / "defense")
-    shutil.copy2(build_dir / "build.json", bundle / "build.json")
+    logits, signatures = eval_inputs(build_dir, rows)
+    np.savez(bundle / "eval_inputs.npz", logits=logits.astype(np.float32), signatures=signatures)
+    build = BuildDir(build_dir)
+    shutil.copytree(build.defense, bundle / "defense")
+    shutil.copy2(build.summary_file, bundle / "build.json")
     for spec in SMALL_WHEELS:
         _download(spec, bundle / "wheels")
     notes = []
     if with_triton:
-        repo = build_dir / "model_repository"
+        repo = build.repository
         shutil.copytree(repo / "nvidia" / "mia_defense", bundle / "repo" / "mia_defense")
         shutil.copytree(repo / "common" / "softmax", bundle / "repo" / "softmax")
         _download(PYTRITON, bundle / "wheels")
@@ -81,34 +86,22 @@ def prepare(bundle: Path, build_dir: Path, *, rows: int, with_triton: bool) -> d
 # --- device side -------------------------------------------------------------------------------
 
 
-def _stub_export_build(logits_path: Path) -> None:
-    """defense_bench imports veil.export.pipeline (transformers, onnx) only to compute logits; the
-    bundle already has them, so when that import fails give it a module that serves the file."""
-    try:
-        import veil.export.pipeline  # noqa: F401
-    except ImportError as exc:
-        print(f"[gpu-check] veil.export.pipeline not importable here ({exc}); using the bundled logits")
-        stub = types.ModuleType("veil.export.pipeline")
-        stub.load_splits = lambda *a, **k: None  # type: ignore[attr-defined]
-        stub.onnx_logits = lambda *a, **k: np.load(logits_path)  # type: ignore[attr-defined]
-        sys.modules["veil.export.pipeline"] = stub
-
-
 def stage_defense_bench(bundle: Path, *, repeats: int) -> int:
-    """``python -m veil.loadtest.defense_bench`` on the bundled logits (CPU, and CUDA when present)."""
-    logits_path = bundle / "eval_logits.npy"
-    _stub_export_build(logits_path)
+    """``python -m veil.loadtest.defense_bench`` on the bundled inputs (CPU, and CUDA when present):
+    the host computed logits and signatures, so the device needs neither transformers nor onnx."""
     from veil.loadtest import defense_bench
 
-    logits = np.load(logits_path)
-    defense_bench.eval_logits = lambda build_dir, rows: logits[:rows]  # the host computed them
-    return defense_bench.main(["--build-dir", str(bundle), "--rows", str(len(logits)), "--repeats", str(repeats)])
+    inputs = bundle / "eval_inputs.npz"
+    rows = len(np.load(inputs)["logits"])
+    return defense_bench.main(
+        ["--build-dir", str(bundle), "--inputs", str(inputs), "--rows", str(rows), "--repeats", str(repeats)]
+    )
 
 
 def _infer(url: str, model: str, z: np.ndarray) -> float:
     body = {
-        "inputs": [{"name": "logits", "shape": list(z.shape), "datatype": "FP32", "data": z.ravel().tolist()}],
-        "outputs": [{"name": "probabilities"}],
+        "inputs": [{"name": wire.LOGITS, "shape": list(z.shape), "datatype": "FP32", "data": z.ravel().tolist()}],
+        "outputs": [{"name": wire.PROBABILITIES}],
     }
     req = urllib.request.Request(
         f"http://{url}/v2/models/{model}/infer",
@@ -158,7 +151,7 @@ def stage_triton(bundle: Path, *, kind: str, requests_per_batch: int) -> int:
     if kind == "cpu":  # plumbing test on a host without a GPU
         cfg = repo / "mia_defense" / "config.pbtxt"
         cfg.write_text(cfg.read_text().replace("KIND_GPU", "KIND_CPU"))
-    logits = np.load(bundle / "eval_logits.npy")
+    logits = np.load(bundle / "eval_inputs.npz")["logits"]
     log = Path("/tmp/veil-gpu-check-tritonserver.log")
     t = time.perf_counter()
     with TritonServer([repo], log_file=log, startup_timeout=150) as server:

@@ -18,8 +18,9 @@ case "$cmd" in
         [[ -f "$BUNDLE/manifest.json" ]] || { echo "no $BUNDLE/manifest.json: run '$0 prepare' on the host" >&2; exit 2; }
         work=$(mktemp -d /tmp/veil-gpu-check.XXXXXX)
         mkdir -p "$work/src/veil" "$work/site"
-        for pair in backend:python_backend export:export repository:model_repository client:client loadtest:loadtest; do
-            ln -s "$PWD/${pair#*:}" "$work/src/veil/${pair%%:*}"
+        cp veil/*.py "$work/src/veil/"  # the package root (veil.wire, ...); each other folder is veil.<folder>
+        for folder in python_backend export model_repository serving client privacy loadtest; do
+            ln -s "$PWD/$folder" "$work/src/veil/$folder"
         done
         shopt -s nullglob
         wheels=("$BUNDLE"/wheels/*.whl)

@@ -47,6 +47,7 @@ import tritonclient.http as httpclient
 from locust import User, constant, events, task
 from locust.exception import StopUser
 
+from veil import wire
 from veil.wire import CLIENT_ID_KEY
 
 DEFAULT_MODEL = "veil_defended"
@@ -156,20 +157,15 @@ def set_texts(texts: list[str]) -> None:
 
 def load_texts(build_dir: str | Path, split: str = "nonmember_eval", limit: int | None = 2000) -> list[str]:
     """Real sentences of one split of a build, the way client/demo.py reads them."""
-    from veil.export.data import Splits, dedupe, load_dataset
+    from veil.export.build_dir import BuildDir
 
-    build_dir = Path(build_dir)
-    info = json.loads((build_dir / "build.json").read_text())
-    cfg = info["config"]
-    ds = dedupe(load_dataset(cfg["dataset"], "train", data_dir=cfg.get("data_dir")))
-    texts = Splits.load(build_dir / "splits.json").take(ds, split).texts
-    return texts[:limit] if limit else texts
+    return BuildDir(build_dir).texts(split, limit=limit or None)
 
 
 def texts() -> list[str]:
     if not _TEXTS:
         build_dir = Path(_env("VEIL_BUILD_DIR", "build/sst2-minilm"))
-        if (build_dir / "splits.json").exists():
+        if (build_dir / "splits.json").exists():  # a build (veil.export.build_dir.BuildDir) is there
             set_texts(load_texts(build_dir, _env("VEIL_LOADTEST_SPLIT", "nonmember_eval")))
         else:
             set_texts(list(FALLBACK_TEXTS))
@@ -242,7 +238,7 @@ class EnsembleUser(User):
         try:
             result = self.send(data)
             latency = time.perf_counter() - start
-            probs = result.as_numpy("probabilities")
+            probs = result.as_numpy(wire.PROBABILITIES)
             if probs is None or probs.shape[0] != self.batch or not np.isfinite(probs).all():
                 raise ValueError(f"bad probabilities: {None if probs is None else probs.shape}")
         except Exception as exc:  # counted, never raised: Locust keeps the user running
@@ -273,13 +269,13 @@ class GrpcEnsembleUser(EnsembleUser):
         return grpcclient.InferenceServerClient(url)
 
     def send(self, data: np.ndarray) -> Any:
-        inp = grpcclient.InferInput("text", list(data.shape), "BYTES")
+        inp = grpcclient.InferInput(wire.TEXT, list(data.shape), "BYTES")
         inp.set_data_from_numpy(data)
         params = {CLIENT_ID_KEY: self.client_id} if self.client_id else None
         return self.client.infer(
             self.model,
             [inp],
-            outputs=[grpcclient.InferRequestedOutput("probabilities"), grpcclient.InferRequestedOutput("label")],
+            outputs=[grpcclient.InferRequestedOutput(wire.PROBABILITIES), grpcclient.InferRequestedOutput(wire.LABEL)],
             parameters=params,
             client_timeout=self.timeout,
         )
@@ -299,15 +295,15 @@ class HttpEnsembleUser(EnsembleUser):
         return httpclient.InferenceServerClient(url, connection_timeout=self.timeout, network_timeout=self.timeout)
 
     def send(self, data: np.ndarray) -> Any:
-        inp = httpclient.InferInput("text", list(data.shape), "BYTES")
+        inp = httpclient.InferInput(wire.TEXT, list(data.shape), "BYTES")
         inp.set_data_from_numpy(data, binary_data=True)
         params = {CLIENT_ID_KEY: self.client_id} if self.client_id else None
         return self.client.infer(
             self.model,
             [inp],
             outputs=[
-                httpclient.InferRequestedOutput("probabilities", binary_data=True),
-                httpclient.InferRequestedOutput("label", binary_data=True),
+                httpclient.InferRequestedOutput(wire.PROBABILITIES, binary_data=True),
+                httpclient.InferRequestedOutput(wire.LABEL, binary_data=True),
             ],
             parameters=params,
         )

@@ -22,6 +22,8 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from veil import wire
+
 TOOLS_DIR = Path(__file__).resolve().parent.parent / "build" / "tools"
 WHEEL_VERSION = "2.41.0"  # the last one checked to carry a working binary; any 2.2x-2.4x should do
 NEEDED_LIBS = {"libb64.so.0d": "libb64-*.so.0d", "libcudart.so.12": "libcudart-*.so.12*"}
@@ -100,7 +102,7 @@ def find_perf_analyzer(tools_dir: Path = TOOLS_DIR) -> tuple[Path, dict[str, str
 
 def write_input_data(texts: Sequence[str], path: Path, limit: int = 500) -> Path:
     """perf_analyzer's JSON input format for one BYTES input ``text`` of shape [1]."""
-    path.write_text(json.dumps({"data": [{"text": [t]} for t in texts[:limit]]}))
+    path.write_text(json.dumps({"data": [{wire.TEXT: [t]} for t in texts[:limit]]}))
     return path
 
 

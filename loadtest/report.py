@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from veil.export.build_dir import BuildDir
 from veil.model_repository.spec import DEFENDED, RAW
 
 STAT_FIELDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
@@ -303,7 +304,7 @@ def summarize(cfg: RunConfig, rounds: Sequence[RoundResult], composing: dict[str
 
 def build_meta(build_dir: Path) -> dict:
     try:
-        info = json.loads((build_dir / "build.json").read_text())
+        info = BuildDir(build_dir).summary()
     except (OSError, ValueError):
         return {"dir": str(build_dir)}
     c = info.get("config", {})

@@ -30,7 +30,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import gevent
 import numpy as np
@@ -40,6 +39,7 @@ from locust.env import Environment
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from veil.export.build_dir import BuildDir
 from veil.loadtest import locustfile as lf
 from veil.loadtest import perf_analyzer as pa
 from veil.loadtest.report import (
@@ -218,7 +218,7 @@ def serving(cfg: RunConfig, console: Console) -> Iterator[tuple[str, str, str | 
 
     out = cfg.output_dir()
     out.mkdir(parents=True, exist_ok=True)
-    repo = Path(cfg.build_dir) / "model_repository"
+    repo = BuildDir(cfg.build_dir).repository
     t = time.perf_counter()
     server = TritonServer(
         repositories_for(repo),
@@ -422,7 +422,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
     console = Console()
-    if not (Path(cfg.build_dir) / "build.json").exists():
+    if not BuildDir(cfg.build_dir).exists():
         console.print(f"[red]{cfg.build_dir}/build.json not found: run ./veil.sh build first[/red]")
         return 2
     from veil.serving.launcher import ServerError

@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from veil import wire
+from veil.python_backend import variants
 from veil.python_backend.fingerprint import SIGNATURE_SIZE
 
 PLATFORMS = ("embedded", "nvidia")
 MODES = ("production", "benchmark")
-DEFENDED = "veil_defended"
+DEFENDED = variants.get("veil").ensemble
 RAW = "veil_raw"
 
 
@@ -76,11 +78,11 @@ class ServingOptions:
 
 
 def defense_model_name(variant: str) -> str:
-    return "mia_defense" if variant == "veil" else f"mia_defense_{variant}"
+    return variants.get(variant).step_model
 
 
 def ensemble_name(variant: str) -> str:
-    return DEFENDED if variant == "veil" else f"veil_{variant}"
+    return variants.get(variant).ensemble
 
 
 def describe(opts: ServingOptions, platform: str) -> list[Model]:
@@ -90,13 +92,16 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
         raise ValueError(f"mode must be one of {MODES}")
     if "veil" not in opts.variants:
         raise ValueError("the served variants must include 'veil'")
+    unknown = [v for v in opts.variants if v not in variants.SERVED]
+    if unknown:
+        raise ValueError(f"unknown served variant(s) {unknown}; choose from {variants.SERVED}")
     mbs = opts.max_batch_size
     c = opts.num_classes
     token_tensors = [Tensor(n, "TYPE_INT64", (-1,)) for n in opts.input_names]
-    fingerprint = Tensor("fingerprint", "TYPE_INT32", (SIGNATURE_SIZE,))
-    text = Tensor("text", "TYPE_STRING", (1,))
-    logits = Tensor("logits", "TYPE_FP32", (c,))
-    outputs = [Tensor("probabilities", "TYPE_FP32", (c,)), Tensor("label", "TYPE_INT64", (1,))]
+    fingerprint = Tensor(wire.FINGERPRINT, "TYPE_INT32", (SIGNATURE_SIZE,))
+    text = Tensor(wire.TEXT, "TYPE_STRING", (1,))
+    logits = Tensor(wire.LOGITS, "TYPE_FP32", (c,))
+    outputs = [Tensor(wire.PROBABILITIES, "TYPE_FP32", (c,)), Tensor(wire.LABEL, "TYPE_INT64", (1,))]
     gpu = platform == "nvidia"
     delay = opts.max_queue_delay_us
 
@@ -154,7 +159,7 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
             Model(
                 name,
                 "python",
-                [logits, Tensor("fingerprint", "TYPE_INT32", (SIGNATURE_SIZE,), optional=True)],
+                [logits, Tensor(wire.FINGERPRINT, "TYPE_INT32", (SIGNATURE_SIZE,), optional=True)],
                 outputs,
                 mbs,
                 platform,
@@ -198,7 +203,7 @@ def _ensemble(
     fingerprint: bool = False,
 ) -> Model:
     tokens_map = {n: n for n in opts.input_names}
-    extra = {"fingerprint": "fingerprint"} if fingerprint else {}
+    extra = {wire.FINGERPRINT: wire.FINGERPRINT} if fingerprint else {}
     return Model(
         name,
         "ensemble",
@@ -206,11 +211,15 @@ def _ensemble(
         outputs,
         opts.max_batch_size,
         "common",
-        parameters={"label_names": json.dumps(list(opts.label_names))},
+        parameters={wire.LABEL_NAMES_PARAMETER: json.dumps(list(opts.label_names))},
         steps=[
-            Step("tokenizer", {"text": "text"}, {**tokens_map, **extra}),
-            Step("classifier", tokens_map, {"logits": "logits"}),
-            Step(last, {"logits": "logits", **extra}, {"probabilities": "probabilities", "label": "label"}),
+            Step("tokenizer", {wire.TEXT: wire.TEXT}, {**tokens_map, **extra}),
+            Step("classifier", tokens_map, {wire.LOGITS: wire.LOGITS}),
+            Step(
+                last,
+                {wire.LOGITS: wire.LOGITS, **extra},
+                {wire.PROBABILITIES: wire.PROBABILITIES, wire.LABEL: wire.LABEL},
+            ),
         ],
     )
 

@@ -75,12 +75,14 @@ def rewrite_repository(build_dir: str | Path, out: str | Path, **changes: object
     ``defense/``) with some ``ServingOptions`` changed, e.g. ``mode="production"``; no retraining."""
     import dataclasses
 
-    build_dir = Path(build_dir)
+    from veil.export.build_dir import BuildDir
+
+    build = BuildDir(build_dir)
     write_repository(
         out,
-        opts=dataclasses.replace(read_options(build_dir / "model_repository"), **changes),
-        onnx_path=build_dir / "model.onnx",
-        tokenizer_dir=build_dir / "hf",
-        defense_dir=build_dir / "defense",
+        opts=dataclasses.replace(read_options(build.repository), **changes),
+        onnx_path=build.onnx,
+        tokenizer_dir=build.hf,
+        defense_dir=build.defense,
     )
     return Path(out)

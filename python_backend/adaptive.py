@@ -6,15 +6,20 @@ near-duplicate queries (MinHash signatures of the token set, see :mod:`fingerpri
 of its recent queries) raise a threat score in [0, 1]; the defense maps it to an intensity
 multiplier on epsilon and a lower risk target.
 
-State is bounded: at most ``max_clients`` entries (least recently seen evicted first, and entries
-idle for ``ttl_s`` dropped), each with a fixed-size ring of fingerprints. A client seen for the
-first time starts at the *churn* threat: when many new ids appear quickly (an attacker rotating
-ids), new ids start suspicious. A fresh id has no history of its own, so while it is *young*
-(fewer than ``young_rows`` rows or ``young_s`` seconds) its rows also count as *unattributed*
-traffic: one shared state, outside the LRU table and never evicted, that also takes every
-anonymous row, and a young id's threat is at least that state's. Rotating ids therefore never
-yields less protection than sending the same queries anonymously (threat 0 is the floor for
-everyone).
+State is bounded: at most ``max_clients`` entries (least recently seen evicted first), and
+entries idle for ``ttl_s`` are swept on every call (the table is in last-seen order, so the sweep
+only touches expired entries). A client id seen for the first time is *young* (fewer than
+``young_rows`` rows or ``young_s`` seconds): it has no history of its own, so its threat is at
+least ``young_threat``, higher when many new ids appear quickly (the *churn* threat: an attacker
+rotating ids), and its rows also go through the shared ring of unattributed signatures, so
+near-duplicates of anyone's recent unattributed queries count against it (content, not rate).
+Anonymous rows share one state (all anonymous callers look like one caller) and are always
+young. So probing one text under rotating ids is caught as if it were sent anonymously, going
+anonymous never yields less protection than a young id gets, and an established id's threat
+depends on its own traffic only: one caller's traffic never changes another established
+caller's outputs, and another caller's rate never changes a young caller's. What rotating ids
+still buy is rate: a flood of distinct texts under fresh ids gets the churn threat, not the rate
+threat (authenticated principals, not caller-chosen ids, close that).
 
 Each Triton python-backend instance is its own process, so with instance count > 1 every
 instance keeps its own table; Veil's configs default to one ``mia_defense`` instance.
@@ -62,8 +67,10 @@ class AdaptiveConfig:
     max_client_id_bytes: int = 256
     young_rows: int = 32
     young_s: float = 6.0
-    """An id is young (also counted as unattributed traffic) until it has sent this many rows and
-    is this old: enough history of its own for the duplicate share and the rate to mean something."""
+    """An id is young until it has sent this many rows and is this old: enough history of its own
+    for the duplicate share and the rate to mean something."""
+    young_threat: float = 0.25
+    """The least threat of a young id and of anonymous rows."""
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:
@@ -98,7 +105,8 @@ class ThreatTracker:
         self.churn_last = clock()
         self.evicted = 0
         self.unattributed = ClientState(self.churn_last, 0.0, config.fingerprints)
-        """Anonymous rows plus the rows of young ids: what the same traffic gets with no id."""
+        """Every anonymous row: one shared state, outside the LRU table and never evicted."""
+        self.expired = 0
         self._entry_bytes = ClientState(0.0, 0.0, config.fingerprints).nbytes() + sys.getsizeof("x" * 32) + 100
 
     def __len__(self) -> int:
@@ -107,18 +115,28 @@ class ThreatTracker:
     def _decay(self, value: float, dt: float, window: float | None = None) -> float:
         return value * math.exp(-max(dt, 0.0) / (window or self.config.rate_window_s))
 
+    def sweep(self, now: float) -> int:
+        """Drop every entry idle for longer than ``ttl_s``; returns how many went."""
+        gone = 0
+        while self.clients:
+            key, state = next(iter(self.clients.items()))
+            if now - state.last <= self.config.ttl_s:
+                break
+            del self.clients[key]
+            gone += 1
+        self.expired += gone
+        return gone
+
     def _get(self, client_id: str, now: float) -> ClientState:
         cfg = self.config
+        if client_id == ANONYMOUS:
+            return self.unattributed
         state = self.clients.get(client_id)
-        if state is not None and now - state.last > cfg.ttl_s:
-            del self.clients[client_id]
-            state = None
         if state is None:
-            if client_id != ANONYMOUS:
-                self.churn = self._decay(self.churn, now - self.churn_last) + 1.0 / cfg.rate_window_s
-                self.churn_last = now
+            self.churn = self._decay(self.churn, now - self.churn_last) + 1.0 / cfg.rate_window_s
+            self.churn_last = now
             initial = _ramp(self.churn, cfg.churn_low, cfg.churn_high)
-            state = ClientState(now, initial if client_id != ANONYMOUS else 0.0, cfg.fingerprints)
+            state = ClientState(now, initial, cfg.fingerprints)
             self.clients[client_id] = state
             while len(self.clients) > cfg.max_clients:
                 self.clients.popitem(last=False)
@@ -134,12 +152,21 @@ class ThreatTracker:
         fingerprinted instead (exact repeats only)."""
         cfg = self.config
         now = self.clock()
+        self.sweep(now)
         state = self._get(client_id, now)
         young = client_id == ANONYMOUS or state.rows < cfg.young_rows or now - state.born < cfg.young_s
         sig = np.asarray(signatures if signatures is not None else logit_signature(logits), dtype=np.int32)
         threat = self._update(state, now, sig)
         if young:
-            threat = max(threat, self._update(self.unattributed, now, sig))
+            threat = max(threat, cfg.young_threat)
+            if state is not self.unattributed:
+                # Content, not rate: a young id's rows also meet everyone's recent unattributed rows
+                # in the shared near-duplicate ring, so probing one text under rotating ids is
+                # caught, while another caller's rate or probing of other texts changes nothing.
+                shared = self.unattributed
+                hits = near_duplicates(sig, shared.ring)[: len(sig)].mean() if len(sig) else 0.0
+                shared.ring = np.concatenate([shared.ring, sig])[-shared.slots :]
+                threat = max(threat, _ramp(float(hits), cfg.duplicate_low, cfg.duplicate_high))
         return float(threat)
 
     def _update(self, state: ClientState, now: float, sig: np.ndarray) -> float:

@@ -17,9 +17,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from veil.python_backend.member_index import MemberIndex
 from veil.python_backend.risk import RiskEvaluator
+from veil.python_backend.selective import SelectiveTables
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+INDEX_PREFIX = "member_index."
 META_FILE = "defense.json"
 TENSOR_FILE = "defense.safetensors"
 
@@ -54,7 +57,17 @@ class DefenseArtifact:
     label_names: list[str]
     metrics: dict = field(default_factory=dict)
     risk_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    selective: SelectiveTables | None = None
+    """The selective defense's calibrated tables (None: only the level-set variants can serve)."""
+    index_signatures: np.ndarray | None = field(default=None, repr=False)
+    """[N, S] int32 MinHash signatures of the training texts (the member index)."""
+    index_labels: np.ndarray | None = field(default=None, repr=False)
     format_version: int = FORMAT_VERSION
+
+    def member_index(self) -> MemberIndex | None:
+        if self.index_signatures is None or self.index_labels is None:
+            return None
+        return MemberIndex(self.index_signatures, self.index_labels)
 
     def thresholds(self, predicted: np.ndarray) -> np.ndarray:
         """tau of each row's predicted class."""
@@ -69,9 +82,16 @@ class DefenseArtifact:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.risk_state.items()}
+        if self.index_signatures is not None and self.index_labels is not None:
+            tensors[INDEX_PREFIX + "signatures"] = torch.from_numpy(
+                np.ascontiguousarray(self.index_signatures, np.int32)
+            )
+            tensors[INDEX_PREFIX + "labels"] = torch.from_numpy(np.ascontiguousarray(self.index_labels, np.int64))
         save_file(tensors, directory / TENSOR_FILE)
         meta = asdict(self)
-        meta.pop("risk_state")
+        for key in ("risk_state", "index_signatures", "index_labels"):
+            meta.pop(key)
+        meta["selective"] = self.selective.to_json() if self.selective is not None else None
         meta["tensors_sha256"] = sha256_file(directory / TENSOR_FILE)
         (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         return directory
@@ -104,8 +124,21 @@ class DefenseArtifact:
                 f"defense artifact {meta_path} has no per-class tau for its {meta.get('num_classes')} classes"
             )
         try:
-            art = cls(**meta, risk_state=load_file(tensor_path))
+            tensors = load_file(tensor_path)
+            index = {
+                k[len(INDEX_PREFIX) :]: tensors.pop(k).numpy() for k in list(tensors) if k.startswith(INDEX_PREFIX)
+            }
+            tables = meta.pop("selective", None)
+            art = cls(
+                **meta,
+                risk_state=tensors,
+                selective=SelectiveTables.from_json(tables) if tables is not None else None,
+                index_signatures=index.get("signatures"),
+                index_labels=index.get("labels"),
+            )
             art.risk_evaluator()  # shapes must fit
+            if art.selective is not None and art.selective.num_classes != art.num_classes:
+                raise ValueError("selective tables are for another number of classes")
         except Exception as err:
             raise ArtifactError(f"defense artifact {directory} cannot be loaded: {err}") from err
         return art

@@ -19,6 +19,12 @@ At threat 1 the adaptive variant lowers each class's target to the quantile q * 
 
 epsilon is then the largest per-dimension budget scale any calibration row needed to reach the
 target, times ``eps_headroom``, so PGD converges on calibration outputs at intensity 1.
+
+The selective defense (:mod:`selective`, the served ``veil``) is fitted here too: its tables on
+all calibration rows, its member index on the training texts' signatures, and its one knob,
+the intensity floor, by a stated rule: the smallest floor on a grid whose strongest simple attack,
+*cross-fitted* (tables fitted on one half of the calibration rows, attacked on the other, both
+ways), is at most ``slack`` above the label-only reference on the same half.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tqdm.auto import tqdm
 
+from veil.python_backend import selective
 from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.defense import Defense, DefenseConfig
 from veil.python_backend.leakage import label_only_floor, threshold_attack_suite
@@ -51,6 +58,11 @@ class CalibrationConfig:
     eps_headroom: float = 2.0
     min_eps: float = 0.5
     seed: int = 0
+    gate: tuple[float, float] = (0.5, 0.75)
+    """Selective defense: estimated Jaccard similarity to the nearest training text at which the
+    membership weight starts rising from 0, and reaches 1."""
+    coarse_levels: int = 64
+    floor_grid: tuple[float, ...] = tuple(np.round(np.arange(0.0, 1.0001, 0.05), 2))
 
 
 def _temperature_matching(logits: np.ndarray, mean_confidence: float) -> float:
@@ -74,9 +86,15 @@ def calibrate(
     nonmember_labels: np.ndarray,
     classifier_sha256: str,
     label_names: list[str],
+    index_signatures: np.ndarray | None = None,
+    index_labels: np.ndarray | None = None,
+    index_logits: np.ndarray | None = None,
     config: CalibrationConfig = CalibrationConfig(),
     progress: bool = True,
 ) -> DefenseArtifact:
+    """Fit everything on calibration rows. ``index_signatures`` / ``index_labels`` /
+    ``index_logits``: MinHash signatures, labels and logits of *all* training texts (the selective
+    defense's member index and the member side of its map)."""
     member_logits = np.asarray(member_logits, dtype=np.float32)
     nonmember_logits = np.asarray(nonmember_logits, dtype=np.float32)
     risk, fit = fit_risk_evaluator(
@@ -105,7 +123,7 @@ def calibrate(
     reference = max(threshold_attack_suite(onehot, y, is_member).values())
     undefended = threshold_attack_suite(raw, y, is_member)
 
-    fixed = DefenseConfig(variant="fixed_intensity")
+    fixed = DefenseConfig(variant="levelset")  # no threat given: the fixed (threat 0) level set
     base = Defense(art, config=fixed)(z)
     risk_all, pred = base.risk_before, base.labels
     # The least risky output that still keeps each label: every other class exactly the label
@@ -179,4 +197,108 @@ def calibrate(
         "mean_abs_delta": float(final.delta_abs[final.perturbed].mean()) if final.perturbed.any() else 0.0,
         "candidates": table,
     }
+    art.selective = calibrate_selective(
+        member_logits=member_logits,
+        member_labels=np.asarray(member_labels),
+        nonmember_logits=nonmember_logits,
+        nonmember_labels=np.asarray(nonmember_labels),
+        training_logits=None if index_logits is None else np.asarray(index_logits, dtype=np.float32),
+        training_labels=None if index_logits is None else np.asarray(index_labels),
+        config=config,
+    )
+    if index_signatures is not None and index_labels is not None:
+        art.index_signatures = np.asarray(index_signatures, dtype=np.int32)
+        art.index_labels = np.asarray(index_labels, dtype=np.int64)
     return art
+
+
+def _fold_excess(
+    tables: selective.SelectiveTables,
+    zm: np.ndarray,
+    ym: np.ndarray,
+    zn: np.ndarray,
+    yn: np.ndarray,
+    floor: float,
+) -> float:
+    """Strongest simple attack minus label-only on held-out calibration rows served by ``tables``
+    at level ``floor`` (members gated with weight 1 and their true labels, as the index does)."""
+    z = np.concatenate([zm, zn])
+    y = np.r_[ym, yn].astype(np.int64)
+    is_member = np.r_[np.ones(len(zm), bool), np.zeros(len(zn), bool)]
+    label, s = selective.top_log_odds(z)
+    served = s.copy()
+    served[is_member] = tables.map_members(s[is_member], label[is_member], label[is_member] == y[is_member])
+    top = tables.confidence(served, label, np.full(len(z), floor))
+    probs = tables.probabilities(label, top, selective.class_order(z, label))
+    onehot = np.eye(z.shape[1], dtype=np.float32)[label]
+    reference = max(threshold_attack_suite(onehot, y, is_member).values())
+    return max(threshold_attack_suite(probs, y, is_member).values()) - reference
+
+
+def calibrate_selective(
+    *,
+    member_logits: np.ndarray,
+    member_labels: np.ndarray,
+    nonmember_logits: np.ndarray,
+    nonmember_labels: np.ndarray,
+    training_logits: np.ndarray | None = None,
+    training_labels: np.ndarray | None = None,
+    config: CalibrationConfig = CalibrationConfig(),
+) -> selective.SelectiveTables:
+    """The selective defense's tables and its intensity floor.
+
+    The member side of the map is fitted on every training text (``training_*``; the calibration
+    members when not given): the defender knows them all, and then the map is exact ranks on that
+    side. The floor is chosen as deployment will meet it: the member side as served, the
+    non-member side fitted on one half of the calibration non-members and attacked on the other
+    half together with the calibration members, both ways round."""
+    tm = member_logits if training_logits is None else training_logits
+    ty = member_labels if training_labels is None else training_labels
+    rng = np.random.default_rng(config.seed)
+    fold_m = rng.permutation(len(member_logits)) % 2
+    fold_n = rng.permutation(len(nonmember_logits)) % 2
+    folds = []
+    for k in (0, 1):
+        fit_n = fold_n != k
+        tables = selective.fit_tables(
+            member_logits=tm,
+            member_labels=ty,
+            nonmember_logits=nonmember_logits[fit_n],
+            nonmember_labels=nonmember_labels[fit_n],
+            gate=config.gate,
+            coarse_levels=config.coarse_levels,
+        )
+        folds.append((tables, fold_m == k, ~fit_n))
+    sweep = []
+    for floor in config.floor_grid:
+        excess = [
+            _fold_excess(
+                tables,
+                member_logits[test_m],
+                member_labels[test_m],
+                nonmember_logits[test_n],
+                nonmember_labels[test_n],
+                float(floor),
+            )
+            for tables, test_m, test_n in folds
+        ]
+        sweep.append({"floor": float(floor), "excess": float(np.mean(excess)), "folds": [float(e) for e in excess]})
+    chosen = next((r for r in sweep if r["excess"] <= config.slack), sweep[-1])
+    tables = selective.fit_tables(
+        member_logits=tm,
+        member_labels=ty,
+        nonmember_logits=nonmember_logits,
+        nonmember_labels=nonmember_labels,
+        gate=config.gate,
+        coarse_levels=config.coarse_levels,
+    )
+    tables.intensity_floor = chosen["floor"]
+    tables.metrics = {
+        "rule": f"smallest floor with cross-fitted excess <= slack ({config.slack})",
+        "slack_met": chosen["excess"] <= config.slack,
+        "floor": chosen["floor"],
+        "levels": round(config.coarse_levels ** (1 - chosen["floor"])),
+        "training_rows": len(tm),
+        "sweep": sweep,
+    }
+    return tables

@@ -1,104 +1,37 @@
-"""The defense step: logits -> risk -> delta -> probabilities, for a whole batch at once.
+"""The defense step: logits (+ query signatures, + the caller's threat) -> probabilities, per batch.
 
-Variants (chosen per served model, so ablations run side by side):
+Which variant does what is in :mod:`variants` (one registry); this module dispatches on the
+variant's method:
 
-- ``veil``: rows with r(z) > tau get the smallest label-preserving delta with r(z + delta) < tau,
-  with per-dimension budgets from gradient importance and adaptive intensity; other rows are
-  returned exactly as the raw endpoint returns them. With more than two classes the served point
-  is the class's canonical point on the level set (a uniform tail; see :mod:`binary`), since
-  where PGD lands on a level *surface* still depends on the input.
-- ``fixed_intensity``: the same without adaptive intensity.
-- ``perturb_all``: no risk gate; every row is moved onto the risk level set r = tau (from above
-  or below).
-- ``random_noise``: high-risk rows get deterministic random noise of Veil's mean size instead.
-- ``temperature``: softmax(z / T) for every row, T matched to Veil's mean confidence.
-- ``memguard``: every row is moved onto r = 0.5 of the defender's own attack model
-  (MemGuard-style), label kept.
-- ``label_only``: the one-hot predicted label (the ideal label-preserving output).
-- ``none``: the raw softmax (the benchmark baseline).
+- ``selective`` (:mod:`selective`; the product ``veil``, ``fixed_intensity``, ``perturb_all``):
+  member-index gate, non-member quantile map, calibrated construction, threat coarsening.
+- ``levelset`` / ``pgd`` / ``noise`` (:mod:`levelset_defense`): the paper's output-risk level set.
+- ``temperature``, ``label_only``, ``raw``: one line each, here.
+
+The logits are validated here and only here (:func:`check_logits`): a ``ValueError`` is a
+per-request error upstream. The label is the raw argmax (first on ties) in every variant.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 
+from veil.python_backend import selective
 from veil.python_backend.artifact import DefenseArtifact
-from veil.python_backend.budgets import importance_budgets
-from veil.python_backend.levelset import MAX_MARGIN, MarginSolver
-from veil.python_backend.pgd import PGDConfig, label_margin, label_preserving_pgd, project
-from veil.python_backend.probabilities import check_logits, softmax
-from veil.python_backend.risk import logit
+from veil.python_backend.levelset_defense import LevelSetDefense
+from veil.python_backend.member_index import MemberIndex
+from veil.python_backend.probabilities import check_logits, softmax, softmax64
+from veil.python_backend.result import DefenseConfig, DefenseResult
+from veil.python_backend.variants import REGISTRY
 
-CLOSED_FORM = ("veil", "fixed_intensity", "perturb_all", "memguard")
-ONTO = ("perturb_all", "memguard")  # every row moved onto the level set, from either side
-VARIANTS = (
-    "veil",
-    "fixed_intensity",
-    "perturb_all",
-    "random_noise",
-    "temperature",
-    "memguard",
-    "label_only",
-    "none",
-)
+VARIANTS = tuple(REGISTRY)
 
-
-@dataclass(frozen=True)
-class DefenseConfig:
-    variant: str = "veil"
-    pgd: PGDConfig = field(default_factory=PGDConfig)
-    budget_floor: float = 0.25
-    label_weight: float = 0.5
-    grid: float = 0.01
-    """Perturbed outputs' logit gaps are snapped (towards lower confidence) to this grid, so rows
-    that PGD brought to the same level set give identical outputs. 0 disables."""
-    closed_form_binary: bool = True
-    """For two classes use :mod:`binary`'s exact level-set solution instead of iterating PGD."""
-    canonical_multiclass: bool = True
-    """For more than two classes serve the canonical level-set point (:mod:`binary`) instead of
-    PGD's minimal-delta point; False keeps PGD (the paper's method, for comparison)."""
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown defense variant {self.variant!r}; choose from {VARIANTS}")
-
-
-@dataclass
-class DefenseResult:
-    probabilities: np.ndarray  # [B, C] float32
-    labels: np.ndarray  # [B] int64
-    perturbed: np.ndarray  # [B] bool
-    steps: np.ndarray  # [B] int, gradient steps (0 for untouched rows)
-    exhausted: np.ndarray  # [B] bool, PGD stopped without reaching the target
-    risk_before: np.ndarray  # [B]
-    risk_after: np.ndarray  # [B]
-    delta: np.ndarray  # [B, C] logit perturbation (0 for untouched rows)
-    budget_use: np.ndarray  # [B] max_i |delta_i| / eps_i (0 for untouched rows)
-
-    @property
-    def delta_abs(self) -> np.ndarray:
-        """[B] mean |delta_i| in logit units."""
-        return np.abs(self.delta).mean(1)
-
-    @property
-    def delta_max(self) -> np.ndarray:
-        return np.abs(self.delta).max(1) if self.delta.size else np.zeros(len(self.delta))
-
-
-def _row_seeds(z: np.ndarray) -> np.ndarray:
-    return np.array(
-        [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little") for row in z],
-        dtype=np.uint64,
-    )
+__all__ = ["VARIANTS", "Defense", "DefenseConfig", "DefenseResult"]
 
 
 class Defense:
-    """Holds the risk evaluator on a device and applies one variant to batches of logits."""
+    """One variant of the defense, ready to apply to batches (risk evaluator on ``device``)."""
 
     def __init__(
         self,
@@ -109,326 +42,86 @@ class Defense:
     ) -> None:
         self.artifact = artifact
         self.config = config
-        self.device = torch.device(device)
-        # float64: per-row results must not depend on which rows share the batch (BLAS blocking
-        # differs with batch size; in float32 that can flip a threshold decision).
-        self.risk = artifact.risk_evaluator(self.device).double()
-        for p in self.risk.parameters():
-            p.requires_grad_(False)
-        self.score_tau = np.array([logit(t) for t in artifact.tau])  # per predicted class
-        self.target_shift = np.asarray(artifact.target_shift, dtype=np.float64)
+        self.spec = config.spec
         self.num_classes = artifact.num_classes
-        self.margins = None
-        closed = config.closed_form_binary if self.num_classes == 2 else config.canonical_multiclass
-        if closed and config.variant in CLOSED_FORM:
-            self.margins = MarginSolver(self.risk, device=self.device)
-            levels = np.arange(101) / 100 if self.adaptive else np.zeros(1)  # threat is quantised to 1/100
-            memguard = config.variant == "memguard"
-            self.margins.prepare(
-                [
-                    (c, 0.0 if memguard else float(self.score_tau[c] - self.target_shift[c] * q))
-                    for c in range(self.num_classes)
-                    for q in levels
-                ]
-            )
+        self.device = torch.device(device)
+        self.levelset: LevelSetDefense | None = None
+        self.tables: selective.SelectiveTables | None = None
+        self.index: MemberIndex | None = None
+        if self.spec.method in ("levelset", "pgd", "noise"):
+            self.levelset = LevelSetDefense(artifact, config=config, device=self.device)
+        elif self.spec.method == "selective":
+            if artifact.selective is None:
+                raise ValueError(f"variant {self.spec.name!r} needs selective tables in the artifact; rebuild it")
+            self.tables = artifact.selective
+            self.index = artifact.member_index()
 
     @property
     def adaptive(self) -> bool:
-        return self.config.variant == "veil"
+        return self.spec.adaptive
 
-    def _scores(self, z: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.risk.score(z)
+    def check(self, logits: np.ndarray) -> None:
+        """The one validation of logits: ``ValueError`` naming what is wrong (a per-request error)."""
+        check_logits(logits)
+        if logits.shape[1] != self.num_classes:
+            raise ValueError(f"expected {self.num_classes} logits per row, got {logits.shape[1]}")
 
     def __call__(
         self,
         logits: np.ndarray,
         *,
         threat: np.ndarray | None = None,
+        signatures: np.ndarray | None = None,
         eps_scale: float | None = None,
+        checked: bool = False,
     ) -> DefenseResult:
-        """Defend a [B, C] batch. ``threat`` [B] in [0, 1] is used by the adaptive variant only.
+        """Defend a [B, C] batch. ``threat`` [B] in [0, 1] (adaptive variants), ``signatures``
+        [B, S] MinHash of each query's tokens (the selective gate; without them no row is gated).
+        ``checked``: the caller already ran :meth:`check` on these logits.
 
         Raises ``ValueError`` for non-finite or misshapen logits (a per-request error upstream).
         """
         logits = np.ascontiguousarray(logits, dtype=np.float32)
-        check_logits(logits)
-        if logits.shape[1] != self.num_classes:
-            raise ValueError(f"expected {self.num_classes} logits per row, got {logits.shape[1]}")
-        b = logits.shape[0]
-        if b == 1 and self.margins is not None and self.num_classes == 2:
-            return self._closed_form_one(logits, 0.0 if threat is None else float(np.asarray(threat).reshape(-1)[0]))
-        raw = softmax(logits)
-        variant = self.config.variant
-        zeros = np.zeros(b)
-        result = DefenseResult(
-            probabilities=raw,
-            labels=raw.argmax(1).astype(np.int64),
-            perturbed=np.zeros(b, dtype=bool),
-            steps=np.zeros(b, dtype=np.int64),
-            exhausted=np.zeros(b, dtype=bool),
-            risk_before=zeros,
-            risk_after=zeros,
-            delta=np.zeros_like(logits),
-            budget_use=zeros.copy(),
-        )
-        if b == 0 or variant == "none":
-            return result
-        if variant == "label_only":
-            result.probabilities = np.eye(self.num_classes, dtype=np.float32)[result.labels]
+        if not checked:
+            self.check(logits)
+        method = self.spec.method
+        if self.levelset is not None:
+            return self.levelset(logits, threat=threat, eps_scale=eps_scale)
+        if method == "selective":
+            return self._selective(logits, threat=threat, signatures=signatures)
+        labels = logits.argmax(1).astype(np.int64)
+        result = DefenseResult.untouched(softmax(logits), labels)
+        if method == "label_only":
+            result.probabilities = np.eye(self.num_classes, dtype=np.float32)[labels]
             result.perturbed[:] = True
-            return result
-        if variant == "temperature":
-            result.probabilities = softmax(logits / np.float32(self.artifact.temperature))
+        elif method == "temperature":
+            z = logits.astype(np.float64)
+            result.probabilities = softmax64(z / self.artifact.temperature)
             result.perturbed[:] = True
-            return result
-
-        # Threat is quantised to 1/100 so that targets (and the closed-form cache) are discrete.
-        threat_q = np.round(np.clip(threat, 0.0, 1.0) * 100) / 100 if self.adaptive and threat is not None else None
-        target_np = self.score_tau[result.labels]
-        mult_np = np.ones(b)
-        if threat_q is not None:
-            target_np = target_np - self.target_shift[result.labels] * threat_q
-            mult_np = 1.0 + threat_q  # intensity 1 at threat 0, 2 at threat 1
-        if variant == "memguard":
-            target_np = np.zeros(b)
-        eps_base = self.artifact.eps if eps_scale is None else eps_scale
-        if self.margins is not None:
-            solve = self._closed_form if self.num_classes == 2 else self._canonical
-            return solve(logits, result, target_np, eps_base * mult_np, onto=variant in ONTO)
-
-        z = torch.from_numpy(logits).to(self.device, torch.float64)
-        s = self._scores(z)
-        risk_before = torch.sigmoid(s).cpu().numpy().astype(np.float64)
-        result.risk_before, result.risk_after = risk_before, risk_before.copy()
-        target = torch.as_tensor(target_np, dtype=torch.float64, device=self.device)
-        mult = torch.as_tensor(mult_np, dtype=torch.float64, device=self.device)
-
-        if variant in ONTO:
-            rows = torch.arange(b, device=self.device)
-            mode = "onto"
-        else:
-            rows = torch.nonzero(s > target).squeeze(1)
-            mode = "below"
-        if rows.numel() == 0:
-            return result
-
-        zr = z[rows]
-        with torch.enable_grad():
-            x = zr.clone().requires_grad_(True)
-            (g,) = torch.autograd.grad(self.risk.score(x).sum(), x)
-        eps = importance_budgets(
-            g,
-            zr,
-            scale=eps_base * mult[rows],
-            floor=self.config.budget_floor,
-            label_weight=self.config.label_weight,
-        )
-        if variant == "random_noise":
-            seeds = _row_seeds(logits[rows.cpu().numpy()])
-            noise = np.stack([np.random.default_rng(int(sd)).standard_normal(self.num_classes) for sd in seeds])
-            n = torch.as_tensor(noise, dtype=torch.float64, device=self.device)
-            n = n - n.mean(1, keepdim=True)  # softmax ignores the common shift
-            n = n / n.norm(dim=1, keepdim=True).clamp_min(1e-12) * self.artifact.noise_norm
-            label = zr.argmax(1)
-            delta = project(zr, n, label=label, eps=eps, margin=label_margin(zr, label, self.config.pgd.label_margin))
-            steps = torch.zeros(len(rows), dtype=torch.long, device=self.device)
-            converged = torch.ones(len(rows), dtype=torch.bool, device=self.device)
-        else:
-            res = label_preserving_pgd(
-                zr, score_fn=self.risk.score, target=target[rows], eps=eps, config=self.config.pgd, mode=mode
-            )
-            delta, steps, converged = res.delta, res.steps, res.converged
-            if self.config.grid > 0:
-                delta = self._snap(zr, delta, target[rows], converged, mode)
-
-        x = (zr + delta).cpu().numpy().astype(np.float32)  # what is served
-        served = torch.from_numpy(x).to(zr)
-        idx = rows.cpu().numpy()
-        probs = result.probabilities.copy()
-        probs[idx] = softmax(x)
-        result.probabilities = probs
-        result.perturbed[idx] = True
-        result.steps[idx] = steps.cpu().numpy()
-        result.exhausted[idx] = ~converged.cpu().numpy()
-        result.delta[idx] = (served - zr).cpu().numpy()
-        result.budget_use[idx] = (delta.abs() / eps.clamp_min(1e-12)).amax(1).cpu().numpy()
-        result.risk_after[idx] = torch.sigmoid(self._scores(served)).cpu().numpy()
-        result.labels = probs.argmax(1).astype(np.int64)
         return result
 
-    def _closed_form(
-        self, logits: np.ndarray, result: DefenseResult, target: np.ndarray, eps: np.ndarray, *, onto: bool
+    def _selective(
+        self, logits: np.ndarray, *, threat: np.ndarray | None, signatures: np.ndarray | None
     ) -> DefenseResult:
-        """Two classes (see :mod:`binary`): move the margin to just under the risk crossing."""
-        z = logits.astype(np.float64)
-        label = result.labels
-        margin = np.abs(z[:, 0] - z[:, 1])
-        crossing = np.empty(len(z))
-        for c, t in set(zip(label.tolist(), target.tolist(), strict=True)):
-            crossing[(label == c) & (target == t)] = self.margins.crossing(c, t)
-        result.risk_before = 1.0 / (1.0 + np.exp(-self.margins.score(margin, label)))
-        moved = np.ones(len(z), bool) if onto else margin > crossing
-        if not moved.any():
-            result.risk_after = result.risk_before.copy()
-            return result
-        grid = self.config.grid or 1e-6
-        goal = np.floor(np.nextafter(crossing, -np.inf) / grid) * grid  # largest grid margin below it
-        least = np.minimum(self.config.pgd.label_margin, margin)  # the label keeps this lead
-        exhausted = goal < least
-        goal = np.maximum(goal, least)
-        new = np.clip(goal, margin - 2 * eps, margin + 2 * eps if onto else np.inf)  # each logit moves <= eps
-        exhausted |= new != goal
-        new = np.where(moved, np.where(np.isfinite(new), new, margin), margin)
-        shift = (margin - new) / 2  # the label's logit down, the other up, by the same amount
-        sign = np.where(label == 0, 1.0, -1.0)
-        delta = np.stack([-sign * shift, sign * shift], 1)
-        served = (z + delta).astype(np.float32)
-        result.probabilities = np.where(moved[:, None], softmax(served), result.probabilities)
-        result.perturbed = moved & (shift != 0) | (moved & onto)
-        result.steps = result.perturbed.astype(np.int64)
-        result.exhausted = result.perturbed & exhausted
-        result.delta = np.where(result.perturbed[:, None], served - logits, 0.0).astype(np.float32)
-        result.budget_use = np.where(result.perturbed, np.abs(shift) / eps, 0.0)
-        result.risk_after = np.where(
-            result.perturbed, 1.0 / (1.0 + np.exp(-self.margins.score(new, label))), result.risk_before
+        b = len(logits)
+        level = self.tables.level(
+            np.zeros(b) if threat is None else np.asarray(threat, dtype=np.float64).reshape(-1),
+            adaptive=self.adaptive,
+            knob=self.config.intensity,
         )
-        result.labels = result.probabilities.argmax(1).astype(np.int64)
-        return result
-
-    def _canonical(
-        self, logits: np.ndarray, result: DefenseResult, target: np.ndarray, eps: np.ndarray, *, onto: bool
-    ) -> DefenseResult:
-        """More than two classes (see :mod:`binary`): serve the class's canonical level-set point,
-        the label's logit at the largest grid value under the crossing above a uniform tail.
-
-        Rows at full budget get exactly softmax(canonical point), so they are bit-identical for
-        every input with the same class and target; a row whose move would exceed its budget
-        (max_i |delta_i| <= eps, after the free common shift) moves as far as the budget allows
-        along the straight line, which keeps the label, and is counted as exhausted."""
-        z = logits.astype(np.float64)
-        label = result.labels
-        b = len(z)
-        with torch.no_grad():
-            s = self.risk.score(torch.as_tensor(z, device=self.device)).cpu().numpy()
-        result.risk_before = 1.0 / (1.0 + np.exp(-s))
-        result.risk_after = result.risk_before.copy()
-        crossing = np.empty(b)
-        for c, t in set(zip(label.tolist(), target.tolist(), strict=True)):
-            crossing[(label == c) & (target == t)] = self.margins.crossing(c, t)
-        moved = np.ones(b, bool) if onto else s > target
-        if not moved.any():
-            return result
-        grid = self.config.grid or 1e-6
-        goal = np.floor(np.nextafter(crossing, -np.inf) / grid) * grid
-        least = self.config.pgd.label_margin
-        exhausted = goal < least
-        # No crossing: the whole canonical line is below the target; its sharp end is one-hot-like.
-        goal = np.where(np.isfinite(goal), np.maximum(goal, least), MAX_MARGIN)
-        canon = np.zeros_like(z)
-        canon[np.arange(b), label] = goal
-        diff = canon - z
-        diff -= ((diff.max(1) + diff.min(1)) / 2)[:, None]  # the common shift that needs least budget
-        need = np.abs(diff).max(1)
-        t = np.minimum(1.0, eps / np.maximum(need, 1e-12))
-        short = t < 1.0
-        exhausted |= short
-        served = (z + t[:, None] * diff).astype(np.float32)
-        probs = softmax(canon.astype(np.float32))
-        if short.any():  # only budget-limited rows need their own softmax
-            probs[short] = softmax(served[short])
-        idx = np.flatnonzero(moved)
-        result.probabilities = result.probabilities.copy()
-        result.probabilities[idx] = probs[idx]
+        level = np.broadcast_to(level, (b,))
+        out = selective.defend(
+            logits,
+            self.tables,
+            index=self.index,
+            signatures=signatures,
+            threat=level,
+            gated=self.spec.gated,
+        )
+        result = DefenseResult.untouched(out.probabilities, out.labels)
+        moved = (out.member_weight > 0) | (level > 0)
         result.perturbed = moved
-        result.steps = moved.astype(np.int64)
-        result.exhausted = moved & exhausted
-        result.delta = np.where(moved[:, None], served - logits, 0.0).astype(np.float32)
-        result.budget_use = np.where(moved, need * t / eps, 0.0)
-        # The canonical point's score is in the solver's table (goal sits on its grid); only
-        # budget-limited rows need a second forward pass.
-        after = self.margins.score(goal, label)
-        redo = np.flatnonzero(moved & short)
-        if len(redo):
-            with torch.no_grad():
-                x = torch.as_tensor(served[redo].astype(np.float64), device=self.device)
-                after[redo] = self.risk.score(x).cpu().numpy()
-        result.risk_after[idx] = 1.0 / (1.0 + np.exp(-after[idx]))
-        result.labels = result.probabilities.argmax(1).astype(np.int64)
+        result.risk_before = out.member_weight
+        result.risk_after = np.where(moved, 0.0, out.member_weight)
+        result.delta[np.arange(b), out.labels] = (out.score_after - out.score_before).astype(np.float32)
         return result
-
-    def _closed_form_one(self, logits: np.ndarray, threat: float) -> DefenseResult:
-        """:meth:`_closed_form` for a single row in plain Python floats: at batch size 1 (the
-        latency-bound case) numpy's per-call overhead would be most of the defense's cost.
-        The arithmetic is the same, step for step (a test checks that both agree bit for bit)."""
-        raw = softmax(logits)
-        label = int(raw[0, 1] > raw[0, 0])  # argmax; a tie goes to class 0
-        z0, z1 = float(logits[0, 0]), float(logits[0, 1])
-        margin = abs(z0 - z1)
-        target = float(self.score_tau[label])
-        mult = 1.0
-        if self.adaptive:
-            q = round(min(max(threat, 0.0), 1.0) * 100) / 100
-            target -= float(self.target_shift[label]) * q
-            mult = 1.0 + q
-        onto = self.config.variant in ONTO
-        if self.config.variant == "memguard":
-            target = 0.0
-        eps = self.artifact.eps * mult
-        crossing = self.margins.crossing(label, target)
-        risk_before = 1.0 / (1.0 + math.exp(-self.margins.score_one(margin, label)))
-        result = DefenseResult(
-            probabilities=raw,
-            labels=np.array([label], np.int64),
-            perturbed=np.zeros(1, bool),
-            steps=np.zeros(1, np.int64),
-            exhausted=np.zeros(1, bool),
-            risk_before=np.array([risk_before]),
-            risk_after=np.array([risk_before]),
-            delta=np.zeros((1, 2), np.float32),
-            budget_use=np.zeros(1),
-        )
-        if not (onto or margin > crossing):
-            return result
-        grid = self.config.grid or 1e-6
-        goal = math.floor(np.nextafter(crossing, -np.inf) / grid) * grid
-        least = min(self.config.pgd.label_margin, margin)
-        exhausted = goal < least
-        goal = max(goal, least)
-        new = min(max(goal, margin - 2 * eps), margin + 2 * eps if onto else math.inf)
-        exhausted = exhausted or new != goal
-        if not math.isfinite(new):
-            new = margin
-        shift = (margin - new) / 2
-        if shift == 0 and not onto:
-            return result
-        sign = 1.0 if label == 0 else -1.0
-        served = np.array([[z0 - sign * shift, z1 + sign * shift]], dtype=np.float32)
-        result.probabilities = softmax(served)
-        result.labels = result.probabilities.argmax(1).astype(np.int64)
-        result.perturbed[0] = True
-        result.steps[0] = 1
-        result.exhausted[0] = exhausted
-        result.delta = served - logits
-        result.budget_use[0] = abs(shift) / eps
-        result.risk_after[0] = 1.0 / (1.0 + math.exp(-self.margins.score_one(new, label)))
-        return result
-
-    def _snap(
-        self, z: torch.Tensor, delta: torch.Tensor, target: torch.Tensor, converged: torch.Tensor, mode: str
-    ) -> torch.Tensor:
-        """Snap gaps to the label's logit up to the grid (less confident); keep where still valid."""
-        grid = self.config.grid
-        x = z + delta
-        label = z.argmax(1)
-        top = x.gather(1, label[:, None])
-        gaps = torch.ceil((x - top) / grid) * grid
-        margin = label_margin(z, label, self.config.pgd.label_margin)
-        others = torch.ones_like(x, dtype=torch.bool).scatter_(1, label[:, None], False)
-        gaps = torch.where(others, torch.minimum(gaps, -margin[:, None]), torch.zeros_like(gaps))
-        snapped = top + gaps - z
-        if mode != "below":
-            return snapped
-        ok = self._scores(z + snapped) < target
-        keep = converged & ok | ~converged
-        return torch.where(keep[:, None], snapped, delta)

@@ -25,3 +25,11 @@ def check_logits(logits: np.ndarray) -> None:
         raise ValueError(
             f"non-finite logits (NaN or Inf) in row(s) {rows[:10].tolist()}" + (" ..." if len(rows) > 10 else "")
         )
+
+
+def softmax64(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax computed in float64 and cast to float32 once (served vectors built from a
+    decision, not from float32 arithmetic on the raw logits)."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from veil import wire
 from veil.python_backend.fingerprint import text_signature
 
 
@@ -81,7 +82,16 @@ class TextEncoder:
             for r, seq in enumerate(enc[name]):
                 arr[r, : len(seq)] = seq
             out[name] = arr
-        out["fingerprint"] = text_signature(
+        out[wire.FINGERPRINT] = text_signature(
             out["input_ids"], out["attention_mask"], special_ids=self.tokenizer.all_special_ids
         )
         return out
+
+
+def text_signatures(
+    tokenizer_dir: str | Path, input_names: Sequence[str], texts: list[str], *, max_length: int
+) -> np.ndarray:
+    """[n, SIGNATURE_SIZE] the signatures the served tokenizer computes for ``texts`` (the member
+    index's keys, and what an offline replay of the defense step needs)."""
+    encoder = TextEncoder(tokenizer_dir, input_names=input_names, max_length=max_length)
+    return np.concatenate([encoder(texts[i : i + 256])[wire.FINGERPRINT] for i in range(0, len(texts), 256)])

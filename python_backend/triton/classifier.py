@@ -11,6 +11,7 @@ from collections import defaultdict
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from veil import wire
 from veil.python_backend.artifact import sha256_file
 from veil.python_backend.onnx_classifier import OnnxClassifier
 from veil.python_backend.triton.common import input_array, internal, invalid, parameters, version_dir
@@ -50,6 +51,6 @@ class TritonPythonModel:
             start = 0
             for i, f in members:
                 n = len(f[self.model.input_names[0]])
-                responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor("logits", logits[start : start + n])])
+                responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(wire.LOGITS, logits[start : start + n])])
                 start += n
         return responses

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from veil import wire
 from veil.python_backend.probabilities import check_logits, softmax
 from veil.python_backend.triton.common import input_array, invalid
 
@@ -17,7 +18,7 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                logits = input_array(request, "logits")
+                logits = input_array(request, wire.LOGITS)
                 check_logits(logits)
             except ValueError as err:
                 responses.append(invalid(str(err)))
@@ -25,6 +26,8 @@ class TritonPythonModel:
             probs = softmax(logits)
             label = probs.argmax(1).astype(np.int64)[:, None]
             responses.append(
-                pb_utils.InferenceResponse([pb_utils.Tensor("probabilities", probs), pb_utils.Tensor("label", label)])
+                pb_utils.InferenceResponse(
+                    [pb_utils.Tensor(wire.PROBABILITIES, probs), pb_utils.Tensor(wire.LABEL, label)]
+                )
             )
         return responses

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import triton_python_backend_utils as pb_utils
 
+from veil import wire
 from veil.python_backend.tokens import InputError, TextEncoder, decode_texts
 from veil.python_backend.triton.common import input_array, internal, invalid, parameters, version_dir
 
@@ -29,7 +30,7 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                raw = input_array(request, "text")
+                raw = input_array(request, wire.TEXT)
                 if raw.ndim != 2 or raw.shape[1] != 1:
                     raise InputError(f"text must have shape [batch, 1], got {list(raw.shape)}")
                 texts = decode_texts(raw[:, 0], max_text_bytes=self.max_text_bytes)

@@ -71,11 +71,11 @@ def test_defended_labels_equal_raw_and_outputs_are_probabilities(server, eval_te
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_high_risk_is_perturbed_and_low_risk_is_untouched(server, tiny_build, eval_texts, protocol):
-    """Through the defense step itself (benchmark mode exposes it): a sharp output is perturbed,
-    a near-tie (the least risky output there is) comes back bit-identical to the raw softmax."""
+    """The level-set ablation through its defense step (benchmark mode exposes it): a sharp output
+    is perturbed, a near-tie (the least risky output there is) comes back bit-identical to raw."""
     art = DefenseArtifact.load(tiny_build / "defense")
     logits = np.array([[3.0, -3.0], [-2.5, 3.0], [0.01, 0.0], [0.0, 0.02]], np.float32)
-    local = Defense(art, config=DefenseConfig(variant="fixed_intensity"))(logits)
+    local = Defense(art, config=DefenseConfig(variant="levelset"))(logits)
     tau = art.thresholds(local.labels)
     assert (local.risk_before[:2] > tau[:2]).all() and (local.risk_before[2:] < tau[2:]).all()
     assert not local.exhausted.any()
@@ -83,7 +83,7 @@ def test_high_risk_is_perturbed_and_low_risk_is_untouched(server, tiny_build, ev
     client = mod.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
     inp = mod.InferInput("logits", list(logits.shape), "FP32")
     inp.set_data_from_numpy(logits)
-    res = client.infer("mia_defense_fixed_intensity", [inp])
+    res = client.infer("mia_defense_levelset", [inp])
     client.close()
     defended, raw = res.as_numpy("probabilities"), softmax(logits)
     assert (defended[2:] == raw[2:]).all()
@@ -98,14 +98,44 @@ def test_untouched_rows_are_bit_identical_to_the_raw_ensemble(server, tiny_build
     art = DefenseArtifact.load(tiny_build / "defense")
     with client_for(server, protocol) as c:
         raw, _ = c.classify(texts, model=RAW)
-        defended, _ = c.classify(texts, model="veil_fixed_intensity")
+        defended, _ = c.classify(texts, model="veil_levelset")
     untouched = (defended == raw).all(1)
     # Logits up to a shift, recovered from the raw probabilities, give the risk the server saw.
-    risk = Defense(art)(np.log(raw)).risk_before
+    risk = Defense(art, config=DefenseConfig(variant="levelset"))(np.log(raw)).risk_before
     tau = art.thresholds(raw.argmax(1))
     assert (risk[untouched] <= tau[untouched] + 1e-4).all()  # nothing risky passes untouched
     assert (risk[~untouched] > tau[~untouched] - 1e-4).all()  # nothing safe is touched
     assert (defended[~untouched].max(1) < raw[~untouched].max(1)).all()  # never sharper
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_selective_step_serves_exactly_the_core(server, tiny_build, eval_texts, protocol):
+    """``veil_defended`` end to end: the served bytes equal the core replayed in-process on the
+    same logits and tokenizer signatures; training texts are gated (membership weight 1) and
+    held-out texts are not, and each class is served from a small menu of calibrated values."""
+    from veil.export.build_dir import BuildDir
+    from veil.export.pipeline import onnx_logits
+    from veil.python_backend import offline
+    from veil.python_backend.tokens import text_signatures
+
+    texts, _ = eval_texts
+    build = BuildDir(tiny_build)
+    opts = build.options()
+    names = list(opts.input_names)
+    logits = onnx_logits(build.onnx, build.hf, names, texts, max_length=opts.max_length)
+    with client_for(server, protocol) as c:
+        served, labels = c.classify(texts, model="veil_fixed_intensity")
+    local = offline.defend(tiny_build, texts, logits, variant="fixed_intensity")
+    assert (served == local).all()
+    assert (labels == logits.argmax(1)).all()
+    art = DefenseArtifact.load(build.defense)
+    sig = text_signatures(build.hf, names, texts, max_length=opts.max_length)
+    out = Defense(art, config=DefenseConfig(variant="fixed_intensity"))(logits, signatures=sig)
+    assert (out.risk_before[:60] == 1.0).all()  # member_eval rows are training texts
+    # Held-out rows: the synthetic sentences share a 30-word vocabulary, so some are near-duplicates
+    # of a training sentence (gated too); most are not.
+    assert (out.risk_before[60:] < 1.0).mean() > 0.5
+    assert len({r.tobytes() for r in served}) <= 2 * art.selective.coarse_levels
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -194,7 +224,8 @@ def test_client_id_from_parameter_and_forwarded_header(server):
 def test_telemetry_is_exported(server, eval_texts):
     with client_for(server, "http") as c:
         c.classify(eval_texts[0][:10], model=DEFENDED)
+        c.classify(eval_texts[0][:10], model="veil_levelset")
     assert _metric(server, "veil_outputs_total") >= 10
     assert _metric(server, "veil_outputs_perturbed_total") >= 1
-    assert _metric(server, "veil_pgd_steps_total") >= 1
+    assert _metric(server, "veil_pgd_steps_total", model="mia_defense_levelset") >= 1
     assert 0.0 <= _metric(server, "veil_risk_after_mean") <= _metric(server, "veil_risk_before_mean") <= 1.0

@@ -8,7 +8,9 @@ from functools import lru_cache
 import numpy as np
 
 from veil.python_backend.artifact import DefenseArtifact
-from veil.python_backend.defense import Defense
+from veil.python_backend.calibrate import CalibrationConfig, calibrate_selective
+from veil.python_backend.defense import Defense, DefenseConfig
+from veil.python_backend.fingerprint import SIGNATURE_SIZE
 from veil.python_backend.risk import fit_risk_evaluator
 
 
@@ -36,6 +38,35 @@ def make_artifact(num_classes: int, *, tau_quantile: float = 0.5, eps: float = 5
         label_names=[str(i) for i in range(num_classes)],
         risk_state={k: v.detach().clone() for k, v in risk.state_dict().items()},
     )
-    out = Defense(art)(np.concatenate([members, nonmembers]))
+    out = Defense(art, config=DefenseConfig(variant="levelset"))(np.concatenate([members, nonmembers]))
     tau = [float(np.quantile(out.risk_before[out.labels == c], tau_quantile)) for c in range(num_classes)]
-    return replace(art, tau=tau)
+    # The selective defense: members' true labels are their sharp class, non-members' mostly so.
+    y_m, y_n = members.argmax(1), synthetic_labels(nonmembers, seed=num_classes)
+    tables = calibrate_selective(
+        member_logits=members,
+        member_labels=y_m,
+        nonmember_logits=nonmembers,
+        nonmember_labels=y_n,
+        config=CalibrationConfig(seed=0),
+    )
+    return replace(
+        art,
+        tau=tau,
+        selective=tables,
+        index_signatures=member_signatures(len(members)),
+        index_labels=y_m,
+    )
+
+
+def synthetic_labels(logits: np.ndarray, *, seed: int, wrong: float = 0.2) -> np.ndarray:
+    """The argmax, except a share ``wrong`` of rows labelled as another class."""
+    rng = np.random.default_rng(seed)
+    y = logits.argmax(1)
+    flip = rng.random(len(y)) < wrong
+    y[flip] = (y[flip] + rng.integers(1, logits.shape[1], flip.sum())) % logits.shape[1]
+    return y
+
+
+def member_signatures(n: int, *, seed: int = 7) -> np.ndarray:
+    """Distinct random MinHash-like signatures standing for n training texts."""
+    return np.random.default_rng(seed).integers(0, 2**31 - 1, (n, SIGNATURE_SIZE), dtype=np.int64).astype(np.int32)

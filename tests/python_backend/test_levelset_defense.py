@@ -10,6 +10,9 @@ from veil.python_backend.probabilities import softmax
 
 from .conftest import make_artifact
 
+LEVELSET = DefenseConfig(variant="levelset")
+"""The first round's served defense (adaptive level set); these tests pin its behaviour as an ablation."""
+
 batches = st.tuples(
     st.integers(1, 40),  # rows
     st.integers(2, 20),  # classes
@@ -31,8 +34,9 @@ def test_veil_invariants(batch, threat):
     rows, classes, scale, seed = batch
     z = draw_logits(rows, classes, scale, seed)
     art = make_artifact(classes)
-    defense = Defense(art)
+    defense = Defense(art, config=LEVELSET)
     out = defense(z, threat=np.full(rows, threat))
+    inner = defense.levelset
     raw = softmax(z)
     assert out.probabilities.shape == (rows, classes) and out.probabilities.dtype == np.float32
     assert out.labels.shape == (rows,) and out.labels.dtype == np.int64
@@ -44,7 +48,7 @@ def test_veil_invariants(batch, threat):
     # Low-risk rows are returned bit-identical to the raw softmax.
     pred = raw.argmax(1)
     threat_q = round(threat * 100) / 100  # the defense quantises threat to 1/100
-    target = defense.score_tau[pred] - defense.target_shift[pred] * threat_q
+    target = inner.score_tau[pred] - inner.target_shift[pred] * threat_q
     untouched = ~out.perturbed
     assert (out.probabilities[untouched] == raw[untouched]).all()
     assert (np.log(out.risk_before[untouched] / (1 - out.risk_before[untouched])) <= target[untouched] + 1e-4).all()
@@ -71,7 +75,7 @@ def test_every_variant_keeps_label_and_is_deterministic(batch, variant):
 
 def test_high_risk_row_is_perturbed_and_low_risk_row_is_not():
     art = make_artifact(2)
-    out = Defense(art)(np.array([[9.0, -3.0], [0.05, 0.0]], np.float32), threat=np.zeros(2))
+    out = Defense(art, config=LEVELSET)(np.array([[9.0, -3.0], [0.05, 0.0]], np.float32), threat=np.zeros(2))
     assert out.perturbed.tolist() == [True, False]
     assert out.probabilities[0].max() < softmax(np.array([[9.0, -3.0]], np.float32))[0].max()
     assert out.risk_after[0] < art.thresholds(out.labels)[0] < out.risk_before[0]
@@ -80,24 +84,26 @@ def test_high_risk_row_is_perturbed_and_low_risk_row_is_not():
 def test_result_does_not_depend_on_batch_neighbours():
     art = make_artifact(4)
     z = draw_logits(32, 4, 5.0, 7)
-    whole = Defense(art)(z, threat=np.zeros(32)).probabilities
-    single = np.concatenate([Defense(art)(z[i : i + 1], threat=np.zeros(1)).probabilities for i in range(32)])
+    whole = Defense(art, config=LEVELSET)(z, threat=np.zeros(32)).probabilities
+    single = np.concatenate(
+        [Defense(art, config=LEVELSET)(z[i : i + 1], threat=np.zeros(1)).probabilities for i in range(32)]
+    )
     np.testing.assert_allclose(whole, single, atol=2e-6)
 
 
 def test_higher_threat_perturbs_more():
     art = make_artifact(2)
     z = draw_logits(200, 2, 4.0, 3)
-    calm = Defense(art)(z, threat=np.zeros(200))
-    hot = Defense(art)(z, threat=np.ones(200))
+    calm = Defense(art, config=LEVELSET)(z, threat=np.zeros(200))
+    hot = Defense(art, config=LEVELSET)(z, threat=np.ones(200))
     assert hot.perturbed.sum() >= calm.perturbed.sum()
     assert hot.probabilities.max(1).mean() < calm.probabilities.max(1).mean()
 
 
-def test_fixed_intensity_ignores_threat():
+def test_memguard_ignores_threat():
     art = make_artifact(2)
     z = draw_logits(50, 2, 4.0, 5)
-    d = Defense(art, config=DefenseConfig(variant="fixed_intensity"))
+    d = Defense(art, config=DefenseConfig(variant="memguard"))
     assert (d(z, threat=np.zeros(50)).probabilities == d(z, threat=np.ones(50)).probabilities).all()
 
 
@@ -105,16 +111,16 @@ def test_fixed_intensity_ignores_threat():
 def test_non_finite_logits_are_rejected(bad):
     z = np.array([[1.0, 2.0], [bad, 0.0]], np.float32)
     with pytest.raises(ValueError, match=r"non-finite logits .* row\(s\) \[1\]"):
-        Defense(make_artifact(2))(z)
+        Defense(make_artifact(2), config=LEVELSET)(z)
 
 
 def test_wrong_class_count_is_rejected():
     with pytest.raises(ValueError, match="expected 2 logits per row, got 3"):
-        Defense(make_artifact(2))(np.zeros((1, 3), np.float32))
+        Defense(make_artifact(2), config=LEVELSET)(np.zeros((1, 3), np.float32))
 
 
 def test_empty_batch():
-    out = Defense(make_artifact(2))(np.zeros((0, 2), np.float32))
+    out = Defense(make_artifact(2), config=LEVELSET)(np.zeros((0, 2), np.float32))
     assert out.probabilities.shape == (0, 2)
 
 
@@ -132,7 +138,7 @@ def test_perturbed_outputs_collapse_onto_the_level_set():
     first, snapped to the grid), not on a spread that keeps a trace of their starting point."""
     art = make_artifact(2, tau_quantile=0.3)
     z = draw_logits(300, 2, 6.0, 11)
-    out = Defense(art, config=DefenseConfig(variant="fixed_intensity"))(z)
+    out = Defense(art, config=DefenseConfig(variant="levelset"))(z)
     for c in (0, 1):
         sel = out.perturbed & ~out.exhausted & (out.labels == c)
         assert sel.sum() > 20
@@ -152,14 +158,14 @@ def test_unknown_variant():
     st.floats(0.1, 25.0),
     st.integers(0, 2**32 - 1),
     st.floats(0.0, 1.0),
-    st.sampled_from(["veil", "fixed_intensity", "perturb_all", "memguard"]),
+    st.sampled_from(["levelset", "memguard"]),
 )
 def test_binary_closed_form_matches_pgd(rows, scale, seed, threat, variant):
     art = make_artifact(2)
     z = draw_logits(rows, 2, scale, seed)
     fast = Defense(art, config=DefenseConfig(variant=variant))
     slow = Defense(art, config=DefenseConfig(variant=variant, closed_form_binary=False))
-    assert fast.margins is not None and slow.margins is None
+    assert fast.levelset.margins is not None and slow.levelset.margins is None
     a, b = fast(z, threat=np.full(rows, threat)), slow(z, threat=np.full(rows, threat))
     assert (a.labels == b.labels).all()
     same = ~a.exhausted & ~b.exhausted
@@ -178,7 +184,7 @@ def test_binary_closed_form_matches_pgd(rows, scale, seed, threat, variant):
     st.floats(0.1, 25.0),
     st.integers(0, 2**32 - 1),
     st.floats(0.0, 1.0),
-    st.sampled_from(["veil", "fixed_intensity", "perturb_all", "memguard"]),
+    st.sampled_from(["levelset", "memguard"]),
 )
 def test_single_row_path_matches_the_batch_path(rows, scale, seed, threat, variant):
     """Batch size 1 takes a plain-Python path; it must give the batch path's answer bit for bit."""
@@ -200,7 +206,7 @@ def test_multiclass_outputs_are_the_canonical_point_of_their_class():
     the label and nothing else; PGD's minimal-delta points would keep a trace of the input."""
     art = make_artifact(4, tau_quantile=0.3)
     z = draw_logits(400, 4, 6.0, 12)
-    out = Defense(art, config=DefenseConfig(variant="fixed_intensity"))(z)
+    out = Defense(art, config=DefenseConfig(variant="levelset"))(z)
     assert (out.labels == z.argmax(1)).all()
     for c in range(4):
         sel = out.perturbed & ~out.exhausted & (out.labels == c)
@@ -208,7 +214,7 @@ def test_multiclass_outputs_are_the_canonical_point_of_their_class():
         assert len(np.unique(out.probabilities[sel], axis=0)) == 1
         tail = np.delete(out.probabilities[sel][0], c)
         assert (tail == tail[0]).all()
-    pgd = Defense(art, config=DefenseConfig(variant="fixed_intensity", canonical_multiclass=False))(z)
+    pgd = Defense(art, config=DefenseConfig(variant="levelset", canonical_multiclass=False))(z)
     assert (pgd.labels == z.argmax(1)).all()
     sel = pgd.perturbed & (pgd.labels == 0)
     assert len(np.unique(pgd.probabilities[sel], axis=0)) > 1
@@ -217,7 +223,7 @@ def test_multiclass_outputs_are_the_canonical_point_of_their_class():
 def test_multiclass_budget_is_respected_along_the_line():
     art = make_artifact(5, tau_quantile=0.3)
     z = draw_logits(200, 5, 8.0, 13)
-    d = Defense(art, config=DefenseConfig(variant="fixed_intensity"))
+    d = Defense(art, config=DefenseConfig(variant="levelset"))
     out = d(z, eps_scale=0.3)
     assert out.exhausted.any()
     assert (out.labels == z.argmax(1)).all()

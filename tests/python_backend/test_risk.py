@@ -44,7 +44,7 @@ def test_risk_evaluator_separates_members_and_defense_hides_them():
         progress=False,
     )
     ev = ~calib
-    out = Defense(art, config=DefenseConfig(variant="fixed_intensity"))(z[ev])
+    out = Defense(art, config=DefenseConfig(variant="levelset"))(z[ev])
     assert art.metrics["risk_auc_holdout"] > 0.75
     assert roc_auc_score(members[ev], out.risk_before) > 0.75  # unseen evaluation rows
     raw = Defense(art, config=DefenseConfig(variant="none"))(z[ev]).probabilities

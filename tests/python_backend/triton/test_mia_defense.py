@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from veil.python_backend.adaptive import AdaptiveConfig
 from veil.python_backend.artifact import ArtifactError
 from veil.python_backend.defense import Defense
 
@@ -39,7 +40,8 @@ def test_batch_of_requests_with_per_request_errors(model):
     assert len(responses) == 6
     ok = responses[0]
     assert ok.error is None
-    expected = Defense(make_artifact(2))(good, threat=np.zeros(2))
+    young = AdaptiveConfig().young_threat  # alice is new: her first rows get the young floor
+    expected = Defense(make_artifact(2))(good, threat=np.full(2, young))
     np.testing.assert_allclose(ok.tensors["probabilities"], expected.probabilities, atol=1e-6)
     assert ok.tensors["label"].tolist() == [[0], [0]]
     messages = [r.error.message() for r in responses[1:5]]
@@ -51,14 +53,18 @@ def test_batch_of_requests_with_per_request_errors(model):
     assert responses[5].error is None and responses[5].tensors["probabilities"].shape == (2, 2)
     assert FakeFamily.registry["veil_outputs_total"].value == 4
     assert FakeFamily.registry["veil_request_errors_total"].value == 4
-    assert FakeFamily.registry["veil_tracked_clients"].value == 2  # alice + anonymous
+    assert FakeFamily.registry["veil_tracked_clients"].value == 1  # alice (anonymous rows share one state)
 
 
 def test_defense_failure_fails_closed(model, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr(model, "defense", type("D", (), {"__call__": boom, "adaptive": True, "num_classes": 2})())
+    monkeypatch.setattr(
+        model,
+        "defense",
+        type("D", (), {"__call__": boom, "check": lambda self, z: None, "adaptive": True, "num_classes": 2})(),
+    )
     responses = model.execute([FakeRequest({"logits": np.array([[5.0, 0.0]], np.float32)})])
     assert responses[0].error.code == "INTERNAL"
     assert "no output returned: simulated failure" in responses[0].error.message()

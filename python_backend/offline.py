@@ -1,0 +1,39 @@
+"""The served defense step replayed in-process on a build's artifact (frontier sweeps, benches).
+
+The same :class:`~veil.python_backend.defense.Defense` the Triton adapter runs, fed the same
+inputs (logits and the tokenizer's signatures), so the probabilities are exactly what the served
+step returns for those rows at that threat level; the evaluation still queries the served
+endpoint for its reported operating points.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from veil.export.build_dir import BuildDir
+from veil.python_backend.artifact import DefenseArtifact
+from veil.python_backend.defense import Defense, DefenseConfig
+from veil.python_backend.tokens import text_signatures
+
+
+def defend(
+    build_dir: str | Path,
+    texts: list[str],
+    logits: np.ndarray,
+    *,
+    knob: float | None = None,
+    threat: float = 0.0,
+    variant: str = "veil",
+) -> np.ndarray:
+    """[N, C] float32 probabilities. ``knob``: Veil's intensity level in [0, 1] for every row
+    (None: the calibrated floor and ``threat`` as the caller's threat)."""
+    build = BuildDir(build_dir)
+    options = build.options()
+    art = DefenseArtifact.load(build.defense)
+    sig = text_signatures(build.hf, list(options.input_names), list(texts), max_length=options.max_length)
+    defense = Defense(art, config=DefenseConfig(variant=variant, intensity=knob))
+    return defense(
+        np.asarray(logits, dtype=np.float32), threat=np.full(len(logits), threat), signatures=sig
+    ).probabilities

@@ -1,0 +1,310 @@
+"""Veil's selective defense: move only member outputs, onto what a comparable non-member gets.
+
+Why this shape (measured in the first round): a per-class level set collapses every output onto
+one point per class and leaves the probabilities less useful than the label; a plain clamp beats
+it. Outputs expose membership because members' outputs are sharper than non-members' *of the same
+class and correctness*. So:
+
+1. **Gate** (:mod:`member_index`): the defender knows its training set; a query whose MinHash
+   signature is (nearly) a training text's is moved, with weight ``m`` ramping from 0 to 1 over
+   the estimated Jaccard similarity ``gate``. Every other output keeps its information.
+2. **Map**: a moved row's top-class log-odds ``s`` goes through the class- and
+   correctness-conditional quantile map from the training members (all of them: the member side
+   is then exact ranks) to calibration non-members (correctness from the member's own label), so
+   members' ``(label, correct, s)`` has the non-members' distribution, and easy members stay
+   easier than hard ones (the rank is kept). Linear tails beyond the tables keep it continuous.
+3. **Serve**: the score is placed on ``K`` equal-mass bins of the calibration non-members' scores
+   of its class, and the bin is served at its *calibrated* confidence (Laplace-smoothed accuracy
+   of the calibration non-members in the bin, shrunk towards the class's accuracy and made
+   monotone by pool-adjacent-violators), with the
+   other classes in the raw order and a fixed tail profile (for C > 2 the ranking is kept, its
+   magnitudes carry nothing). ``K`` is the knob: the fewer levels, the less any estimation error
+   of the map can show, and the less a probing caller can read; at ``K = 1`` the output is
+   calibrated label-only. The served bytes are a function of (label, class order, bin) only: no
+   float residue of the raw logits or their offset.
+4. **Threat** (adaptive intensity): at level ``q`` in [0, 1], ``K = round(coarse_levels ** (1 - q))``;
+   ``q`` is the calibrated floor (the default operating point), raised by the caller's threat for
+   the adaptive variant. A probing caller is pushed towards label-only; the threat depends only on
+   the caller's own query pattern, never on membership.
+
+The label is the raw argmax (first on ties) for every finite logit vector and is kept by
+construction: ``p_label`` is floored just above what the tail's largest share could reach.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from veil.python_backend.member_index import MemberIndex
+
+LEVELS = np.linspace(0.0, 1.0, 201)
+S_MAX = 60.0
+"""Top log-odds are clipped to +-S_MAX (float64 sigmoid is 1 - 1e-26 there): finite for every input."""
+PRIOR_ROWS = 2.0
+MIN_ROWS = 10
+"""A (class, correctness) group with fewer calibration rows on either side keeps the identity map."""
+
+
+def top_log_odds(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[B, C] float32 -> (label [B] = argmax, first on ties; s [B] = z_label - logsumexp(z_other)),
+    in float64 from max-subtracted logits, so the result does not depend on a common offset beyond
+    float32's own rounding of the input, and is finite for every finite input."""
+    z = np.asarray(logits, dtype=np.float32)
+    label = z.argmax(1)
+    x = z.astype(np.float64)
+    x = x - x.max(1, keepdims=True)  # exact for float32 inputs, the label's entry is 0
+    b = np.arange(len(x))
+    others = x.copy()
+    others[b, label] = -np.inf
+    with np.errstate(divide="ignore"):
+        lse = np.log(np.exp(others).sum(1))  # -inf when every other class is infinitely far
+    s = np.clip(-lse, -S_MAX, S_MAX)
+    return label.astype(np.int64), s
+
+
+def _monotone(q: np.ndarray) -> np.ndarray:
+    q = np.maximum.accumulate(np.asarray(q, dtype=np.float64))
+    return q + np.arange(len(q)) * 1e-12  # strictly increasing for np.interp
+
+
+def quantile_map(s: np.ndarray, member_q: np.ndarray, nonmember_q: np.ndarray) -> np.ndarray:
+    """Member score -> the non-member score at the same quantile, linear beyond the tables' ends
+    (slope of the outer 5%, clipped to [0, 1] so the map never sharpens)."""
+    qm, qn = _monotone(member_q), _monotone(nonmember_q)
+    out = np.interp(np.interp(s, qm, LEVELS), LEVELS, qn)
+    k = 5
+    hi, lo = s > qm[-1], s < qm[0]
+    slope_hi = np.clip((qn[-1] - qn[-1 - k]) / max(qm[-1] - qm[-1 - k], 1e-9), 0.0, 1.0)
+    slope_lo = np.clip((qn[k] - qn[0]) / max(qm[k] - qm[0], 1e-9), 0.0, 1.0)
+    out = np.where(hi, qn[-1] + (s - qm[-1]) * slope_hi, out)
+    return np.where(lo, qn[0] + (s - qm[0]) * slope_lo, out)
+
+
+@dataclass
+class SelectiveTables:
+    """Everything the selective defense fitted on calibration rows (JSON-serialisable)."""
+
+    num_classes: int
+    member_q: list[list[list[float]]]
+    """[class][0 correct, 1 wrong] training members' score quantiles at :data:`LEVELS` ([] = too few)."""
+    nonmember_q: list[list[list[float]]]
+    nonmember_sorted: list[list[float]]
+    """Per predicted class, calibration non-members' scores, sorted (the bins)."""
+    nonmember_correct: list[list[bool]]
+    """Per predicted class, whether each of those rows was predicted correctly (same order)."""
+    tail_profile: list[float]
+    """C - 1 strictly decreasing shares of 1 - p_label, by the raw order of the other classes."""
+    gate: tuple[float, float] = (0.5, 0.75)
+    coarse_levels: int = 64
+    intensity_floor: float = 0.0
+    """The knob: every row is served at level max(floor, caller's threat); K = coarse_levels ** (1 -
+    level) bins. 0 = most useful, 1 = calibrated label-only. Chosen on calibration rows (see
+    :mod:`calibrate`)."""
+    metrics: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._bins: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["gate"] = list(self.gate)
+        return d
+
+    def bins(self, c: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Class ``c`` at ``k`` levels: (k - 1 inner edges in score units, k calibrated confidences).
+
+        Edges are the calibration non-members' score quantiles; each bin's confidence is its rows'
+        accuracy shrunk towards the class's, made non-decreasing by pool-adjacent-violators."""
+        key = (c, k)
+        hit = self._bins.get(key)
+        if hit is not None:
+            return hit
+        ref = np.asarray(self.nonmember_sorted[c], dtype=np.float64)
+        ok = np.asarray(self.nonmember_correct[c], dtype=np.float64)
+        edges = np.quantile(ref, np.arange(1, k) / k) if len(ref) else np.zeros(k - 1)
+        idx = np.searchsorted(edges, ref, side="right")
+        n = np.bincount(idx, minlength=k).astype(np.float64)
+        hits = np.bincount(idx, weights=ok, minlength=k)
+        # Shrunk towards the class's accuracy (a prior worth PRIOR_ROWS rows), not towards 1/2: small
+        # bins at the sharp end would otherwise be served far under their accuracy.
+        prior = (ok.sum() + 1) / (len(ok) + 2)
+        conf = _pav((hits + PRIOR_ROWS * prior) / (n + PRIOR_ROWS), n + PRIOR_ROWS)
+        self._bins[key] = (edges, conf)
+        return edges, conf
+
+    @classmethod
+    def from_json(cls, d: dict) -> SelectiveTables:
+        d = dict(d)
+        d["gate"] = tuple(d["gate"])
+        return cls(**d)
+
+    # --- pieces -----------------------------------------------------------------------------------
+
+    def level(self, threat: np.ndarray | None, *, adaptive: bool, knob: float | None = None) -> np.ndarray:
+        """The served intensity level per row: the knob if one is set, else the calibrated floor,
+        raised by the caller's threat for adaptive variants; quantised to 1/100."""
+        if knob is not None:
+            q = np.full(1 if threat is None else len(threat), float(knob))
+        else:
+            t = np.zeros(1) if threat is None or not adaptive else np.asarray(threat, dtype=np.float64)
+            q = np.maximum(t, self.intensity_floor)
+        return np.round(np.clip(q, 0.0, 1.0) * 100) / 100
+
+    def member_weight(self, similarity: np.ndarray) -> np.ndarray:
+        lo, hi = self.gate
+        return np.clip((np.asarray(similarity, dtype=np.float64) - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
+
+    def map_members(self, s: np.ndarray, label: np.ndarray, correct: np.ndarray) -> np.ndarray:
+        out = s.copy()
+        for c in range(self.num_classes):
+            for k, sel_k in ((0, correct), (1, ~correct)):
+                sel = (label == c) & sel_k
+                if sel.any() and self.member_q[c][k] and self.nonmember_q[c][k]:
+                    out[sel] = quantile_map(s[sel], np.asarray(self.member_q[c][k]), np.asarray(self.nonmember_q[c][k]))
+        return out
+
+    def confidence(self, s: np.ndarray, label: np.ndarray, level: np.ndarray) -> np.ndarray:
+        """Each row's served confidence: its score's bin at its level, at the bin's calibrated value."""
+        q = np.clip(np.asarray(level, dtype=np.float64), 0.0, 1.0)
+        k = np.maximum(1, np.rint(self.coarse_levels ** (1.0 - q))).astype(np.int64)
+        out = np.empty(len(s))
+        for c in range(self.num_classes):
+            for kk in np.unique(k[label == c]):
+                sel = (label == c) & (k == kk)
+                edges, conf = self.bins(c, int(kk))
+                out[sel] = conf[np.searchsorted(edges, s[sel], side="right")]
+        return out
+
+    def probabilities(self, label: np.ndarray, top: np.ndarray, order: np.ndarray) -> np.ndarray:
+        """The served vector from (label, confidence, class order): float64 construction, one cast."""
+        b, c = len(label), self.num_classes
+        tail = np.asarray(self.tail_profile, dtype=np.float64)
+        # The label keeps the largest share: p_label > (1 - p_label) * tail[0], with a margin.
+        top = np.maximum(np.asarray(top, dtype=np.float64), tail[0] / (1.0 + tail[0]) + 1e-3)
+        p = np.empty((b, c))
+        p[np.arange(b), label] = top
+        for rank in range(c - 1):
+            p[np.arange(b), order[:, rank]] = (1.0 - top) * tail[rank]
+        return p.astype(np.float32)
+
+
+def _pav(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted pool-adjacent-violators: the closest non-decreasing sequence."""
+    blocks: list[list[float]] = []  # [value, weight, count]
+    for v, wt in zip(y.tolist(), w.tolist(), strict=True):
+        blocks.append([v, wt, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            v2, w2, n2 = blocks.pop()
+            v1, w1, n1 = blocks.pop()
+            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    return np.concatenate([np.full(n, v) for v, _, n in blocks])
+
+
+def class_order(logits: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """[B, C - 1] the other classes by raw logit, descending (ties: lower index first)."""
+    z = np.asarray(logits, dtype=np.float64)
+    b = np.arange(len(z))
+    z = z.copy()
+    z[b, label] = np.inf
+    order = np.argsort(-z, axis=1, kind="stable")
+    return order[:, 1:]
+
+
+@dataclass
+class SelectiveResult:
+    probabilities: np.ndarray
+    labels: np.ndarray
+    member_weight: np.ndarray
+    score_before: np.ndarray
+    score_after: np.ndarray
+    confidence: np.ndarray
+
+
+def defend(
+    logits: np.ndarray,
+    tables: SelectiveTables,
+    *,
+    index: MemberIndex | None,
+    signatures: np.ndarray | None,
+    threat: np.ndarray | None,
+    gated: bool = True,
+) -> SelectiveResult:
+    """The selective defense on a [B, C] batch (see the module docstring)."""
+    label, s = top_log_odds(logits)
+    b = len(label)
+    if not gated:  # every row treated as a correctly predicted member (the no-gate ablation)
+        weight, member_label = np.ones(b), label
+    elif index is not None and signatures is not None and len(index):
+        sim, member_label = index.nearest(signatures)
+        weight = tables.member_weight(sim)
+    else:
+        weight, member_label = np.zeros(b), np.full(b, -1)
+    moved = weight > 0
+    mapped = s.copy()
+    if moved.any():
+        correct = member_label[moved] == label[moved]
+        mapped[moved] = tables.map_members(s[moved], label[moved], correct)
+    served = (1.0 - weight) * s + weight * mapped
+    level = np.zeros(b) if threat is None else np.broadcast_to(np.asarray(threat, dtype=np.float64), (b,))
+    top = tables.confidence(served, label, level)
+    probs = tables.probabilities(label, top, class_order(logits, label))
+    return SelectiveResult(probs, label, weight, s, served, top)
+
+
+def fit_tables(
+    *,
+    member_logits: np.ndarray,
+    member_labels: np.ndarray,
+    nonmember_logits: np.ndarray,
+    nonmember_labels: np.ndarray,
+    gate: tuple[float, float] = (0.5, 0.75),
+    coarse_levels: int = 64,
+) -> SelectiveTables:
+    """Fit every table: ``member_*`` are the training members (all of them, ideally), ``nonmember_*``
+    the defender's calibration non-members."""
+    lm, sm = top_log_odds(member_logits)
+    ln, sn = top_log_odds(nonmember_logits)
+    cm = lm == np.asarray(member_labels)
+    cn = ln == np.asarray(nonmember_labels)
+    num_classes = np.asarray(member_logits).shape[1]
+    member_q, nonmember_q, nonmember_sorted, nonmember_correct = [], [], [], []
+    for c in range(num_classes):
+        mq, nq = [], []
+        for sel_m, sel_n in ((cm, cn), (~cm, ~cn)):
+            a, b = sm[(lm == c) & sel_m], sn[(ln == c) & sel_n]
+            ok = len(a) >= MIN_ROWS and len(b) >= MIN_ROWS
+            mq.append(np.quantile(a, LEVELS).tolist() if ok else [])
+            nq.append(np.quantile(b, LEVELS).tolist() if ok else [])
+        member_q.append(mq)
+        nonmember_q.append(nq)
+        order = np.argsort(sn[ln == c], kind="stable")
+        nonmember_sorted.append(sn[ln == c][order].tolist())
+        nonmember_correct.append(cn[ln == c][order].tolist())
+    return SelectiveTables(
+        num_classes=num_classes,
+        member_q=member_q,
+        nonmember_q=nonmember_q,
+        nonmember_sorted=nonmember_sorted,
+        nonmember_correct=nonmember_correct,
+        tail_profile=tail_profile(nonmember_logits, ln),
+        gate=gate,
+        coarse_levels=coarse_levels,
+    )
+
+
+def tail_profile(logits: np.ndarray, label: np.ndarray) -> list[float]:
+    """Mean share of each rank among the non-label classes, forced strictly decreasing."""
+    z = np.asarray(logits, dtype=np.float64)
+    c = z.shape[1]
+    if c == 2:
+        return [1.0]
+    order = class_order(z, label)
+    x = z - z.max(1, keepdims=True)
+    e = np.exp(np.take_along_axis(x, order, axis=1))
+    share = (e / e.sum(1, keepdims=True)).mean(0)
+    for i in range(1, len(share)):  # strictly decreasing, so the order is readable from the output
+        share[i] = min(share[i], share[i - 1] * 0.9)
+    share = share / share.sum()
+    return share.tolist()

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from veil.export.train import packaged_minilm
+from veil.python_backend.member_index import MemberIndex
+from veil.python_backend.tokens import text_signatures
+
+from .conftest import member_signatures
+
+
+def brute_force(members: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    equal = (queries[:, None, :] == members[None, :, :]).sum(-1)
+    best = equal.argmax(1)
+    sim = equal.max(1) / members.shape[1]
+    return sim, np.where(sim > 0, labels[best], -1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 400), st.integers(0, 2**31 - 1), st.integers(0, 8))
+def test_nearest_matches_brute_force_where_a_band_is_shared(n, seed, keep):
+    """A query that keeps ``keep`` of a member's values (in place) finds that member's similarity
+    whenever it shares a whole band; the answer equals brute force over all members then."""
+    rng = np.random.default_rng(seed)
+    members = member_signatures(n, seed=seed)
+    labels = rng.integers(0, 3, n)
+    idx = MemberIndex(members, labels)
+    target = rng.integers(0, n)
+    q = rng.integers(0, 2**31 - 1, (1, members.shape[1])).astype(np.int32)
+    q[0, :keep] = members[target, :keep]
+    sim, lab = idx.nearest(q)
+    want_sim, want_lab = brute_force(members, labels, q)
+    if keep >= 2:  # the first band is shared
+        assert sim[0] == want_sim[0] and lab[0] == want_lab[0]
+        assert sim[0] >= keep / members.shape[1]
+    else:
+        assert sim[0] <= want_sim[0]
+
+
+def test_exact_and_edited_training_texts_are_found():
+    texts = [
+        "a warm , funny and engaging film about a family",
+        "the plot is thin and the acting is worse",
+        "an unforgettable portrait of a city in decline",
+    ]
+    enc = dict(tokenizer_dir=packaged_minilm(), input_names=["input_ids", "attention_mask"], max_length=64)
+    idx = MemberIndex(text_signatures(texts=texts, **enc), np.array([1, 0, 1]))
+    queries = [
+        texts[1],
+        "the plot is thin and the acting is even worse",
+        "a completely unrelated sentence about cooking pasta tonight",
+    ]
+    sim, lab = idx.nearest(text_signatures(texts=queries, **enc))
+    assert sim[0] == 1.0 and lab[0] == 0
+    assert sim[1] >= 0.5 and lab[1] == 0
+    assert sim[2] < 0.5
+
+
+def test_empty_index_and_wrong_width():
+    idx = MemberIndex(np.zeros((0, 8), np.int32), np.zeros(0, np.int64))
+    sim, lab = idx.nearest(member_signatures(3))
+    assert (sim == 0).all() and (lab == -1).all()
+    full = MemberIndex(member_signatures(5), np.zeros(5))
+    try:
+        full.nearest(np.zeros((1, 4), np.int32))
+    except ValueError as err:
+        assert "4 values" in str(err)
+    else:
+        raise AssertionError("a signature of the wrong width must be refused")

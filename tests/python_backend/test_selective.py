@@ -1,0 +1,164 @@
+"""The selective defense (the served ``veil``): labels, bytes, the member map, the threat ladder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy.stats import ks_2samp
+
+from veil.python_backend import selective
+from veil.python_backend.calibrate import CalibrationConfig, calibrate_selective
+from veil.python_backend.defense import Defense, DefenseConfig
+from veil.python_backend.leakage import threshold_attack_suite
+from veil.python_backend.member_index import MemberIndex
+
+from .conftest import make_artifact, member_signatures, synthetic_labels, synthetic_logits
+
+F32_MAX = float(np.finfo(np.float32).max)
+finite_f32 = st.floats(-F32_MAX, F32_MAX, allow_nan=False, allow_infinity=False, width=32)
+
+
+def veil(classes: int, **kw) -> Defense:
+    return Defense(make_artifact(classes), config=DefenseConfig(variant="veil", **kw))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(2, 6).flatmap(
+        lambda c: arrays(np.float32, st.tuples(st.integers(1, 12), st.just(c)), elements=finite_f32)
+    ),
+    st.floats(0.0, 1.0),
+    st.booleans(),
+)
+def test_label_kept_for_every_finite_logit_vector(z, threat, gated):
+    """Over float32's whole finite range, ties and near-ties included: the label is the raw argmax
+    (first on ties), it is the served argmax, and the vector is a finite distribution."""
+    d = veil(z.shape[1])
+    b = len(z)
+    sig = member_signatures(300)[:b] if gated else None  # training texts' signatures: gated rows
+    out = d(z, threat=np.full(b, threat), signatures=sig)
+    assert (out.labels == z.argmax(1)).all()
+    assert (out.probabilities.argmax(1) == out.labels).all()
+    assert np.isfinite(out.probabilities).all() and (out.probabilities >= 0).all()
+    np.testing.assert_allclose(out.probabilities.sum(1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_near_ties_and_extremes_keep_the_label(classes):
+    big = np.float32(F32_MAX)
+    z = np.zeros((6, classes), np.float32)
+    z[0, 1] = np.nextafter(np.float32(0), np.float32(1))  # class 1 wins by one ulp
+    z[1, :] = big  # all tied at the largest float32: class 0
+    z[2, 0], z[2, 1] = big, np.nextafter(big, np.float32(0))
+    z[3, :] = -big
+    z[3, classes - 1] = big
+    z[4, 0], z[4, 1] = 1.2e7, 1.2e7 + 1  # the first round's binary closed form returned 0.5 / 0.5 here
+    z[5, 1] = -1e-30
+    out = veil(classes)(z)
+    assert (out.labels == z.argmax(1)).all()
+    assert (out.probabilities.argmax(1) == z.argmax(1)).all()
+    assert (out.probabilities[np.arange(6), out.labels] > out.probabilities.max(1, initial=0, where=False)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 5), st.integers(0, 2**31 - 1), st.floats(-1e4, 1e4))
+def test_served_bytes_do_not_depend_on_the_logits_offset(classes, seed, offset):
+    """Equal decisions give identical bytes: the served vector is a function of (label, bin, class
+    order); a common offset may only move a row across a bin edge, and then the output is the
+    other bin's exact bytes."""
+    d = veil(classes)
+    z = synthetic_logits(64, classes, sharp=4.0, seed=seed)
+    shifted = (z.astype(np.float64) + offset).astype(np.float32)
+    a, b = d(z).probabilities, d(shifted).probabilities
+    served = {r.tobytes() for r in a}
+    assert all(r.tobytes() in served or r.tobytes() in {x.tobytes() for x in b} for r in b)
+    same = (a == b).all(1)
+    assert same.mean() > 0.9
+    levels = {r.tobytes() for r in np.concatenate([a, b])}
+    assert len(levels) <= classes * d.tables.coarse_levels * 2  # a finite menu, no float residue
+
+
+def test_members_are_served_what_non_members_get():
+    """With teeth: members' logits are sharper; gated, their served confidences have the
+    non-members' distribution (KS) and the simple attacks drop to the label-only reference;
+    without the gate the same outputs separate clearly."""
+    rng = np.random.default_rng(3)
+    members = synthetic_logits(2000, 2, sharp=8.0, seed=11)
+    nonmembers = synthetic_logits(2000, 2, sharp=3.0, seed=12)
+    y_m, y_n = members.argmax(1), synthetic_labels(nonmembers, seed=13, wrong=0.1)
+    calib_n, eval_n = nonmembers[:1500], nonmembers[1500:]
+    tables = calibrate_selective(
+        member_logits=members[:500],
+        member_labels=y_m[:500],
+        nonmember_logits=calib_n,
+        nonmember_labels=y_n[:1500],
+        training_logits=members,
+        training_labels=y_m,
+        config=CalibrationConfig(floor_grid=(0.0,)),
+    )
+    sig = member_signatures(2000, seed=5)
+    index = MemberIndex(sig, y_m)
+    z = np.concatenate([members[1500:], eval_n])
+    y = np.r_[y_m[1500:], y_n[1500:]]
+    is_member = np.r_[np.ones(500, bool), np.zeros(500, bool)]
+    q = np.zeros(1000)
+    fresh = rng.integers(0, 2**31 - 1, (500, sig.shape[1]), dtype=np.int64).astype(np.int32)
+    gated = selective.defend(z, tables, index=index, signatures=np.concatenate([sig[1500:], fresh]), threat=q)
+    open_ = selective.defend(z, tables, index=index, signatures=None, threat=q)
+    assert (gated.member_weight[is_member] == 1).all() and (gated.member_weight[~is_member] == 0).all()
+    correct = gated.labels == y
+    ks = ks_2samp(gated.confidence[is_member & correct], gated.confidence[~is_member & correct])
+    ks_open = ks_2samp(open_.confidence[is_member & correct], open_.confidence[~is_member & correct])
+    assert ks.pvalue > 1e-3 and ks_open.pvalue < 1e-6
+    onehot = np.eye(2, dtype=np.float32)[gated.labels]
+    reference = max(threshold_attack_suite(onehot, y, is_member).values())
+    defended = max(threshold_attack_suite(gated.probabilities, y, is_member).values())
+    undefended = max(threshold_attack_suite(open_.probabilities, y, is_member).values())
+    assert defended - reference < 0.04 < undefended - reference
+
+
+def test_threat_ladder_ends_in_calibrated_label_only():
+    d = veil(3, intensity=None)
+    z = synthetic_logits(400, 3, sharp=4.0, seed=9)
+    counts = []
+    for q in (0.0, 0.3, 0.6, 0.9, 1.0):
+        p = Defense(d.artifact, config=DefenseConfig(variant="fixed_intensity", intensity=q))(z).probabilities
+        counts.append(len({r.tobytes() for r in p}))
+    assert counts == sorted(counts, reverse=True) and counts[-1] <= 3 * 2  # one vector per (class, order)
+    last = Defense(d.artifact, config=DefenseConfig(variant="fixed_intensity", intensity=1.0))(z)
+    for c in range(3):
+        tops = last.probabilities[last.labels == c].max(1)
+        assert len(np.unique(tops)) == 1
+        _, conf = d.tables.bins(c, 1)
+        assert tops[0] == pytest.approx(max(conf[0], d.tables.tail_profile[0] / (1 + d.tables.tail_profile[0]) + 1e-3))
+
+
+def test_adaptive_variant_follows_the_threat_and_fixed_does_not():
+    art = make_artifact(2)
+    z = synthetic_logits(300, 2, sharp=4.0, seed=4)
+    adaptive = Defense(art, config=DefenseConfig(variant="veil"))
+    fixed = Defense(art, config=DefenseConfig(variant="fixed_intensity"))
+    calm, hot = adaptive(z, threat=np.zeros(300)), adaptive(z, threat=np.ones(300))
+    assert len({r.tobytes() for r in hot.probabilities}) < len({r.tobytes() for r in calm.probabilities})
+    assert (fixed(z, threat=np.ones(300)).probabilities == fixed(z, threat=np.zeros(300)).probabilities).all()
+
+
+def test_pav_is_monotone_and_weighted():
+    y = np.array([0.2, 0.9, 0.5, 0.4, 1.0])
+    w = np.array([1.0, 1.0, 2.0, 1.0, 1.0])
+    out = selective._pav(y, w)
+    assert (np.diff(out) >= 0).all()
+    assert out[1] == out[2] == out[3] == pytest.approx((0.9 + 1.0 + 0.4) / 4)
+
+
+def test_quantile_map_is_monotone_and_continuous_past_the_ends():
+    qm = np.linspace(2.0, 8.0, len(selective.LEVELS))
+    qn = np.linspace(0.0, 4.0, len(selective.LEVELS))
+    s = np.linspace(-5, 20, 2001)
+    out = selective.quantile_map(s, qm, qn)
+    assert (np.diff(out) >= -1e-12).all()
+    assert np.abs(np.diff(out)).max() < 0.05  # no jump at the tables' ends
+    assert selective.quantile_map(np.array([5.0]), qm, qn)[0] == pytest.approx(2.0)
