@@ -51,6 +51,7 @@ from veil import wire
 from veil.wire import CLIENT_ID_KEY
 
 DEFAULT_MODEL = "veil_defended"
+DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}  # when neither the environment nor --host says
 CLIENT_ID_MODES = ("per-user", "shared", "none")
 FALLBACK_TEXTS = (  # only when no build folder is reachable; the runner always passes real sentences
     "a gripping, funny and moving film",
@@ -175,7 +176,8 @@ def texts() -> list[str]:
 class EnsembleUser(User):
     """One closed-loop caller: sends, waits for the answer, sends again (no think time).
 
-    Subclasses set ``protocol``; ``model``, ``host``, ``batch`` and ``client_ids`` come from the
+    Subclasses set ``protocol`` and ``triton`` (the tritonclient module) and override the option hooks
+    where the two clients differ; ``model``, ``host``, ``batch`` and ``client_ids`` come from the
     environment or from a subclass made by the runner.
     """
 
@@ -190,6 +192,8 @@ class EnsembleUser(User):
     timeout: ClassVar[float] = 60.0
     slots: ClassVar[itertools.count] = itertools.count()
     collector: ClassVar[SampleCollector] = COLLECTOR
+    triton: ClassVar[Any] = None  # tritonclient.grpc or tritonclient.http: both offer the same calls
+    binary: ClassVar[dict[str, bool]] = {}  # tensor encoding options (HTTP only)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -205,18 +209,21 @@ class EnsembleUser(User):
         self.client: Any = None
 
     def on_start(self) -> None:
-        self.client = self.make_client(strip_scheme(self.host or self.default_url()))
+        url = strip_scheme(self.host or DEFAULT_URLS[self.protocol])
+        self.client = self.triton.InferenceServerClient(url, **self.client_options())
 
     def on_stop(self) -> None:
         if self.client is not None:
             self.client.close()
             self.client = None
 
-    def default_url(self) -> str:
-        raise NotImplementedError
+    def client_options(self) -> dict[str, Any]:
+        """Extra keyword arguments of the protocol's ``InferenceServerClient``."""
+        return {}
 
-    def make_client(self, url: str) -> Any:
-        raise NotImplementedError
+    def infer_options(self) -> dict[str, Any]:
+        """Extra keyword arguments of the protocol's ``infer`` call."""
+        return {}
 
     def next_texts(self) -> np.ndarray:
         pool = texts()
@@ -225,7 +232,12 @@ class EnsembleUser(User):
         return np.array(rows, dtype=object).reshape(self.batch, 1)
 
     def send(self, data: np.ndarray) -> Any:
-        raise NotImplementedError
+        """One inference of ``data``, asking for what a client of the ensemble gets: probabilities and label."""
+        inp = self.triton.InferInput(wire.TEXT, list(data.shape), "BYTES")
+        inp.set_data_from_numpy(data, **self.binary)
+        outputs = [self.triton.InferRequestedOutput(name, **self.binary) for name in (wire.PROBABILITIES, wire.LABEL)]
+        params = {CLIENT_ID_KEY: self.client_id} if self.client_id else None
+        return self.client.infer(self.model, [inp], outputs=outputs, parameters=params, **self.infer_options())
 
     @task
     def classify(self) -> None:
@@ -258,55 +270,24 @@ class EnsembleUser(User):
 class GrpcEnsembleUser(EnsembleUser):
     """tritonclient.grpc, made cooperative by ``init_gevent`` at import time."""
 
-    abstract = False
     protocol = "grpc"
-    host = _env("VEIL_GRPC_URL", "127.0.0.1:8001")
+    host = _env("VEIL_GRPC_URL", DEFAULT_URLS["grpc"])
+    triton = grpcclient
 
-    def default_url(self) -> str:
-        return "127.0.0.1:8001"
-
-    def make_client(self, url: str) -> grpcclient.InferenceServerClient:
-        return grpcclient.InferenceServerClient(url)
-
-    def send(self, data: np.ndarray) -> Any:
-        inp = grpcclient.InferInput(wire.TEXT, list(data.shape), "BYTES")
-        inp.set_data_from_numpy(data)
-        params = {CLIENT_ID_KEY: self.client_id} if self.client_id else None
-        return self.client.infer(
-            self.model,
-            [inp],
-            outputs=[grpcclient.InferRequestedOutput(wire.PROBABILITIES), grpcclient.InferRequestedOutput(wire.LABEL)],
-            parameters=params,
-            client_timeout=self.timeout,
-        )
+    def infer_options(self) -> dict[str, Any]:
+        return {"client_timeout": self.timeout}
 
 
 class HttpEnsembleUser(EnsembleUser):
-    """tritonclient.http: geventhttpclient underneath, one connection per user."""
+    """tritonclient.http: geventhttpclient underneath, one connection per user; tensors as binary data."""
 
-    abstract = False
     protocol = "http"
-    host = _env("VEIL_HTTP_URL", "127.0.0.1:8000")
+    host = _env("VEIL_HTTP_URL", DEFAULT_URLS["http"])
+    triton = httpclient
+    binary: ClassVar[dict[str, bool]] = {"binary_data": True}
 
-    def default_url(self) -> str:
-        return "127.0.0.1:8000"
-
-    def make_client(self, url: str) -> httpclient.InferenceServerClient:
-        return httpclient.InferenceServerClient(url, connection_timeout=self.timeout, network_timeout=self.timeout)
-
-    def send(self, data: np.ndarray) -> Any:
-        inp = httpclient.InferInput(wire.TEXT, list(data.shape), "BYTES")
-        inp.set_data_from_numpy(data, binary_data=True)
-        params = {CLIENT_ID_KEY: self.client_id} if self.client_id else None
-        return self.client.infer(
-            self.model,
-            [inp],
-            outputs=[
-                httpclient.InferRequestedOutput(wire.PROBABILITIES, binary_data=True),
-                httpclient.InferRequestedOutput(wire.LABEL, binary_data=True),
-            ],
-            parameters=params,
-        )
+    def client_options(self) -> dict[str, Any]:
+        return {"connection_timeout": self.timeout, "network_timeout": self.timeout}
 
 
 def user_class(
