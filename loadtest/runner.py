@@ -12,7 +12,8 @@ microsecond perf_counter samples; Triton's statistics endpoint, read before and 
 says where the server's time went (queue and compute of every composing model). perf_analyzer
 cross-checks the gRPC numbers when its binary is available. Writes ``report.md``, ``report.json``
 and ``latency_vs_concurrency.png`` into ``<build>/loadtest/`` (``loadtest-quick/`` with --quick);
-the numbers and the rendering live in ``report.py``.
+the settings live in ``config.py``, the numbers in ``results.py``, the rendering in ``report.py``
+and the server plumbing in ``server.py``.
 
 Importing this module monkey-patches the process for gevent (Locust needs it): run it as a
 program, not inside another application.
@@ -30,10 +31,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 
 import gevent
 import numpy as np
-import psutil
 import requests
 from locust.env import Environment
 from rich.console import Console
@@ -42,86 +43,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from veil.export.build_dir import BuildDir
 from veil.loadtest import locustfile as lf
 from veil.loadtest import perf_analyzer as pa
-from veil.loadtest.report import (
-    DEFENDED,
-    RAW,
-    STAT_FIELDS,
-    RoundResult,
-    RunConfig,
-    plan,
-    stats_delta,
-    summarize,
-    to_markdown,
-    write_reports,
-)
-from veil.wire import METRICS_FLUSH_S
+from veil.loadtest.config import DEFENDED, RAW, RunConfig, plan
+from veil.loadtest.report import to_markdown, write_reports
+from veil.loadtest.results import RoundResult, stats_delta, summarize
+from veil.loadtest.server import defense_counters, ensemble_steps, model_stats, process_cpu, serving
 
 MIN_SAMPLES = 3  # a round measures at least this many requests ...
 MIN_SAMPLES_WAIT_S = 30.0  # ... unless that takes longer than this
-
-# --- Triton statistics ------------------------------------------------------------------------
-
-
-def model_stats(http_url: str) -> dict[str, dict[str, int]]:
-    """Cumulative counters of every model: request counts and ns per phase, executions, inferences."""
-    body = requests.get(f"http://{http_url}/v2/models/stats", timeout=10).json()
-    out = {}
-    for m in body.get("model_stats", []):
-        s = m["inference_stats"]
-        entry = {"executions": int(m.get("execution_count", 0)), "inferences": int(m.get("inference_count", 0))}
-        for name in STAT_FIELDS:
-            entry[f"{name}_count"] = int(s[name]["count"])
-            entry[f"{name}_ns"] = int(s[name]["ns"])
-        out[m["name"]] = entry
-    return out
-
-
-def ensemble_steps(http_url: str, ensemble: str) -> list[str]:
-    """Composing models of an ensemble, in order, from its served config."""
-    r = requests.get(f"http://{http_url}/v2/models/{ensemble}/config", timeout=10)
-    if r.status_code != 200:
-        raise RuntimeError(
-            f"model {ensemble!r} is not served ({r.status_code}): build in benchmark mode for {RAW}, see README"
-        )
-    steps = r.json().get("ensemble_scheduling", {}).get("step", [])
-    return [s["model_name"] for s in steps]
-
-
-def defense_counters(metrics_url: str | None, model: str) -> dict[str, float]:
-    """Veil's own counters of the defense model (outputs, perturbed, PGD steps), for context."""
-    if not metrics_url:
-        return {}
-    time.sleep(2 * METRICS_FLUSH_S)  # the defense step batches its metric updates
-    try:
-        text = requests.get(metrics_url, timeout=5).text
-    except requests.RequestException:
-        return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("veil_") and f'model="{model}"' in line and "_total" in line.split("{")[0]:
-            name, value = line.rsplit(" ", 1)
-            out[name.split("{")[0]] = out.get(name.split("{")[0], 0.0) + float(value)
-    return out
-
-
-def process_cpu(pid: int | None) -> float:
-    """CPU seconds used so far by a process and its children (tritonserver's python stubs)."""
-    if pid is None:
-        return 0.0
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
 
 # --- one round --------------------------------------------------------------------------------
 
@@ -206,33 +134,8 @@ def run_round(
 # --- the whole measurement --------------------------------------------------------------------
 
 
-@contextmanager
-def serving(cfg: RunConfig, console: Console) -> Iterator[tuple[str, str, str | None, int | None]]:
-    """(grpc_url, http_url, metrics_url, server pid): the given server, or an embedded one for this run."""
-    if cfg.grpc_url or cfg.http_url:
-        if not (cfg.grpc_url and cfg.http_url):
-            raise SystemExit("--grpc-url and --http-url go together (statistics are read over HTTP)")
-        yield cfg.grpc_url, cfg.http_url, cfg.metrics_url, None
-        return
-    from veil.serving.launcher import TritonServer, repositories_for
-
-    out = cfg.output_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    repo = BuildDir(cfg.build_dir).repository
-    t = time.perf_counter()
-    server = TritonServer(
-        repositories_for(repo),
-        log_file=out / "tritonserver.log",
-        extra_args=["--http-header-forward-pattern=veil-client-id", "--grpc-header-forward-pattern=veil-client-id"],
-    )
-    with server:
-        console.print(
-            f"tritonserver ready in {time.perf_counter() - t:.1f}s (gRPC {server.grpc_url}, HTTP {server.http_url})"
-        )
-        yield server.grpc_url, server.http_url, server.metrics_url, server.process.pid if server.process else None
-
-
 def measure(cfg: RunConfig, console: Console) -> dict:
+    """Warm up, run every planned round against one server, and summarize with the server's metadata."""
     texts = lf.load_texts(cfg.build_dir, cfg.split, cfg.texts)
     lf.set_texts(texts)
     steps = plan(cfg)
@@ -244,20 +147,17 @@ def measure(cfg: RunConfig, console: Console) -> dict:
         defense_model = composing[cfg.defended][-1]
         counters0 = defense_counters(metrics_url, defense_model)
         rounds: list[RoundResult] = []
+        on_server = partial(run_round, cfg, http_url=http_url, stat_models=stat_models, server_pid=pid)
         with progress_for(console, len(steps)) as (advance, tick):
             # warm-up: connections, lazy imports in the python stubs, first-call allocations
             for protocol in dict.fromkeys(p for p, *_ in steps):
                 for model in (cfg.raw, cfg.defended):
-                    run_round(
-                        cfg,
+                    on_server(
                         protocol=protocol,
                         model=model,
                         users=1,
                         index=-1,
                         url=urls[protocol],
-                        http_url=http_url,
-                        stat_models=stat_models,
-                        server_pid=pid,
                         warmup=0.0,
                         seconds=0.5 if cfg.quick else 1.5,
                         max_requests=5 if cfg.quick else 0,
@@ -265,18 +165,7 @@ def measure(cfg: RunConfig, console: Console) -> dict:
             for protocol, users, r, model in steps:
                 advance(f"{protocol} {users:>2} users, round {r + 1}/{cfg.rounds}: {model}")
                 rounds.append(
-                    run_round(
-                        cfg,
-                        protocol=protocol,
-                        model=model,
-                        users=users,
-                        index=r,
-                        url=urls[protocol],
-                        http_url=http_url,
-                        stat_models=stat_models,
-                        server_pid=pid,
-                        tick=tick,
-                    )
+                    on_server(protocol=protocol, model=model, users=users, index=r, url=urls[protocol], tick=tick)
                 )
             advance("done")
         counters1 = defense_counters(metrics_url, defense_model)
@@ -362,6 +251,7 @@ def cross_check(cfg: RunConfig, report: dict, grpc_url: str, texts: Sequence[str
 
 
 def _users(text: str) -> tuple[int, ...]:
+    """``--grpc-users 1,4,16``: an empty list is allowed (that protocol is skipped)."""
     values = tuple(int(x) for x in text.split(",") if x.strip())
     if any(v < 1 or v > 64 for v in values):
         raise argparse.ArgumentTypeError("user counts must be between 1 and 64")
@@ -369,6 +259,7 @@ def _users(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
+    """The command line as a RunConfig; unset flags keep the full or the --quick defaults."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--build-dir", default="build/sst2-minilm")
     p.add_argument("--out", default=None, help="report folder (default <build>/loadtest, or loadtest-quick)")
@@ -420,6 +311,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 clean, 1 when any request failed, 2 when there is no build or the server did not start."""
     cfg = parse_args(argv)
     console = Console()
     if not BuildDir(cfg.build_dir).exists():

@@ -1,4 +1,4 @@
-"""The report's arithmetic and rendering on synthetic rounds (no server, no gevent)."""
+"""The report's settings, arithmetic and rendering on synthetic rounds (no server, no gevent)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from veil.loadtest.report import RoundResult, RunConfig, plan, summarize, write_reports
+from veil.loadtest.config import RunConfig, plan
+from veil.loadtest.report import to_markdown, write_reports
+from veil.loadtest.results import RoundResult, summarize
 
 COMPOSING = {
     "veil_raw": ["tokenizer", "classifier", "softmax"],
@@ -79,3 +81,28 @@ def test_quick_defaults_are_small():
     cfg = RunConfig.quick_defaults(build_dir="b")
     assert cfg.quick and cfg.max_requests and cfg.rounds == 1 and not cfg.perf_analyzer
     assert cfg.output_dir().name == "loadtest-quick"
+
+
+def test_optional_sections_appear_only_when_there_is_something_to_say(report):
+    md = to_markdown(report)
+    assert "## Errors" not in md and "Defense during the run" not in md
+    assert md.count("\n\n\n") == 0  # an empty section leaves no extra blank line
+    first, *rest = report["levels"]
+    report = {**report, "errors": 1, "levels": [{**first, "error_examples": ["Timeout: 60 s"]}, *rest]}
+    report["meta"] = {
+        **report["meta"],
+        "defense_model": "mia_defense",
+        "defense_counters": {"veil_outputs_total": 10.0, "veil_outputs_perturbed_total": 4.0},
+    }
+    report["perf_analyzer"] = {
+        "status": "1 of 2 runs failed",
+        "runs": [
+            {"model": "veil_raw", "concurrency": 1, "Inferences/Second": 300.0, "p50 latency": 2500},
+            {"model": "veil_defended", "concurrency": 1, "error": "no such model"},
+        ],
+    }
+    md = to_markdown({**report, "attribution": None})  # an older report.json: attribution re-derived
+    assert "## Errors: 1" in md and "Timeout: 60 s" in md
+    assert "10 outputs, 40.0% perturbed" in md
+    assert "| veil_raw | 1 | 300.0 | 2.50 |" in md and "error: no such model" in md
+    assert "| mia_defense µs | softmax µs |" in md

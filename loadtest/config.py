@@ -1,0 +1,78 @@
+"""What shapes a load-test run: the settings, the goals it is judged against, and the round order.
+
+Kept apart from the numbers and the rendering so that a saved ``report.json`` can be re-read, and
+the runner's command line built, without either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from veil.model_repository.spec import DEFENDED, RAW
+
+__all__ = ["DEFENDED", "GOALS", "KNEE_SHARE", "RAW", "STAT_FIELDS", "RunConfig", "plan"]
+
+STAT_FIELDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+GOALS = {"p50": 1.05, "p99": 1.10, "throughput": 0.95}  # issue #5: defended/raw latency at most, throughput at least
+KNEE_SHARE = 0.95  # the knee: the fewest users at which raw throughput reaches 95% of its best
+
+
+@dataclass
+class RunConfig:
+    """Everything that shapes a run (stored in the report so numbers can be reproduced)."""
+
+    build_dir: str = "build/sst2-minilm"
+    out_dir: str | None = None
+    quick: bool = False
+    grpc_users: tuple[int, ...] = (1, 2, 4, 8, 16)
+    http_users: tuple[int, ...] = (1, 8)
+    rounds: int = 2
+    round_seconds: float = 3.0
+    warmup_seconds: float = 0.5
+    max_requests: int = 0  # per round and ensemble; 0: bounded by time only
+    batch: int = 1
+    client_ids: str = "per-user"
+    split: str = "nonmember_eval"
+    texts: int = 1500
+    raw: str = RAW
+    defended: str = DEFENDED
+    perf_analyzer: bool = True
+    perf_request_count: int = 50
+    grpc_url: str | None = None
+    http_url: str | None = None
+    metrics_url: str | None = None
+
+    @classmethod
+    def quick_defaults(cls, **overrides: Any) -> RunConfig:
+        """CI size: two gRPC user counts, HTTP at one, one short round each, bounded request counts."""
+        base = cls(
+            quick=True,
+            grpc_users=(1, 2),
+            http_users=(1,),
+            rounds=1,
+            round_seconds=1.0,
+            warmup_seconds=0.0,
+            max_requests=25,
+            texts=200,
+            perf_analyzer=False,
+        )
+        return replace(base, **overrides)
+
+    def output_dir(self) -> Path:
+        """Where the reports go: ``--out``, else a folder of the build (a separate one for CI-size runs)."""
+        if self.out_dir:
+            return Path(self.out_dir)
+        return Path(self.build_dir) / ("loadtest-quick" if self.quick else "loadtest")
+
+
+def plan(cfg: RunConfig) -> list[tuple[str, int, int, str]]:
+    """(protocol, users, round, model) in run order: ABBA per user count so drift cancels."""
+    out = []
+    for protocol, levels in (("grpc", cfg.grpc_users), ("http", cfg.http_users)):
+        for users in levels:
+            for r in range(cfg.rounds):
+                order = (cfg.raw, cfg.defended) if r % 2 == 0 else (cfg.defended, cfg.raw)
+                out.extend((protocol, users, r, m) for m in order)
+    return out
