@@ -62,7 +62,8 @@ class CalibrationConfig:
     """Selective defense: estimated Jaccard similarity to the nearest training text at which the
     membership weight starts rising from 0, and reaches 1."""
     coarse_levels: int = 64
-    floor_grid: tuple[float, ...] = tuple(np.round(np.arange(0.0, 1.0001, 0.05), 2))
+    floor_grid: tuple[float, ...] = tuple(np.round(np.arange(0, 7) / 6, 4))
+    """Intensity floors tried: one per distinct number of levels (64, 32, ..., 1 with 64 levels)."""
 
 
 def _temperature_matching(logits: np.ndarray, mean_confidence: float) -> float:
@@ -297,7 +298,7 @@ def calibrate_selective(
         "rule": f"smallest floor with cross-fitted excess <= slack ({config.slack})",
         "slack_met": chosen["excess"] <= config.slack,
         "floor": chosen["floor"],
-        "levels": round(config.coarse_levels ** (1 - chosen["floor"])),
+        "levels": int(tables.levels(np.array([chosen["floor"]]))[0]),
         "training_rows": len(tm),
         "sweep": sweep,
     }

@@ -22,7 +22,8 @@ class and correctness*. So:
    of the map can show, and the less a probing caller can read; at ``K = 1`` the output is
    calibrated label-only. The served bytes are a function of (label, class order, bin) only: no
    float residue of the raw logits or their offset.
-4. **Threat** (adaptive intensity): at level ``q`` in [0, 1], ``K = round(coarse_levels ** (1 - q))``;
+4. **Threat** (adaptive intensity): at level ``q`` in [0, 1], ``K = 2 ** round(log2(coarse_levels) * (1 - q))``
+   (nested partitions: a coarser level is a function of a finer one);
    ``q`` is the calibrated floor (the default operating point), raised by the caller's threat for
    the adaptive variant. A probing caller is pushed towards label-only; the threat depends only on
    the caller's own query pattern, never on membership.
@@ -99,12 +100,13 @@ class SelectiveTables:
     gate: tuple[float, float] = (0.5, 0.75)
     coarse_levels: int = 64
     intensity_floor: float = 0.0
-    """The knob: every row is served at level max(floor, caller's threat); K = coarse_levels ** (1 -
-    level) bins. 0 = most useful, 1 = calibrated label-only. Chosen on calibration rows (see
-    :mod:`calibrate`)."""
+    """The knob: every row is served at level max(floor, caller's threat), with :meth:`levels` bins.
+    0 = most useful, 1 = calibrated label-only. Chosen on calibration rows (see :mod:`calibrate`)."""
     metrics: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.coarse_levels < 1 or self.coarse_levels & (self.coarse_levels - 1):
+            raise ValueError(f"coarse_levels must be a power of two, got {self.coarse_levels}")
         self._bins: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def to_json(self) -> dict:
@@ -112,35 +114,50 @@ class SelectiveTables:
         d["gate"] = list(self.gate)
         return d
 
-    def bins(self, c: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Class ``c`` at ``k`` levels: (k - 1 inner edges in score units, k calibrated confidences).
-
-        Edges are the calibration non-members' score quantiles; each bin's confidence is its rows'
-        accuracy shrunk towards the class's, made non-decreasing by pool-adjacent-violators."""
-        key = (c, k)
-        hit = self._bins.get(key)
-        if hit is not None:
-            return hit
-        ref = np.asarray(self.nonmember_sorted[c], dtype=np.float64)
-        ok = np.asarray(self.nonmember_correct[c], dtype=np.float64)
-        edges = np.quantile(ref, np.arange(1, k) / k) if len(ref) else np.zeros(k - 1)
-        idx = np.searchsorted(edges, ref, side="right")
-        n = np.bincount(idx, minlength=k).astype(np.float64)
-        hits = np.bincount(idx, weights=ok, minlength=k)
-        # Shrunk towards the class's accuracy (a prior worth PRIOR_ROWS rows), not towards 1/2: small
-        # bins at the sharp end would otherwise be served far under their accuracy.
-        prior = (ok.sum() + 1) / (len(ok) + 2)
-        conf = _pav((hits + PRIOR_ROWS * prior) / (n + PRIOR_ROWS), n + PRIOR_ROWS)
-        self._bins[key] = (edges, conf)
-        return edges, conf
-
     @classmethod
     def from_json(cls, d: dict) -> SelectiveTables:
         d = dict(d)
         d["gate"] = tuple(d["gate"])
         return cls(**d)
 
-    # --- pieces -----------------------------------------------------------------------------------
+    def bins(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """Class ``c``: (``coarse_levels - 1`` inner edges in score units, confidences ``[L + 1,
+        coarse_levels]``: row ``h`` is each finest bin's served confidence after ``h`` halvings).
+
+        Edges are the calibration non-members' score quantiles. At each level a cell's confidence
+        is its rows' accuracy shrunk towards the class's, made non-decreasing by pool-adjacent-
+        violators; the next level's cells are unions of this level's *pooled groups* (each group
+        joins the dyadic parent of its first bin), so every level's output is a function of any
+        finer level's output, pooling included."""
+        hit = self._bins.get(c)
+        if hit is not None:
+            return hit
+        k = self.coarse_levels
+        ref = np.asarray(self.nonmember_sorted[c], dtype=np.float64)
+        ok = np.asarray(self.nonmember_correct[c], dtype=np.float64)
+        edges = np.quantile(ref, np.arange(1, k) / k) if len(ref) else np.zeros(k - 1)
+        fine = np.searchsorted(edges, ref, side="right")
+        n = np.bincount(fine, minlength=k).astype(np.float64)
+        hits = np.bincount(fine, weights=ok, minlength=k)
+        prior = (ok.sum() + 1) / (len(ok) + 2)
+        rows = []
+        cell = np.arange(k)  # the cell (its first finest bin) each finest bin belongs to at this level
+        width = 1
+        for _ in range(int(np.log2(k)) + 1):
+            ids = np.unique(cell)
+            cn = np.array([n[cell == i].sum() for i in ids])
+            ch = np.array([hits[cell == i].sum() for i in ids])
+            conf = _pav((ch + PRIOR_ROWS * prior) / (cn + PRIOR_ROWS), cn + PRIOR_ROWS)
+            per_bin = conf[np.searchsorted(ids, cell)]
+            rows.append(per_bin)
+            # Pooled groups (equal confidence, contiguous) join the dyadic parent of their first bin.
+            first = np.r_[True, per_bin[1:] != per_bin[:-1]]
+            start = np.maximum.accumulate(np.where(first, np.arange(k), 0))
+            width *= 2
+            cell = (start // width) * width
+        out = (edges, np.stack(rows))
+        self._bins[c] = out
+        return out
 
     def level(self, threat: np.ndarray | None, *, adaptive: bool, knob: float | None = None) -> np.ndarray:
         """The served intensity level per row: the knob if one is set, else the calibrated floor,
@@ -165,16 +182,23 @@ class SelectiveTables:
                     out[sel] = quantile_map(s[sel], np.asarray(self.member_q[c][k]), np.asarray(self.nonmember_q[c][k]))
         return out
 
-    def confidence(self, s: np.ndarray, label: np.ndarray, level: np.ndarray) -> np.ndarray:
-        """Each row's served confidence: its score's bin at its level, at the bin's calibrated value."""
+    def levels(self, level: np.ndarray) -> np.ndarray:
+        """Bins per class at each intensity level: ``2 ** round(log2(coarse_levels) * (1 - q))``.
+        Powers of two, so every coarser partition is a union of the finer ones' bins (equal-mass
+        quantile edges nest): an output at any level is a function of the output at the floor,
+        and a caller who reads or moves its own level learns nothing the floor does not give."""
         q = np.clip(np.asarray(level, dtype=np.float64), 0.0, 1.0)
-        k = np.maximum(1, np.rint(self.coarse_levels ** (1.0 - q))).astype(np.int64)
+        return (2 ** np.rint(np.log2(self.coarse_levels) * (1.0 - q))).astype(np.int64)
+
+    def confidence(self, s: np.ndarray, label: np.ndarray, level: np.ndarray) -> np.ndarray:
+        """Each row's served confidence: its score's finest bin, at its level's row of the table."""
+        halvings = np.log2(self.coarse_levels).astype(int) - np.log2(self.levels(level)).astype(int)
         out = np.empty(len(s))
         for c in range(self.num_classes):
-            for kk in np.unique(k[label == c]):
-                sel = (label == c) & (k == kk)
-                edges, conf = self.bins(c, int(kk))
-                out[sel] = conf[np.searchsorted(edges, s[sel], side="right")]
+            sel = label == c
+            if sel.any():
+                edges, table = self.bins(c)
+                out[sel] = table[halvings[sel], np.searchsorted(edges, s[sel], side="right")]
         return out
 
     def probabilities(self, label: np.ndarray, top: np.ndarray, order: np.ndarray) -> np.ndarray:

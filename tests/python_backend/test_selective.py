@@ -132,7 +132,8 @@ def test_threat_ladder_ends_in_calibrated_label_only():
     for c in range(3):
         tops = last.probabilities[last.labels == c].max(1)
         assert len(np.unique(tops)) == 1
-        _, conf = d.tables.bins(c, 1)
+        _, table = d.tables.bins(c)
+        conf = table[-1]
         assert tops[0] == pytest.approx(max(conf[0], d.tables.tail_profile[0] / (1 + d.tables.tail_profile[0]) + 1e-3))
 
 
@@ -162,3 +163,22 @@ def test_quantile_map_is_monotone_and_continuous_past_the_ends():
     assert (np.diff(out) >= -1e-12).all()
     assert np.abs(np.diff(out)).max() < 0.05  # no jump at the tables' ends
     assert selective.quantile_map(np.array([5.0]), qm, qn)[0] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_every_level_is_a_function_of_the_floors_output(classes):
+    """Reading or moving one's own level gives nothing beyond the most useful level: for any rows,
+    the output at a higher level is determined by the output at level 0 (nested bins)."""
+    art = make_artifact(classes)
+    z = synthetic_logits(3000, classes, sharp=4.0, seed=21)
+    out = {
+        q: Defense(art, config=DefenseConfig(variant="fixed_intensity", intensity=q))(z).probabilities
+        for q in (0.0, 1 / 6, 0.25, 0.5, 0.8, 1.0)
+    }
+    fine = [r.tobytes() for r in out[0.0]]
+    for q, p in out.items():
+        seen: dict[bytes, bytes] = {}
+        for f, r in zip(fine, p, strict=True):
+            assert seen.setdefault(f, r.tobytes()) == r.tobytes(), q
+    counts = [len({r.tobytes() for r in p}) for p in out.values()]
+    assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
