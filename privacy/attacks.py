@@ -176,9 +176,12 @@ def learned_fit(features: Callable[[Outputs], np.ndarray], *, model: str = "hgb"
 
         x = features(rows)
         if model == "hgb":
-            clf = HistGradientBoostingClassifier(max_iter=150, learning_rate=0.1, random_state=seed)
+            # shallow and short: a few hundred rows per fit, hundreds of fits per run on 2 CPU cores
+            clf = HistGradientBoostingClassifier(
+                max_iter=60, max_depth=3, learning_rate=0.15, l2_regularization=1.0, random_state=seed
+            )
         else:
-            mlp = MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=400, early_stopping=True, random_state=seed)
+            mlp = MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=200, early_stopping=True, random_state=seed)
             clf = make_pipeline(StandardScaler(), mlp)
         clf.fit(np.nan_to_num(x, posinf=1e300, neginf=-1e300), member)
 

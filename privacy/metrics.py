@@ -176,14 +176,18 @@ def halves(is_member: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
 
 
-def realistic(name: str, fit: Fit, shadow, shadow_member, target, target_member, *, seed: int = 0) -> AttackEval:
+def realistic(
+    name: str, fit: Fit, shadow, shadow_member, target, target_member, *, seed: int = 0, boots: int = BOOTSTRAP
+) -> AttackEval:
     """Fitted on the attacker's shadow/reference rows (outputs through the same defense); scored on
     every target row. Target membership is used only to measure."""
     scores, decisions = fit(shadow, np.asarray(shadow_member, bool))(target)
-    return summarise(name, REALISTIC, [Scored(scores, decisions, np.asarray(target_member, bool))], seed=seed)
+    return summarise(
+        name, REALISTIC, [Scored(scores, decisions, np.asarray(target_member, bool))], seed=seed, boots=boots
+    )
 
 
-def cross_fitted(name: str, fit: Fit, target, target_member, *, seed: int = 0) -> AttackEval:
+def cross_fitted(name: str, fit: Fit, target, target_member, *, seed: int = 0, boots: int = BOOTSTRAP) -> AttackEval:
     """Upper bound: fit on one half of the target's true membership, score the other half; swap;
     average. No row is scored by an attack that saw its membership."""
     m = np.asarray(target_member, bool)
@@ -192,7 +196,7 @@ def cross_fitted(name: str, fit: Fit, target, target_member, *, seed: int = 0) -
     for fit_idx, score_idx in ((a, b), (b, a)):
         scores, decisions = fit(target.take(fit_idx), m[fit_idx])(target.take(score_idx))
         parts.append(Scored(scores, decisions, m[score_idx]))
-    return summarise(name, UPPER, parts, seed=seed)
+    return summarise(name, UPPER, parts, seed=seed, boots=boots)
 
 
 # --- ready-made fits -------------------------------------------------------------------------------
