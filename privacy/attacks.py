@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.stats import norm
+from threadpoolctl import threadpool_limits
 
 from veil.privacy.metrics import Fit, fixed_decision_fit, threshold_fit
 from veil.python_backend.leakage import label_only_floor
@@ -183,10 +184,13 @@ def learned_fit(features: Callable[[Outputs], np.ndarray], *, model: str = "hgb"
         else:
             mlp = MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=200, early_stopping=True, random_state=seed)
             clf = make_pipeline(StandardScaler(), mlp)
-        clf.fit(np.nan_to_num(x, posinf=1e300, neginf=-1e300), member)
+        # one thread: OpenMP spin-waiting on a shared 2-core machine makes small fits 10-100x slower
+        with threadpool_limits(1):
+            clf.fit(np.nan_to_num(x, posinf=1e300, neginf=-1e300), member)
 
         def apply(target: Outputs):
-            s = clf.predict_proba(np.nan_to_num(features(target), posinf=1e300, neginf=-1e300))[:, 1]
+            with threadpool_limits(1):
+                s = clf.predict_proba(np.nan_to_num(features(target), posinf=1e300, neginf=-1e300))[:, 1]
             # log-odds of the classifier's probability: the ROC ranks exactly as the probability does
             s = np.log(np.maximum(s, TINY)) - np.log(np.maximum(1 - s, TINY))
             return s, s >= 0
