@@ -163,20 +163,30 @@ class Baseline:
     transform: Transform
 
 
-def baselines(classes: int, precision: np.ndarray) -> list[Baseline]:
+KNOBS = {
+    "clamp": (0.2, 0.4, 0.6, 0.8),  # c = 1/C + frac * (1 - 1/C)
+    "hamp": (0.05, 0.15, 0.3),  # top = 1/C + frac * (1 - 1/C)
+    "temperature": (2.0, 5.0, 20.0),
+    "noise": (0.5, 1.0, 2.0),
+}
+FEW_KNOBS = {"clamp": (0.4, 0.8), "hamp": (0.15,), "temperature": (5.0,), "noise": (1.0,)}
+"""A CI-sized sweep (``--quick``)."""
+
+
+def baselines(classes: int, precision: np.ndarray, knobs: dict[str, tuple[float, ...]] = KNOBS) -> list[Baseline]:
     """The swept baselines: clamp at several c, calibrated label-only, one decimal, HAMP at
     several top values, temperature at several T, noise at several sizes."""
     lo = 1.0 / classes
     out = [Baseline("calibrated_label_only", "calibrated_label_only", None, calibrated_label_only(precision))]
     out.append(Baseline("round_1dp", "round_1dp", None, round_one_decimal))
-    for frac in (0.2, 0.4, 0.6, 0.8):
+    for frac in knobs["clamp"]:
         c = round(lo + frac * (1 - lo), 3)
         out.append(Baseline(f"clamp_{c:g}", "clamp", c, clamp(c)))
-    for frac in (0.05, 0.15, 0.3):
+    for frac in knobs["hamp"]:
         h = round(lo + frac * (1 - lo), 3)
         out.append(Baseline(f"hamp_{h:g}", "hamp", h, hamp(h)))
-    for t in (2.0, 5.0, 20.0):
+    for t in knobs["temperature"]:
         out.append(Baseline(f"temperature_{t:g}", "temperature", t, temperature(t)))
-    for s in (0.5, 1.0, 2.0):
+    for s in knobs["noise"]:
         out.append(Baseline(f"noise_{s:g}", "noise", s, noise(s)))
     return out

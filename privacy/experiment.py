@@ -24,7 +24,7 @@ from veil.export.data import dedupe, fingerprint, load_dataset
 from veil.model_repository.spec import RAW, ensemble_name
 from veil.privacy.assess import QueryView, View, assess
 from veil.privacy.attacks import Outputs, loss_score, phi
-from veil.privacy.baselines import baselines, class_precision
+from veil.privacy.baselines import FEW_KNOBS, KNOBS, baselines, class_precision
 from veil.privacy.models import (
     EvalConfig,
     ReferenceModels,
@@ -66,12 +66,10 @@ class Side:
         self.probs, self.refs, self.aug, self.rep = probs, refs, aug, rep
 
     def map(self, f) -> Side:
-        return Side(
-            f(self.probs),
-            [f(r) for r in self.refs],
-            {k: f(v) for k, v in self.aug.items()},
-            {k: f(v) for k, v in self.rep.items()},
-        )
+        """A baseline of these outputs: query attacks in the main mode only (a deterministic function
+        of the raw output does not depend on the client id)."""
+        aug = {k: f(v) for k, v in self.aug.items() if k == MAIN_MODE}
+        return Side(f(self.probs), [f(r) for r in self.refs], aug, {k: f(v) for k, v in self.rep.items() if k in aug})
 
 
 def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int) -> dict:
@@ -158,7 +156,7 @@ def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int) -> dict
     raw = target["none"].probs
     views = [view(v, v, None, "served", target[v], attacker[v]) for v in served_names]
     precision = class_precision(calib_raw, calib.labels, ds.num_classes)
-    for b in baselines(ds.num_classes, precision):
+    for b in baselines(ds.num_classes, precision, FEW_KNOBS if cfg.few_knobs else KNOBS):
         views.append(
             view(
                 b.name, b.family, b.knob, "baseline", target["none"].map(b.transform), attacker["none"].map(b.transform)

@@ -33,9 +33,17 @@ def points(summary: dict) -> list[dict]:
     return out
 
 
+ACCURACY_SLACK = 0.01
+"""Points more than 1 pt below the best accuracy are plotted but cannot be Pareto-optimal (a model
+that stopped classifying is not a privacy-utility trade-off of the served scores)."""
+
+
 def pareto(pts: list[dict], key: str, higher_better: bool) -> set[str]:
-    """Names of points no other point beats on both (lower excess, better ``key``)."""
+    """Names of points no other point beats on both (lower excess, better ``key``), among points
+    whose accuracy is within :data:`ACCURACY_SLACK` of the best."""
     sign = 1 if higher_better else -1
+    top = max((p.get("accuracy", 1.0) for p in pts), default=1.0)
+    pts = [p for p in pts if p.get("accuracy", 1.0) >= top - ACCURACY_SLACK]
     best = set()
     for p in pts:
         dominated = any(

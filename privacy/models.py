@@ -58,6 +58,8 @@ class EvalConfig:
     query_variants: tuple[str, ...] = ("none", "label_only", "veil")
     """Served outputs attacked in every client-id mode and speed; the others in long_lived/full only."""
     bootstrap: int = 200
+    few_knobs: bool = False
+    """A CI-sized baseline sweep (two clamp values, one of each other knob)."""
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -83,11 +85,11 @@ def quick(cfg: EvalConfig) -> EvalConfig:
         cfg,
         model="tiny-bert",
         seeds=(11,),
-        members=240,
-        nonmembers=240,
-        pool=240,
+        members=400,
+        nonmembers=400,
+        pool=400,
         references=2,
-        epochs=10,
+        epochs=20,
         lr=2e-3,
         batch_size=16,
         max_length=32,
@@ -97,6 +99,7 @@ def quick(cfg: EvalConfig) -> EvalConfig:
         dp_lr=0.05,
         query_rows=60,
         bootstrap=50,
+        few_knobs=True,
     )
 
 

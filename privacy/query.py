@@ -96,7 +96,7 @@ def _paced(c: VeilClient, model: str, texts, order, out, *, tag: str, benign, gr
     n_ids = max(2, int(np.ceil(len(order) / PACED_ROWS_PER_ID)))
     ids = [f"{tag}-paced-{uuid.uuid4().hex[:8]}-{k}" for k in range(n_ids)]
     benign = list(benign) or [f"a plain sentence number {k}" for k in range(cfg.young_rows)]
-    gap = 1.0 / (0.5 * cfg.churn_low)  # new ids at half the churn threshold
+    gap = 1.0 / (0.8 * cfg.churn_low)  # new ids below the churn threshold
     for k, cid in enumerate(ids):  # warm-up: each id sends distinct benign rows until it is not young
         rows = [benign[(k * cfg.young_rows + j) % len(benign)] for j in range(cfg.young_rows)]
         c.infer(model, rows[: len(rows) // 2], client_id=cid)

@@ -15,16 +15,17 @@ pytestmark = pytest.mark.integration
 
 
 def test_quick_evaluation(tmp_path):
-    data = write_tsv(tmp_path / "data" / "reviews.tsv", synthetic_rows(1000, seed=4))
+    # 40% random labels: only memorisation fits those, so the tiny model overfits and leaks
+    data = write_tsv(tmp_path / "data" / "reviews.tsv", synthetic_rows(1600, seed=4, noise=0.4))
     args = ["--datasets", str(data), "--work-dir", str(tmp_path / "work"), "--quiet"]
     assert main([*args, "--quick", "--out", str(tmp_path / "report")]) == 0
     md = (tmp_path / "report" / "privacy.md").read_text()
     summary = json.loads((tmp_path / "report" / "privacy.json").read_text())["reviews"]["summary"]
 
     # every served variant, every baseline family and DP-SGD are measured and reported
-    for name in (*VARIANTS, "none", "calibrated_label_only", "round_1dp", "dpsgd_eps8"):
+    for name in (*VARIANTS, "none", "dpsgd_eps8"):
         assert name in summary, name
-    for family in ("clamp", "hamp", "temperature", "noise"):
+    for family in ("clamp", "hamp", "temperature", "noise", "calibrated_label_only", "round_1dp"):
         assert any(r["family"] == family for r in summary.values()), family
     assert "development seed 7" in md and "Excess over label-only" in md
     assert (tmp_path / "report" / "frontier_reviews.png").stat().st_size > 10_000

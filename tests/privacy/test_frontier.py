@@ -16,6 +16,8 @@ def test_pareto_marks_only_undominated_points():
     assert pareto(pts, "error_detection_auroc", True) == {"a", "b", "d"}
     ece = [dict(p, ece=1 - p["error_detection_auroc"]) for p in pts]
     assert pareto(ece, "ece", False) == {"a", "b", "d"}
+    broken = [*pts, {"name": "e", "excess": -0.05, "error_detection_auroc": 0.9, "accuracy": 0.5}]
+    assert pareto([dict(p, accuracy=0.9) for p in pts] + broken[-1:], "error_detection_auroc", True) == {"a", "b", "d"}
 
 
 def test_fmt_shows_every_seed():
