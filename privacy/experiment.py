@@ -37,6 +37,7 @@ from veil.privacy.models import (
 )
 from veil.privacy.query import MODES, SPEEDS, classify, defend_logits
 from veil.privacy.query_attacks import augmentation_features, expand, repeat_features
+from veil.privacy.utility import utility
 from veil.serving.launcher import TritonServer, repositories_for
 
 __all__ = ["EvalConfig", "evaluate", "quick", "saved_results"]
@@ -105,6 +106,7 @@ def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int) -> dict
     served_names = ("none", *cfg.variants)
     target: dict[str, Side] = {}
     attacker: dict[str, Side] = {}
+    benign_out: dict[str, np.ndarray] = {}
     log = seed_dir / "target" / "tritonserver.log"
     with TritonServer(repositories_for(seed_dir / "target" / "model_repository"), log_file=log) as server:
         url = server.http_url
@@ -120,6 +122,8 @@ def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int) -> dict
                 rep[ms] = classify(url, model, rep_texts, group=rep_group, seed=seed + 1, **kw)
             probs = classify(url, model, texts, tag=f"eval-{v}", seed=seed)
             target[v] = Side(probs, [], aug, rep)
+            if v in cfg.query_variants:  # benign traffic: distinct rows, paced (adaptive intensity idle)
+                benign_out[v] = classify(url, model, texts, speed="paced", tag=f"benign-{v}", seed=seed, benign=benign)
             dv = None if v == "none" else v
 
             def sim(z: np.ndarray, dv=dv, v=v) -> np.ndarray:
@@ -171,6 +175,9 @@ def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int) -> dict
         v.target.texts, v.shadow.texts = texts, sh_texts
         blind = v.name == "none"  # the split check: text features only
         results[v.name] = assess(v, member, sh_member, raw=raw, lira=lira, seed=seed, boots=cfg.bootstrap, blind=blind)
+        if v.name in benign_out:
+            b, ref = benign_out[v.name][~member], benign_out.get("none", raw)[~member]
+            results[v.name]["utility_benign"] = utility(b, labels[~member], ref)
     roc = {v.name: {"loss": loss_score(v.target).tolist()} for v in views if v.source in ("served", "dp")}
     console().print(f"  seed {seed}: {len(views)} defenses measured in {time.perf_counter() - t0:.0f}s")
     return {

@@ -127,13 +127,18 @@ def query_table(summary: dict) -> str:
 def utility_table(summary: dict) -> str:
     cols = [c for c in UTILITY_COLS if any(summary[n]["utility"].get(c[0]) for n in summary)]
     lines = ["| Defense | " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * (1 + len(cols))]
-    for n in _order(summary):
-        u = summary[n]["utility"]
+    rows = [(n, summary[n]["utility"], display(n)) for n in _order(summary)]
+    rows += [
+        (n, summary[n]["utility_benign"], f"{display(n)}, benign traffic")
+        for n in summary
+        if "utility_benign" in summary[n]
+    ]
+    for _, u, label in rows:
         cells = []
         for key, _, pct in cols:
             v = u.get(key, [None])
             cells.append(fmt(v, pct=pct) if key != "distinct_outputs" else fmt(v, pct=False, digits=0))
-        lines.append(f"| {display(n)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -220,6 +225,9 @@ def write_report(results: dict[str, dict], out_dir: str | Path, *, command: str)
             query_table(summary),
             "### Utility on held-out rows",
             "",
+            'Rows queried once each by one long-lived id at full speed (the evaluation query); "benign traffic" '
+            "rows: the same distinct rows sent paced (emulated), where adaptive intensity should stay idle.",
+            "",
             utility_table(summary),
             "### Privacy-utility frontier",
             "",
@@ -235,7 +243,7 @@ def write_report(results: dict[str, dict], out_dir: str | Path, *, command: str)
         ]
     (out_dir / "privacy.md").write_text("\n".join(parts))
     slim = {
-        d: {k: v for k, v in r.items() if k != "seeds"} | {"summary": summaries[r.get("name", d)]}
+        r.get("name", d): {k: v for k, v in r.items() if k != "seeds"} | {"summary": summaries[r.get("name", d)]}
         for d, r in results.items()
     }
     (out_dir / "privacy.json").write_text(json.dumps(slim, indent=1, default=str))

@@ -42,6 +42,7 @@ def seed_summary(seed: dict) -> dict[str, dict]:
             "gap_accuracy": d["attacks"]["gap"]["realistic"]["accuracy"],
             "blind_accuracy": d["attacks"].get("blind", {}).get("upper_bound", {}).get("accuracy"),
             "utility": d["utility"],
+            "utility_benign": d.get("utility_benign"),
             "nondeterministic": {m: q["nondeterministic"] for m, q in d.get("query", {}).items()},
         }
         for st in STRENGTHS:
@@ -75,6 +76,10 @@ def summarise(result: dict) -> dict[str, dict]:
         for key in ("model_accuracy", "floor", "gap_accuracy", "blind_accuracy"):
             r[key] = [g[key] for g in got]
         r["utility"] = {k: [g["utility"].get(k) for g in got] for k in first["utility"]}
+        if first.get("utility_benign"):
+            r["utility_benign"] = {
+                k: [(g["utility_benign"] or {}).get(k) for g in got] for k in first["utility_benign"]
+            }
         r["nondeterministic"] = [g["nondeterministic"] for g in got]
         for st in STRENGTHS:
             r[st] = {k: [g[st][k] for g in got] for k in first[st] if k not in ("per_attack_excess", "per_attack")}
