@@ -142,8 +142,27 @@ def utility_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def raw_vs_label_only(summary: dict) -> str:
+    """What the raw output leaks beyond the label, under the upper-bound attacker."""
+    if "none" not in summary or REFERENCE not in summary:
+        return ""
+    raw, ref = summary["none"][UPPER], summary[REFERENCE][UPPER]
+
+    def diff(key: str, attack: str) -> list[float | None]:
+        return [
+            None if a is None or b is None else a - b for a, b in zip(raw[key][attack], ref[key][attack], strict=True)
+        ]
+
+    return (
+        f"Raw output vs label-only, upper bound: strongest attack {fmt(raw['excess'])} pt;"
+        f" label-free confidence attack accuracy {fmt(diff('per_attack', 'confidence'))} pt;"
+        f" loss-score AUC {fmt(diff('per_attack_auc', 'loss'))} pt;"
+        f" loss-score TPR@1%FPR {fmt(diff('per_attack_tpr_1', 'loss'))} pt."
+    )
+
+
 def findings(summary: dict) -> list[str]:
-    out = []
+    out = [raw_vs_label_only(summary)] if "none" in summary and REFERENCE in summary else []
     for n in _order(summary):
         r = summary[n]
         for d in r["nondeterministic"]:

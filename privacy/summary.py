@@ -9,6 +9,7 @@ from veil.privacy.attacks import NOT_SCORE_BASED
 from veil.privacy.metrics import STRENGTHS
 
 REFERENCE = "label_only"
+PER_ATTACK = ("per_attack_excess", "per_attack", "per_attack_auc", "per_attack_tpr_1")
 
 
 def attack_rows(d: dict) -> dict[str, dict]:
@@ -59,6 +60,8 @@ def seed_summary(seed: dict) -> dict[str, dict]:
                     k: rows[k][st]["accuracy"] - ref_rows[k][st]["accuracy"] for k in keys if k in ref_rows
                 },
                 "per_attack": {k: rows[k][st]["accuracy"] for k in rows},
+                "per_attack_auc": {k: rows[k][st]["auc"] for k in rows},
+                "per_attack_tpr_1": {k: rows[k][st]["tpr_1"] for k in rows},
             }
         out[name] = s
     return out
@@ -82,8 +85,8 @@ def summarise(result: dict) -> dict[str, dict]:
             }
         r["nondeterministic"] = [g["nondeterministic"] for g in got]
         for st in STRENGTHS:
-            r[st] = {k: [g[st][k] for g in got] for k in first[st] if k not in ("per_attack_excess", "per_attack")}
-            for k in ("per_attack_excess", "per_attack"):
+            r[st] = {k: [g[st][k] for g in got] for k in first[st] if not k.startswith("per_attack")}
+            for k in PER_ATTACK:
                 attacks = first[st][k]
                 r[st][k] = {a: [g[st][k].get(a) for g in got] for a in attacks}
         out[name] = r
