@@ -104,7 +104,7 @@ def fmt(values, pct: bool = True, digits: int = 1) -> str:
     if not v:
         return "n/a"
     scale = 100 if pct else 1
-    f = f"{{:.{digits}f}}" if pct else f"{{:.{max(digits, 3)}f}}"
+    f = f"{{:.{digits}f}}" if pct or digits == 0 else f"{{:.{max(digits, 3)}f}}"
     if len(v) == 1:
         return f.format(scale * v[0])
     a = np.asarray(v, float) * scale

@@ -24,3 +24,4 @@ def test_fmt_shows_every_seed():
     assert fmt([0.5]) == "50.0"
     assert fmt([0.5, 0.6, 0.7]) == "60.0 ± 10.0 (50.0, 60.0, 70.0)"
     assert fmt([None]) == "n/a"
+    assert fmt([199, 7], pct=False, digits=0) == "103 ± 136 (199, 7)"
