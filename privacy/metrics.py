@@ -20,6 +20,9 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 MIN_NONMEMBERS_FOR_01 = 5000
+MIN_NONMEMBERS_FOR_1 = 100
+"""TPR@1%FPR needs at least one whole false positive at 1% in every scored part; below that it is
+TPR at zero false positives, dominated by chance (query attacks on small subsets, cross-fitted)."""
 BOOTSTRAP = 200
 
 REALISTIC = "realistic"
@@ -95,7 +98,7 @@ class Scored:
         return {
             "accuracy": balanced_accuracy(self.decisions, m),
             "auc": auc(self.scores, m),
-            "tpr_1": tpr_at_fpr(self.scores, m, 0.01),
+            "tpr_1": tpr_at_fpr(self.scores, m, 0.01) if (~m).sum() >= MIN_NONMEMBERS_FOR_1 else None,
             "tpr_01": tpr_at_fpr(self.scores, m, 0.001) if (~m).sum() >= MIN_NONMEMBERS_FOR_01 else None,
         }
 
@@ -117,10 +120,10 @@ class AttackEval:
     strength: str
     accuracy: float
     auc: float
-    tpr_1: float
+    tpr_1: float | None
     tpr_01: float | None
     accuracy_ci: tuple[float, float]
-    tpr_1_ci: tuple[float, float]
+    tpr_1_ci: tuple[float, float] | None
     folds: list[dict] = field(default_factory=list)
 
     def row(self) -> dict:
@@ -132,7 +135,7 @@ class AttackEval:
             "tpr_1": self.tpr_1,
             "tpr_01": self.tpr_01,
             "accuracy_ci": list(self.accuracy_ci),
-            "tpr_1_ci": list(self.tpr_1_ci),
+            "tpr_1_ci": list(self.tpr_1_ci) if self.tpr_1_ci is not None else None,
         }
 
 
@@ -152,8 +155,9 @@ def summarise(attack: str, strength: str, parts: list[Scored], *, seed: int = 0,
         acc_b[b] = np.mean([balanced_accuracy(r.decisions, r.is_member) for r in rs])
         tpr_b[b] = np.mean([tpr_at_fpr(r.scores, r.is_member, 0.01) for r in rs])
     ci = lambda v: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5)))  # noqa: E731
+    tpr_ci = ci(tpr_b) if mean("tpr_1") is not None else None
     return AttackEval(
-        attack, strength, mean("accuracy"), mean("auc"), mean("tpr_1"), mean("tpr_01"), ci(acc_b), ci(tpr_b), folds
+        attack, strength, mean("accuracy"), mean("auc"), mean("tpr_1"), mean("tpr_01"), ci(acc_b), tpr_ci, folds
     )
 
 

@@ -82,10 +82,8 @@ def interval_table(result: dict, summary: dict) -> str:
         ub = summary[n][UPPER]
         for i, s in enumerate(seeds):
             a, ci, t, tci = ub["accuracy"][i], ub["accuracy_ci"][i], ub["tpr_1"][i], ub["tpr_1_ci"][i]
-            lines.append(
-                f"| {display(n)} | {s} | {100 * a:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}] |"
-                f" {100 * t:.1f} [{100 * tci[0]:.1f}, {100 * tci[1]:.1f}] |"
-            )
+            tpr = f"{100 * t:.1f} [{100 * tci[0]:.1f}, {100 * tci[1]:.1f}]" if t is not None and tci else "n/a"
+            lines.append(f"| {display(n)} | {s} | {100 * a:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}] | {tpr} |")
     return "\n".join(lines) + "\n"
 
 

@@ -48,13 +48,15 @@ def seed_summary(seed: dict) -> dict[str, dict]:
         }
         for st in STRENGTHS:
             attack, row = strongest(rows, st, keys)
+            tpr_keys = [k for k in keys if rows[k][st]["tpr_1"] is not None]
+            top_tpr = max(tpr_keys, key=lambda k: rows[k][st]["tpr_1"]) if tpr_keys else None
             s[st] = {
                 "attack": attack,
                 "accuracy": row["accuracy"],
                 "accuracy_ci": row["accuracy_ci"],
                 "auc": max(rows[k][st]["auc"] for k in keys),
-                "tpr_1": max(rows[k][st]["tpr_1"] for k in keys),
-                "tpr_1_ci": rows[max(keys, key=lambda k: rows[k][st]["tpr_1"])][st]["tpr_1_ci"],
+                "tpr_1": max((rows[k][st]["tpr_1"] for k in tpr_keys), default=None),
+                "tpr_1_ci": rows[top_tpr][st]["tpr_1_ci"] if top_tpr else None,
                 "excess": row["accuracy"] - strongest(ref_rows, st, keys)[1]["accuracy"] if ref_rows else None,
                 "per_attack_excess": {
                     k: rows[k][st]["accuracy"] - ref_rows[k][st]["accuracy"] for k in keys if k in ref_rows
