@@ -1,10 +1,11 @@
 """``python -m veil.privacy``: the paper's tables for our models, through the real server.
 
-    python -m veil.privacy                     # SST-2 and AG News, 3 seeds (hours on 2 cores)
-    python -m veil.privacy --datasets sst2 --seeds 0
+    python -m veil.privacy                     # SST-2 and AG News, 3 fresh seeds (hours on 2 cores)
+    python -m veil.privacy --datasets sst2 --seeds 11
     python -m veil.privacy --quick             # tiny model, one seed, CI-sized
 
-Writes reports/privacy/privacy.md, privacy.json and ROC plots (linear and log scale).
+Writes reports/privacy/privacy.md, privacy.json, frontier and ROC plots. Protocol and metrics:
+docs/evaluation-instrument.md.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from veil.privacy.experiment import VARIANTS, EvalConfig, evaluate, quick, saved_results
+from veil.privacy.experiment import EvalConfig, evaluate, quick, saved_results
+from veil.privacy.models import VARIANTS
 from veil.privacy.report import write_report
 
 # Per-dataset settings (AG News descriptions are longer; 64 tokens keeps most of them and the CPU budget).
@@ -27,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--datasets", default="sst2,agnews", help="comma-separated: sst2, agnews, a file, or hf:<id>")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--model", default="minilm")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default=",".join(map(str, EvalConfig.seeds)), help="report seeds (fresh)")
+    p.add_argument("--dev-seed", type=int, default=EvalConfig.dev_seed, help="development seed (never reported)")
     p.add_argument("--members", type=int, default=EvalConfig.members)
     p.add_argument("--nonmembers", type=int, default=EvalConfig.nonmembers)
     p.add_argument("--pool", type=int, default=EvalConfig.pool)
@@ -35,6 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=EvalConfig.epochs)
     p.add_argument("--dp-epsilons", default="8,1", help="comma-separated; empty for none")
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--query-rows", type=int, default=EvalConfig.query_rows, help="rows per side for query attacks")
+    p.add_argument("--edits", type=int, default=EvalConfig.edits)
+    p.add_argument("--repeats", type=int, default=EvalConfig.repeats)
+    p.add_argument("--query-variants", default=",".join(EvalConfig.query_variants), help="attacked in every mode")
+    p.add_argument("--bootstrap", type=int, default=EvalConfig.bootstrap)
     p.add_argument("--work-dir", default="build/privacy")
     p.add_argument("--out", default="reports/privacy")
     p.add_argument("--quick", action="store_true", help="tiny model, small data, one seed (for CI)")
@@ -55,6 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             model=a.model,
             work_dir=a.work_dir,
             seeds=tuple(int(s) for s in a.seeds.split(",")),
+            dev_seed=a.dev_seed,
+            query_rows=a.query_rows,
+            edits=a.edits,
+            repeats=a.repeats,
+            query_variants=tuple(v.strip() for v in a.query_variants.split(",") if v.strip()),
+            bootstrap=a.bootstrap,
             members=a.members,
             nonmembers=a.nonmembers,
             pool=a.pool,

@@ -1,271 +1,247 @@
-"""Membership-inference attacks on served probability vectors, and the metrics reviewers expect.
+"""Membership-inference attacks on served probability vectors.
 
-Every attack turns (probabilities, true labels) into a membership score, higher = member. Score
-attacks that need a threshold or a model fit it on *shadow* outputs (the attacker's own model,
-whose outputs went through the same defense); threshold-free metrics (ROC AUC, TPR at low FPR)
-and the best-threshold accuracy on the target (an upper bound on any threshold choice) are
-reported beside the shadow-fitted accuracy.
+Each attack is a *fit* (see :mod:`veil.privacy.metrics`): given rows with known membership it
+returns a function scoring other rows (higher = member) with hard decisions. :mod:`metrics` runs
+every fit at both attacker strengths (realistic: fitted on defended shadow/reference outputs;
+upper bound: cross-fitted on the target's own membership). Scores are log-likelihood-ratio-like
+and computed in log space from the exact served float32 values: no CDF saturation, no clipping
+that would tie distinct outputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.stats import norm
-from sklearn.metrics import roc_auc_score, roc_curve
+from threadpoolctl import threadpool_limits
 
-from veil.python_backend.leakage import best_threshold_accuracy, classwise_threshold_accuracy, label_only_floor
+from veil.privacy.metrics import Fit, fixed_decision_fit, threshold_fit
+from veil.python_backend.leakage import label_only_floor
 
-EPS = 1e-12
+TINY = np.finfo(np.float64).tiny  # log floor for exact zeros only (a float32 output of 0 is a real tie)
 
 
 @dataclass
 class Outputs:
-    """Served outputs for a set of rows with their true labels and membership."""
+    """Served outputs for a set of rows with their true labels; ``extra`` holds per-row features
+    (reference-model phi for LiRA, query-attack aggregates), ``texts`` the rows' texts."""
 
-    probabilities: np.ndarray  # [N, C]
+    probabilities: np.ndarray  # [N, C], float32 as served (kept exactly)
     labels: np.ndarray  # [N]
-    is_member: np.ndarray  # [N] bool
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    texts: list[str] | None = None
 
     def __post_init__(self) -> None:
-        self.probabilities = np.asarray(self.probabilities, dtype=np.float64)
+        self.probabilities = np.asarray(self.probabilities, dtype=np.float32)
         self.labels = np.asarray(self.labels, dtype=np.int64)
-        self.is_member = np.asarray(self.is_member, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, idx: np.ndarray) -> Outputs:
+        idx = np.asarray(idx)
+        texts = [self.texts[i] for i in idx] if self.texts is not None else None
+        return Outputs(self.probabilities[idx], self.labels[idx], {k: v[idx] for k, v in self.extra.items()}, texts)
+
+    @property
+    def p64(self) -> np.ndarray:
+        return self.probabilities.astype(np.float64)  # exact: every float32 is a float64
 
     @property
     def correct(self) -> np.ndarray:
         return self.probabilities.argmax(1) == self.labels
 
-    def floor(self) -> float:
-        return label_only_floor(self.correct[self.is_member], self.correct[~self.is_member])
+
+def floor(o: Outputs, is_member: np.ndarray) -> float:
+    """Single-query label-only floor 0.5 + (train acc - test acc) / 2 of these outputs."""
+    return label_only_floor(o.correct[is_member], o.correct[~is_member])
 
 
-# --- scores ---------------------------------------------------------------------------------------
+# --- scores (log space) ----------------------------------------------------------------------------
 
 
-def true_class_probability(o: Outputs) -> np.ndarray:
-    return o.probabilities[np.arange(len(o.labels)), o.labels]
+def log_probs(o: Outputs) -> np.ndarray:
+    return np.log(np.maximum(o.p64, TINY))
+
+
+def phi(o: Outputs) -> np.ndarray:
+    """LiRA's logit confidence log(p_y / (1 - p_y)), with 1 - p_y summed from the other entries
+    (no cancellation near p_y = 1, no clipping)."""
+    p = o.p64
+    idx = np.arange(len(o))
+    py = p[idx, o.labels]
+    rest = np.where(np.eye(p.shape[1], dtype=bool)[o.labels], 0.0, p).sum(1)
+    return np.log(np.maximum(py, TINY)) - np.log(np.maximum(rest, TINY))
 
 
 def loss_score(o: Outputs) -> np.ndarray:
-    """Negative cross-entropy loss (Yeom et al. 2018)."""
-    return np.log(np.clip(true_class_probability(o), EPS, 1.0))
+    """Log true-class probability (negative cross-entropy loss, Yeom et al. 2018)."""
+    return log_probs(o)[np.arange(len(o)), o.labels]
 
 
 def confidence_score(o: Outputs) -> np.ndarray:
-    """True-class confidence (Song & Mittal 2021 class-wise confidence attack)."""
-    return true_class_probability(o)
+    """Label-free: log of the top probability."""
+    return log_probs(o).max(1)
 
 
 def entropy_score(o: Outputs) -> np.ndarray:
-    """Negative prediction entropy: members' outputs are sharper."""
-    p = np.clip(o.probabilities, EPS, 1.0)
-    return (p * np.log(p)).sum(1)
+    """Negative prediction entropy."""
+    p = o.p64
+    return (p * log_probs(o)).sum(1)
 
 
 def modified_entropy_score(o: Outputs) -> np.ndarray:
-    """Negative modified entropy (Song & Mittal 2021), which also uses the true label."""
-    p = np.clip(o.probabilities, EPS, 1 - EPS)
-    idx = np.arange(len(o.labels))
+    """Negative modified entropy (Song & Mittal 2021), log-space: log(1 - p) from the other entries."""
+    p, lp = o.p64, log_probs(o)
+    idx = np.arange(len(o))
     py = p[idx, o.labels]
-    mentr = -(1 - py) * np.log(py)
-    other = -p * np.log(1 - p)
+    others = np.stack([np.delete(p, j, axis=1).sum(1) for j in range(p.shape[1])], 1)  # 1 - p_j, summed
+    log1m = np.log(np.maximum(others, TINY))
+    mentr = -(1 - py) * lp[idx, o.labels]
+    other = -p * log1m
     other[idx, o.labels] = 0.0
     return -(mentr + other.sum(1))
 
 
-def gap_score(o: Outputs) -> np.ndarray:
-    """Label-only gap attack: member iff the prediction is correct."""
+def correct_score(o: Outputs) -> np.ndarray:
     return o.correct.astype(np.float64)
-
-
-SCORES: dict[str, Callable[[Outputs], np.ndarray]] = {
-    "loss": loss_score,
-    "confidence": confidence_score,
-    "entropy": entropy_score,
-    "modified_entropy": modified_entropy_score,
-}
-
-
-# --- thresholds fitted on shadow outputs -----------------------------------------------------------
-
-
-def fit_threshold(scores: np.ndarray, is_member: np.ndarray) -> float:
-    """The threshold maximising TPR - FPR on the attacker's shadow data (member iff s >= t)."""
-    if is_member.all() or not is_member.any():
-        return float("-inf")
-    fpr, tpr, thr = roc_curve(is_member, scores)
-    return float(thr[int(np.argmax(tpr - fpr))])
-
-
-def fit_classwise_thresholds(scores: np.ndarray, is_member: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
-    return np.array([fit_threshold(scores[labels == c], is_member[labels == c]) for c in range(classes)])
-
-
-def balanced_accuracy(pred_member: np.ndarray, is_member: np.ndarray) -> float:
-    return float(0.5 * (pred_member[is_member].mean() + (~pred_member[~is_member]).mean()))
-
-
-# --- neural attack on sorted probability vectors ---------------------------------------------------
-
-
-def attack_features(o: Outputs) -> np.ndarray:
-    """Sorted probability vector plus the true-class probability and correctness."""
-    p = np.sort(o.probabilities, axis=1)[:, ::-1]
-    return np.column_stack([p, true_class_probability(o), o.correct.astype(np.float64)])
-
-
-def neural_attack(shadow: Outputs, target: Outputs, *, seed: int = 0) -> np.ndarray:
-    """Shokri-style attack model trained on defended shadow outputs; returns target scores."""
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(attack_features(shadow))
-    model = MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=400, early_stopping=True, random_state=seed)
-    model.fit(scaler.transform(attack_features(shadow)), shadow.is_member)
-    return model.predict_proba(scaler.transform(attack_features(target)))[:, 1]
 
 
 # --- LiRA, offline ---------------------------------------------------------------------------------
 
 
-def logit_confidence(o: Outputs) -> np.ndarray:
-    """LiRA's logit-scaled true-class confidence phi = log(p / (1 - p))."""
-    p = np.clip(true_class_probability(o), 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
+def lira_score(o: Outputs) -> np.ndarray:
+    """Offline LiRA (Carlini et al. 2022): -log P_out(phi' >= phi) under a Gaussian fitted to the
+    row's OUT reference models (``extra['ref_phi']`` [N, K], NaN where a reference trained on the
+    row). Per-row mean, global variance. logsf never saturates, so no ties are made."""
+    ref = o.extra["ref_phi"]
+    have = np.isfinite(ref)
+    counts = have.sum(1)
+    global_mu = np.nanmean(ref) if have.any() else 0.0
+    mu = np.where(counts > 0, np.nansum(np.where(have, ref, 0.0), 1) / np.maximum(counts, 1), global_mu)
+    dev = np.where(have, ref - mu[:, None], np.nan)
+    sigma = float(np.nanstd(dev, ddof=1)) if (counts > 1).any() else 1.0
+    sigma = max(sigma if np.isfinite(sigma) else 1.0, 1e-3)
+    return -norm.logsf((phi(o) - mu) / sigma)
 
 
-def lira_offline(target_phi: np.ndarray, reference_phi: np.ndarray) -> np.ndarray:
-    """Offline LiRA (Carlini et al. 2022) with OUT reference models only.
+# --- learned attacks -------------------------------------------------------------------------------
 
-    reference_phi: [K, N] phi of each row under K reference models that never trained on it.
-    Per-row mean, global variance (the recommended choice for few references). Higher = member.
-    """
-    mu = reference_phi.mean(0)
-    sigma = max(float(reference_phi.std(0, ddof=1).mean()) if reference_phi.shape[0] > 1 else 1.0, 1e-3)
-    return norm.cdf((target_phi - mu) / sigma)
+
+def vector_features(o: Outputs) -> np.ndarray:
+    """Sorted log-probabilities, true-class log-probability, correctness (Shokri-style)."""
+    lp = log_probs(o)
+    return np.column_stack([np.sort(lp, 1)[:, ::-1], loss_score(o), o.correct.astype(np.float64)])
+
+
+def _float_bits(x: np.ndarray) -> np.ndarray:
+    """Monotone integer image of float32 values (ulp steps between non-negative floats)."""
+    return np.asarray(x, dtype=np.float32).view(np.int32).astype(np.int64)
+
+
+def float_features(o: Outputs, modes: dict[int, int]) -> np.ndarray:
+    """Exact-value features: sorted log-probabilities (exact from float32), the top probability's
+    float32 bit pattern and its ulp distance to the most common served top value of its predicted
+    class (``modes``), the second value's bits, label and correctness."""
+    p = o.probabilities
+    top = p.max(1)
+    second = np.sort(p, 1)[:, -2] if p.shape[1] > 1 else np.zeros(len(p), np.float32)
+    pred = p.argmax(1)
+    bits = _float_bits(top)
+    ulp = np.array([b - modes.get(int(c), b) for b, c in zip(bits, pred, strict=True)], dtype=np.float64)
+    return np.column_stack(
+        [vector_features(o), bits.astype(np.float64), ulp, np.abs(ulp), _float_bits(second), o.labels, pred]
+    )
+
+
+def class_modes(o: Outputs) -> dict[int, int]:
+    """Per predicted class, the most common served top value (as float32 bits)."""
+    top_bits, pred = _float_bits(o.probabilities.max(1)), o.probabilities.argmax(1)
+    out = {}
+    for c in np.unique(pred):
+        vals, counts = np.unique(top_bits[pred == c], return_counts=True)
+        out[int(c)] = int(vals[np.argmax(counts)])
+    return out
+
+
+def learned_fit(features: Callable[[Outputs], np.ndarray], *, model: str = "hgb", seed: int = 0) -> Fit:
+    """A classifier on per-row features; decisions at predicted probability 0.5."""
+
+    def fit(rows: Outputs, member: np.ndarray):
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.neural_network import MLPClassifier
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        x = features(rows)
+        if model == "hgb":
+            # shallow and short: a few hundred rows per fit, hundreds of fits per run on 2 CPU cores
+            clf = HistGradientBoostingClassifier(
+                max_iter=60, max_depth=3, learning_rate=0.15, l2_regularization=1.0, random_state=seed
+            )
+        else:
+            mlp = MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=200, early_stopping=True, random_state=seed)
+            clf = make_pipeline(StandardScaler(), mlp)
+        # one thread: OpenMP spin-waiting on a shared 2-core machine makes small fits 10-100x slower
+        with threadpool_limits(1):
+            clf.fit(np.nan_to_num(x, posinf=1e300, neginf=-1e300), member)
+
+        def apply(target: Outputs):
+            with threadpool_limits(1):
+                s = clf.predict_proba(np.nan_to_num(features(target), posinf=1e300, neginf=-1e300))[:, 1]
+            # log-odds of the classifier's probability: the ROC ranks exactly as the probability does
+            s = np.log(np.maximum(s, TINY)) - np.log(np.maximum(1 - s, TINY))
+            return s, s >= 0
+
+        return apply
+
+    return fit
+
+
+def float_fit(*, seed: int = 0) -> Fit:
+    """The learned attack on exact float values; class modes come from the fitting rows."""
+
+    def fit(rows: Outputs, member: np.ndarray):
+        modes = class_modes(rows)
+        return learned_fit(lambda o: float_features(o, modes), seed=seed)(rows, member)
+
+    return fit
 
 
 # --- blind baseline --------------------------------------------------------------------------------
 
 
-def text_features(texts: list[str]) -> np.ndarray:
+def text_features(o: Outputs) -> np.ndarray:
+    t = o.texts or []
     return np.array(
-        [[len(t), len(t.split()), sum(not c.isalnum() and not c.isspace() for c in t), t.count(" ,")] for t in texts],
+        [[len(s), len(s.split()), sum(not c.isalnum() and not c.isspace() for c in s), s.count(" ,")] for s in t],
         dtype=np.float64,
-    )
+    ).reshape(len(t), 4)
 
 
-def blind_attack(shadow_texts: list[str], shadow_member: np.ndarray, target_texts: list[str]) -> np.ndarray:
-    """Sees only the text (length, punctuation): near 50% unless the split leaks style."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(text_features(shadow_texts))
-    model = LogisticRegression(max_iter=1000).fit(scaler.transform(text_features(shadow_texts)), shadow_member)
-    return model.predict_proba(scaler.transform(text_features(target_texts)))[:, 1]
+# --- the suite -------------------------------------------------------------------------------------
 
 
-# --- metrics ---------------------------------------------------------------------------------------
+def suite(*, lira: bool, blind: bool, seed: int = 0) -> dict[str, Fit]:
+    """name -> fit for the single-query attacks."""
+    attacks: dict[str, Fit] = {
+        "gap": fixed_decision_fit(correct_score, 0.5),
+        "loss": threshold_fit(loss_score),
+        "confidence": threshold_fit(confidence_score),
+        "classwise_loss": threshold_fit(loss_score, classwise=True),
+        "classwise_entropy": threshold_fit(entropy_score, classwise=True),
+        "classwise_modified_entropy": threshold_fit(modified_entropy_score, classwise=True),
+        "neural": learned_fit(vector_features, model="mlp", seed=seed),
+        "float_hgb": float_fit(seed=seed),
+    }
+    if lira:
+        attacks["lira_offline"] = threshold_fit(lira_score)
+    if blind:
+        attacks["blind"] = learned_fit(text_features, model="mlp", seed=seed)
+    return attacks
 
 
-def tpr_at_fpr(scores: np.ndarray, is_member: np.ndarray, fpr_target: float) -> float:
-    fpr, tpr, _ = roc_curve(is_member, scores)
-    ok = fpr <= fpr_target
-    return float(tpr[ok].max()) if ok.any() else 0.0
-
-
-@dataclass
-class AttackResult:
-    name: str
-    accuracy: float  # balanced, threshold fitted on shadow data (or the attack's own decision)
-    best_accuracy: float  # balanced, best threshold on the target (an upper bound)
-    auc: float
-    tpr_1: float  # TPR at 1% FPR
-    tpr_01: float  # TPR at 0.1% FPR
-    scores: np.ndarray
-
-    @property
-    def leakage(self) -> float:
-        """The paper's privacy leakage rate 2 * (accuracy - 0.5), on the best-threshold accuracy."""
-        return 2 * (self.best_accuracy - 0.5)
-
-    def row(self) -> dict[str, float | str]:
-        return {
-            "attack": self.name,
-            "accuracy": self.accuracy,
-            "best_accuracy": self.best_accuracy,
-            "leakage": self.leakage,
-            "auc": self.auc,
-            "tpr_at_1pct_fpr": self.tpr_1,
-            "tpr_at_0.1pct_fpr": self.tpr_01,
-        }
-
-
-def score_result(
-    name: str,
-    scores: np.ndarray,
-    is_member: np.ndarray,
-    *,
-    decisions: np.ndarray | None = None,
-    groups: np.ndarray | None = None,
-) -> AttackResult:
-    auc = float(roc_auc_score(is_member, scores)) if 0 < is_member.sum() < len(is_member) else 0.5
-    best = (
-        classwise_threshold_accuracy(scores, is_member, groups)
-        if groups is not None
-        else best_threshold_accuracy(scores, is_member)
-    )
-    acc = balanced_accuracy(decisions, is_member) if decisions is not None else best
-    return AttackResult(
-        name, acc, best, auc, tpr_at_fpr(scores, is_member, 0.01), tpr_at_fpr(scores, is_member, 0.001), scores
-    )
-
-
-def run_attacks(
-    target: Outputs,
-    shadow: Outputs,
-    *,
-    reference_phi: np.ndarray | None = None,
-    target_texts: list[str] | None = None,
-    shadow_texts: list[str] | None = None,
-    seed: int = 0,
-) -> list[AttackResult]:
-    """The whole suite: (a) gap, (b) loss, (c) class-wise confidence / entropy / modified entropy,
-    (d) neural, (e) LiRA offline, (f) blind."""
-    classes = target.probabilities.shape[1]
-    results = [score_result("gap", gap_score(target), target.is_member, decisions=target.correct)]
-    s_loss, t_loss = loss_score(shadow), loss_score(target)
-    results.append(
-        score_result("loss", t_loss, target.is_member, decisions=t_loss >= fit_threshold(s_loss, shadow.is_member))
-    )
-    for name in ("confidence", "entropy", "modified_entropy"):
-        s, t = SCORES[name](shadow), SCORES[name](target)
-        thr = fit_classwise_thresholds(s, shadow.is_member, shadow.labels, classes)
-        results.append(
-            score_result(
-                f"classwise_{name}", t, target.is_member, decisions=t >= thr[target.labels], groups=target.labels
-            )
-        )
-    nn_scores = neural_attack(shadow, target, seed=seed)
-    results.append(score_result("neural", nn_scores, target.is_member, decisions=nn_scores >= 0.5))
-    if reference_phi is not None and len(reference_phi):
-        results.append(
-            score_result("lira_offline", lira_offline(logit_confidence(target), reference_phi), target.is_member)
-        )
-    if target_texts is not None and shadow_texts is not None:
-        b = blind_attack(shadow_texts, shadow.is_member, target_texts)
-        results.append(score_result("blind", b, target.is_member, decisions=b >= 0.5))
-    return results
-
-
-SCORE_BASED = (
-    "loss",
-    "classwise_confidence",
-    "classwise_entropy",
-    "classwise_modified_entropy",
-    "neural",
-    "lira_offline",
-)
+NOT_SCORE_BASED = ("gap", "blind")
+"""Excluded from "strongest attack": the gap attack is the floor, the blind attack a split check."""

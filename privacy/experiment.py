@@ -1,330 +1,243 @@
 """The privacy evaluation: train targets and attacker models, serve every defense, attack through Triton.
 
 Per dataset, an attacker pool (fixed across seeds) trains K reference models on seeded halves;
-reference 0 is also the shadow model (its members: its half; its non-members: the other half).
-Per seed, a target is fine-tuned on fresh members drawn outside the pool, calibrated on its own
-calibration rows, and served with every defense variant side by side (benchmark mode). The
-evaluation rows (member_eval, nonmember_eval) are queried only through the served ensembles, and
-the attacker's shadow/reference outputs go through the *same served defense step* (mia_defense
-called by name), as an attacker who knows the defense would simulate it. DP-SGD targets (trained
-with Opacus on the same members) are served without a defense.
+reference 0 is also the shadow model. Per report seed (never the development seed), a target is
+fine-tuned on fresh members drawn outside the pool, calibrated on its own calibration rows, and
+served with every defense variant side by side. Evaluation rows are queried only through the
+served ensembles (query attacks under several client-id modes); the attacker's shadow/reference
+outputs go through the *same served defense step*. Baselines are exact functions of the raw
+served output (:mod:`baselines`); DP-SGD targets are served without a defense. Every defense is
+then measured by :func:`assess.assess` (attacks at both strengths, utility).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
-from functools import partial
-from pathlib import Path
+from dataclasses import asdict
 
 import numpy as np
 import torch
-import tritonclient.http as httpclient
-from rich.console import Console
 
-from veil.client.triton import VeilClient
-from veil.export.data import SPLIT_NAMES, Splits, TextDataset, dedupe, fingerprint, load_dataset, make_splits
-from veil.export.dp import dp_fine_tune
-from veil.export.pipeline import BuildConfig, build, split_sizes
-from veil.export.train import fine_tune, load_model, predict_logits
-from veil.model_repository.spec import RAW, defense_model_name, ensemble_name
-from veil.privacy.attacks import Outputs, run_attacks
-from veil.python_backend.defense import VARIANTS as ALL_VARIANTS
+from veil.export.data import dedupe, fingerprint, load_dataset
+from veil.model_repository.spec import RAW, ensemble_name
+from veil.privacy.assess import QueryView, View, assess
+from veil.privacy.attacks import Outputs, loss_score, phi
+from veil.privacy.baselines import FEW_KNOBS, KNOBS, baselines, class_precision
+from veil.privacy.models import (
+    EvalConfig,
+    ReferenceModels,
+    attacker_pool,
+    build_dp,
+    build_target,
+    console,
+    quick,
+    splits_for_seed,
+)
+from veil.privacy.query import MODES, SPEEDS, classify, defend_logits
+from veil.privacy.query_attacks import augmentation_features, expand, repeat_features
+from veil.privacy.utility import utility
 from veil.serving.launcher import TritonServer, repositories_for
 
-VARIANTS = tuple(v for v in ALL_VARIANTS if v != "none")  # "none" is served as veil_raw
-POOL_SEED = 10_000
+__all__ = ["EvalConfig", "evaluate", "quick", "saved_results"]
+MAIN_MODE = "long_lived/full"
+OFFLINE = "veil.python_backend.offline"
+VEIL_KNOBS = (None, 0.5, 1.0, 2.0)
 
 
-@dataclass
-class EvalConfig:
-    dataset: str = "sst2"
-    data_dir: str | None = None
-    model: str = "minilm"
-    work_dir: str = "build/privacy"
-    seeds: tuple[int, ...] = (0, 1, 2)
-    members: int = 1000
-    nonmembers: int = 1000
-    pool: int = 2000
-    references: int = 4
-    epochs: int = 8
-    lr: float = 5e-5
-    batch_size: int = 32
-    max_length: int = 64
-    dp_epsilons: tuple[float, ...] = (8.0, 1.0)
-    dp_epochs: int = 8
-    dp_lr: float = 0.05
-    dp_train_layers: int = 1
-    dp_batch_size: int = 64
-    variants: tuple[str, ...] = VARIANTS
-    slack: float = 0.005
-    progress: bool = True
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        """A file-name-safe name for the dataset (a path or hub id becomes its last part)."""
-        path_like = "/" in self.dataset or "." in self.dataset
-        base = Path(self.dataset.removeprefix("hf:")).stem if path_like else self.dataset
-        return "".join(c if c.isalnum() or c in "-_" else "_" for c in base)
-
-    @property
-    def root(self) -> Path:
-        return Path(self.work_dir) / f"{self.name}-{self.model.replace('/', '_')}"
+def _stratified_cap(member: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    m, n = np.flatnonzero(member), np.flatnonzero(~member)
+    return np.sort(np.r_[rng.permutation(m)[:cap], rng.permutation(n)[:cap]])
 
 
-def _console() -> Console:
-    return Console(stderr=True)
+def _with_phi(probs: np.ndarray, labels: np.ndarray, refs: list[np.ndarray], out: np.ndarray | None = None) -> Outputs:
+    o = Outputs(probs, labels)
+    if refs:
+        ref = np.stack([phi(Outputs(p, labels)) for p in refs], 1)
+        o.extra["ref_phi"] = np.where(out, ref, np.nan) if out is not None else ref
+    return o
 
 
-# --- attacker side ---------------------------------------------------------------------------------
+class Side:
+    """Everything one defense produced on one side (target or attacker), as float32 arrays."""
+
+    def __init__(self, probs, refs, aug: dict[str, np.ndarray], rep: dict[str, np.ndarray]) -> None:
+        self.probs, self.refs, self.aug, self.rep = probs, refs, aug, rep
+
+    def map(self, f) -> Side:
+        """A baseline of these outputs: query attacks in the main mode only (a deterministic function
+        of the raw output does not depend on the client id)."""
+        aug = {k: f(v) for k, v in self.aug.items() if k == MAIN_MODE}
+        return Side(f(self.probs), [f(r) for r in self.refs], aug, {k: f(v) for k, v in self.rep.items() if k in aug})
 
 
-class ReferenceModels:
-    """K attacker models on seeded halves of the pool; logits cached per text."""
-
-    def __init__(self, cfg: EvalConfig, ds: TextDataset, pool: np.ndarray) -> None:
-        self.cfg, self.ds, self.pool = cfg, ds, np.asarray(pool)
-        self.halves: list[np.ndarray] = []
-        self.models = []
-        self.cache: list[dict[str, np.ndarray]] = []
-        for k in range(cfg.references):
-            rng = np.random.default_rng(POOL_SEED + 1 + k)
-            half = np.sort(rng.permutation(self.pool)[: len(self.pool) // 2])
-            self.halves.append(half)
-            self.models.append(self._train_or_load(k, half))
-            self.cache.append({})
-
-    def _train_or_load(self, k: int, half: np.ndarray):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        folder = self.cfg.root / "references" / f"ref{k}"
-        stamp = folder / "trained.json"
-        expected = {"rows": half.tolist(), "epochs": self.cfg.epochs, "lr": self.cfg.lr, "model": self.cfg.model}
-        if stamp.exists() and json.loads(stamp.read_text()) == expected:
-            model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).eval()
-            return model, AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        _console().print(f"[bold]reference model {k + 1}/{self.cfg.references}[/bold] on {len(half)} pool rows")
-        model, tok = load_model(self.cfg.model, num_labels=self.ds.num_classes, seed=POOL_SEED + k)
-        fine_tune(
-            model,
-            tok,
-            self.ds.subset(half),
-            epochs=self.cfg.epochs,
-            lr=self.cfg.lr,
-            batch_size=self.cfg.batch_size,
-            max_length=self.cfg.max_length,
-            seed=POOL_SEED + k,
-            progress=self.cfg.progress,
-        )
-        model.save_pretrained(folder)
-        tok.save_pretrained(folder)
-        stamp.write_text(json.dumps(expected))
-        return model.eval(), tok
-
-    def logits(self, k: int, texts: list[str]) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if t not in self.cache[k]]
-        if missing:
-            model, tok = self.models[k]
-            for t, z in zip(missing, predict_logits(model, tok, missing, max_length=self.cfg.max_length), strict=True):
-                self.cache[k][t] = z
-        return np.stack([self.cache[k][t] for t in texts])
-
-    def shadow(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Reference 0 as the shadow model: (pool texts, labels, is_member)."""
-        texts = [self.ds.texts[i] for i in self.pool]
-        return texts, self.ds.labels[self.pool], np.isin(self.pool, self.halves[0])
-
-
-# --- serving ---------------------------------------------------------------------------------------
-
-
-def defend_logits(
-    server: TritonServer, variant: str | None, logits: np.ndarray, *, client_id: str, batch: int = 256, seed: int = 0
-) -> np.ndarray:
-    """Send the attacker's logits through the served defense step (``None``: the raw softmax step),
-    in a seeded random order like :func:`classify`."""
-    model = "softmax" if variant is None else defense_model_name(variant)
-    client = httpclient.InferenceServerClient(server.http_url, network_timeout=300)
-    order = np.random.default_rng(seed).permutation(len(logits))
-    shuffled = logits[order]
-    out = []
-    try:
-        for start in range(0, len(shuffled), batch):
-            z = np.ascontiguousarray(shuffled[start : start + batch], dtype=np.float32)
-            inp = httpclient.InferInput("logits", list(z.shape), "FP32")
-            inp.set_data_from_numpy(z)
-            out.append(client.infer(model, [inp], parameters={"veil-client-id": client_id}).as_numpy("probabilities"))
-    finally:
-        client.close()
-    probs = np.concatenate(out)
-    result = np.empty_like(probs)
-    result[order] = probs
-    return result
-
-
-def classify(server: TritonServer, model: str, texts: list[str], *, client_id: str, seed: int = 0) -> np.ndarray:
-    """Query in a seeded random order: an attacker does not know membership in advance, so the
-    order must not correlate with it (adaptive intensity changes outputs as a client's state grows)."""
-    order = np.random.default_rng(seed).permutation(len(texts))
-    with VeilClient(server.http_url, timeout=300) as c:
-        probs = c.classify([texts[i] for i in order], model=model, client_id=client_id, batch_size=64)[0]
-    out = np.empty_like(probs)
-    out[order] = probs
-    return out
-
-
-# --- one seed --------------------------------------------------------------------------------------
-
-
-def _splits_for_seed(cfg: EvalConfig, ds: TextDataset, pool: np.ndarray, seed: int) -> Splits:
-    sizes = split_sizes(BuildConfig(members=cfg.members, nonmembers=cfg.nonmembers, attacker=0))
-    splits = make_splits(ds, sizes=sizes, seed=seed, dataset_name=cfg.dataset, exclude=pool)
-    splits.indices["attacker"] = sorted(int(i) for i in pool)
-    splits.check()
-    return splits
-
-
-def _build_cfg(cfg: EvalConfig, seed: int, out: Path, variants: tuple[str, ...]) -> BuildConfig:
-    return BuildConfig(
-        dataset=cfg.dataset,
-        data_dir=cfg.data_dir,
-        model=cfg.model,
-        out=str(out),
-        seed=seed,
-        members=cfg.members,
-        nonmembers=cfg.nonmembers,
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        max_length=cfg.max_length,
-        variants=variants,
-        mode="benchmark",
-        slack=cfg.slack,
-        progress=cfg.progress,
-        resume=True,
-    )
-
-
-def evaluate_seed(cfg: EvalConfig, ds: TextDataset, refs: ReferenceModels, seed: int) -> dict:
-    console = _console()
-    splits = _splits_for_seed(cfg, ds, refs.pool, seed)
+def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int) -> dict:
+    t0 = time.perf_counter()
+    splits = splits_for_seed(cfg, ds, refs.pool, seed)
     seed_dir = cfg.root / f"seed{seed}"
-    console.print(f"[bold]seed {seed}[/bold]: target on {len(splits.members)} members")
-    target_build = build(_build_cfg(cfg, seed, seed_dir / "target", cfg.variants), splits=splits)
+    console().print(f"[bold]seed {seed}[/bold]: target on {len(splits.members)} members")
+    target_build = build_target(cfg, splits, seed, seed_dir / "target")
 
     members, nonmembers = splits.take(ds, "member_eval"), splits.take(ds, "nonmember_eval")
     texts = members.texts + nonmembers.texts
     labels = np.r_[members.labels, nonmembers.labels]
-    is_member = np.r_[np.ones(len(members), bool), np.zeros(len(nonmembers), bool)]
-    shadow_texts, shadow_labels, shadow_member = refs.shadow()
-    shadow_logits = refs.logits(0, shadow_texts)
-    ref_logits = [refs.logits(k, texts) for k in range(cfg.references)]
+    member = np.r_[np.ones(len(members), bool), np.zeros(len(nonmembers), bool)]
+    calib = splits.take(ds, "nonmember_calib")
+    sh_texts, sh_labels, sh_member = refs.shadow()
+    k_refs = cfg.references
+    lira = k_refs >= 2
+    sh_out = refs.out_mask(refs.pool, first=1) if lira else None
 
-    results: dict[str, dict] = {}
+    # attacker logits (its own models), and the query-attack rows
+    sh_logits = refs.logits(0, sh_texts)
+    sh_ref_logits = [refs.logits(k, sh_texts) for k in range(1, k_refs)]
+    tg_ref_logits = [refs.logits(k, texts) for k in range(k_refs)]
+    q_idx = _stratified_cap(member, cfg.query_rows, seed + 1)
+    sq_idx = _stratified_cap(sh_member, cfg.query_rows, seed + 2)
+    aug_texts, aug_group = expand([texts[i] for i in q_idx], cfg.edits, seed)
+    rep_texts = [texts[i] for i in q_idx for _ in range(cfg.repeats)]
+    rep_group = np.repeat(np.arange(len(q_idx)), cfg.repeats)
+    sh_aug_texts = expand([sh_texts[i] for i in sq_idx], cfg.edits, seed)[0]
+    sh_aug_logits = refs.logits(0, sh_aug_texts)
+    benign = [sh_texts[i] for i in np.setdiff1d(np.arange(len(sh_texts)), sq_idx)]
 
-    def attack(
-        name: str,
-        target_probs: np.ndarray,
-        shadow_probs: np.ndarray,
-        ref_probs: list[np.ndarray],
-        extra: dict | None = None,
-    ) -> None:
-        target = Outputs(target_probs, labels, is_member)
-        shadow = Outputs(shadow_probs, shadow_labels, shadow_member)
-        ref_phi = np.stack([_phi(p, labels) for p in ref_probs]) if ref_probs else None
-        found = run_attacks(
-            target, shadow, reference_phi=ref_phi, target_texts=texts, shadow_texts=shadow_texts, seed=seed
-        )
-        results[name] = {
-            "accuracy_heldout": float((target_probs[~is_member].argmax(1) == labels[~is_member]).mean()),
-            "accuracy_members": float((target_probs[is_member].argmax(1) == labels[is_member]).mean()),
-            "floor": target.floor(),
-            "mean_confidence": float(target_probs.max(1).mean()),
-            "attacks": {r.name: r.row() for r in found},
-            "scores": {r.name: r.scores.tolist() for r in found},
-            "slices": _slices(target, found),
-            **(extra or {}),
-        }
-
+    served_names = ("none", *cfg.variants)
+    target: dict[str, Side] = {}
+    attacker: dict[str, Side] = {}
+    benign_out: dict[str, np.ndarray] = {}
     log = seed_dir / "target" / "tritonserver.log"
     with TritonServer(repositories_for(seed_dir / "target" / "model_repository"), log_file=log) as server:
-        t = time.perf_counter()
-        raw = classify(server, RAW, texts, client_id="evaluator-raw")
-        attack(
-            "none",
-            raw,
-            defend_logits(server, None, shadow_logits, client_id="sim-none"),
-            [defend_logits(server, None, z, client_id="sim-none") for z in ref_logits],
-        )
-        for variant in cfg.variants:
-            probs = classify(server, ensemble_name(variant), texts, client_id=f"evaluator-{variant}")
-            sim = f"sim-{variant}"
-            attack(
-                variant,
-                probs,
-                defend_logits(server, variant, shadow_logits, client_id=sim),
-                [defend_logits(server, variant, z, client_id=sim) for z in ref_logits],
-            )
-        console.print(f"  served defenses queried and attacked in {time.perf_counter() - t:.0f}s")
+        url = server.http_url
+        calib_raw = classify(url, RAW, calib.texts, tag="calibration")
+        for v in served_names:
+            model = RAW if v == "none" else ensemble_name(v)
+            modes = [f"{m}/{s}" for s in SPEEDS for m in MODES] if v in cfg.query_variants else [MAIN_MODE]
+            aug, rep = {}, {}
+            for ms in modes:
+                mode, speed = ms.split("/")
+                kw = {"mode": mode, "speed": speed, "tag": f"eval-{v}", "benign": benign}
+                aug[ms] = classify(url, model, aug_texts, group=aug_group, seed=seed, **kw)
+                rep[ms] = classify(url, model, rep_texts, group=rep_group, seed=seed + 1, **kw)
+            probs = classify(url, model, texts, tag=f"eval-{v}", seed=seed)
+            target[v] = Side(probs, [], aug, rep)
+            if v in cfg.query_variants:  # benign traffic: distinct rows, paced (adaptive intensity idle)
+                benign_out[v] = classify(url, model, texts, speed="paced", tag=f"benign-{v}", seed=seed, benign=benign)
+            dv = None if v == "none" else v
 
-    for eps in cfg.dp_epsilons:
-        dp_dir = seed_dir / f"dp_eps{eps:g}"
-        trainer = partial(
-            dp_fine_tune,
-            target_epsilon=eps,
-            epochs=cfg.dp_epochs,
-            lr=cfg.dp_lr,
-            batch_size=cfg.dp_batch_size,
-            max_length=cfg.max_length,
-            train_layers=cfg.dp_train_layers,
-            seed=seed,
-            progress=cfg.progress,
+            def sim(z: np.ndarray, dv=dv, v=v) -> np.ndarray:
+                return defend_logits(url, dv, z, client_id=f"sim-{v}", seed=seed)
+
+            target[v].refs = [sim(z) for z in tg_ref_logits]
+            attacker[v] = Side(sim(sh_logits), [sim(z) for z in sh_ref_logits], {MAIN_MODE: sim(sh_aug_logits)}, {})
+        console().print(f"  served defenses queried in {time.perf_counter() - t0:.0f}s")
+
+    def query_views(t: Side, a: Side) -> dict[str, QueryView]:
+        out = {}
+        shadow_q = Outputs(a.probs[sq_idx], sh_labels[sq_idx])
+        shadow_q.extra = augmentation_features(a.aug[MAIN_MODE], sh_labels[sq_idx], cfg.edits)
+        shadow_q.extra |= repeat_features(np.repeat(a.probs[sq_idx], cfg.repeats, 0), sh_labels[sq_idx], cfg.repeats)[0]
+        for ms in t.aug:
+            tq = Outputs(t.probs[q_idx], labels[q_idx])
+            tq.extra = augmentation_features(t.aug[ms], labels[q_idx], cfg.edits)
+            rep, differ = repeat_features(t.rep[ms], labels[q_idx], cfg.repeats)
+            tq.extra |= rep
+            out[ms] = QueryView(tq, member[q_idx], shadow_q, sh_member[sq_idx], differ)
+        return out
+
+    def view(name: str, family: str, knob, source: str, t: Side, a: Side) -> View:
+        return View(
+            name,
+            family,
+            knob,
+            source,
+            _with_phi(t.probs, labels, t.refs),
+            _with_phi(a.probs, sh_labels, a.refs, sh_out),
+            query_views(t, a),
         )
-        trainer.key = (
-            f"dp-sgd eps={eps} epochs={cfg.dp_epochs} sgd-momentum lr={cfg.dp_lr} batch={cfg.dp_batch_size} "
-            f"layers={cfg.dp_train_layers}"
-        )
-        dp_build = build(_build_cfg(cfg, seed, dp_dir, ("veil",)), splits=splits, trainer=trainer)
-        with TritonServer(repositories_for(dp_dir / "model_repository"), log_file=dp_dir / "tritonserver.log") as s:
-            probs = classify(s, RAW, texts, client_id="evaluator-dp")
-            # A DP model needs no defense step; the attacker's shadow/reference outputs are plain softmax.
-            attack(
-                f"dpsgd_eps{eps:g}",
-                probs,
-                defend_logits(s, None, shadow_logits, client_id="sim-dp"),
-                [defend_logits(s, None, z, client_id="sim-dp") for z in ref_logits],
-                extra={"dp": dp_build["train"].get("extra", {})},
+
+    raw = target["none"].probs
+    views = [view(v, v, None, "served", target[v], attacker[v]) for v in served_names]
+    precision = class_precision(calib_raw, calib.labels, ds.num_classes)
+    for b in baselines(ds.num_classes, precision, FEW_KNOBS if cfg.few_knobs else KNOBS):
+        views.append(
+            view(
+                b.name, b.family, b.knob, "baseline", target["none"].map(b.transform), attacker["none"].map(b.transform)
             )
+        )
+    tx = {"target": texts, "aug": aug_texts, "rep": rep_texts, "shadow": sh_texts, "shadow_aug": sh_aug_texts}
+    views += _veil_offline(cfg, seed_dir / "target", tx, target["none"], attacker["none"], view)
+    views += _dp_views(cfg, splits, seed, seed_dir, tx, target["none"], attacker["none"], view)
+
+    results = {}
+    for v in views:
+        v.target.texts, v.shadow.texts = texts, sh_texts
+        blind = v.name == "none"  # the split check: text features only
+        results[v.name] = assess(v, member, sh_member, raw=raw, lira=lira, seed=seed, boots=cfg.bootstrap, blind=blind)
+        if v.name in benign_out:
+            b, ref = benign_out[v.name][~member], benign_out.get("none", raw)[~member]
+            results[v.name]["utility_benign"] = utility(b, labels[~member], ref)
+    roc = {v.name: {"loss": loss_score(v.target).tolist()} for v in views if v.source in ("served", "dp")}
+    console().print(f"  seed {seed}: {len(views)} defenses measured in {time.perf_counter() - t0:.0f}s")
     return {
         "seed": seed,
-        "is_member": is_member.tolist(),
+        "is_member": member.tolist(),
         "train_accuracy": target_build["train"]["train_accuracy"],
         "calibration": target_build["calibration"],
+        "calibration_precision": precision.tolist(),
         "defenses": results,
+        "roc": roc,
+        "seconds": time.perf_counter() - t0,
     }
 
 
-def _phi(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    p = np.clip(probs[np.arange(len(labels)), labels].astype(np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
+def _veil_offline(cfg, build_dir, tx: dict[str, list[str]], raw_t: Side, raw_a: Side, view) -> list[View]:
+    """Veil's knob sweep through the lead's offline entry point, if it exists (no stand-in). The
+    logits handed to it are log(raw served probabilities): softmax-equivalent to the model's."""
+    if importlib.util.find_spec(OFFLINE) is None:
+        console().print(f"  note: {OFFLINE} not found; Veil's knob sweep skipped (the served 'veil' row stays)")
+        return []
+    defend = importlib.import_module(OFFLINE).defend
+    tiny = np.finfo(np.float64).tiny
+    out = []
+    for knob in VEIL_KNOBS:
 
+        def f(p: np.ndarray, texts: list[str], knob=knob) -> np.ndarray:
+            z = np.log(np.maximum(np.asarray(p, np.float64), tiny))
+            return np.asarray(defend(build_dir, texts, z, knob=knob), np.float32)
 
-def _slices(target: Outputs, found) -> dict:
-    """Best-threshold accuracy of each score attack within slices (per class; correct vs wrong)."""
-    from veil.python_backend.leakage import best_threshold_accuracy
-
-    out: dict[str, dict[str, float]] = {}
-    slices = {f"class_{c}": target.labels == c for c in np.unique(target.labels)}
-    slices |= {"correct": target.correct, "wrong": ~target.correct}
-    for name, sel in slices.items():
-        out[name] = {"rows": int(sel.sum()), "members": int(target.is_member[sel].sum())}
-        for r in found:
-            if r.name in ("gap", "blind"):
-                continue
-            out[name][r.name] = best_threshold_accuracy(r.scores[sel], target.is_member[sel])
+        t = Side(
+            f(raw_t.probs, tx["target"]),
+            [f(r, tx["target"]) for r in raw_t.refs],
+            {MAIN_MODE: f(raw_t.aug[MAIN_MODE], tx["aug"])},
+            {MAIN_MODE: f(raw_t.rep[MAIN_MODE], tx["rep"])},
+        )
+        a = Side(
+            f(raw_a.probs, tx["shadow"]),
+            [f(r, tx["shadow"]) for r in raw_a.refs],
+            {MAIN_MODE: f(raw_a.aug[MAIN_MODE], tx["shadow_aug"])},
+            {},
+        )
+        name = "veil_offline" if knob is None else f"veil_offline_{knob:g}"
+        out.append(view(name, "veil_offline", knob, "offline", t, a))
     return out
+
+
+def _dp_views(cfg, splits, seed, seed_dir, tx: dict[str, list[str]], raw_t: Side, raw_a: Side, view) -> list[View]:
+    """DP-SGD targets, served without a defense; the attacker's shadow and reference outputs are
+    its own models' plain softmax (as for the undefended target)."""
+    views = []
+    for eps in cfg.dp_epsilons:
+        dp_dir = seed_dir / f"dp_eps{eps:g}"
+        build_dp(cfg, splits, seed, eps, dp_dir)
+        with TritonServer(repositories_for(dp_dir / "model_repository"), log_file=dp_dir / "tritonserver.log") as s:
+            probs = classify(s.http_url, RAW, tx["target"], tag="eval-dp", seed=seed)
+            aug = classify(s.http_url, RAW, tx["aug"], tag="eval-dp", seed=seed)
+            rep = classify(s.http_url, RAW, tx["rep"], tag="eval-dp", seed=seed + 1)
+        t = Side(probs, raw_t.refs, {MAIN_MODE: aug}, {MAIN_MODE: rep})
+        views.append(view(f"dpsgd_eps{eps:g}", "dpsgd", eps, "dp", t, raw_a))
+    return views
 
 
 # --- one dataset -----------------------------------------------------------------------------------
@@ -335,9 +248,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     t0 = time.perf_counter()
     cfg.root.mkdir(parents=True, exist_ok=True)
     ds = dedupe(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir))
-    pool_sizes = dict.fromkeys(SPLIT_NAMES, 0) | {"attacker": cfg.pool}
-    pool = np.asarray(make_splits(ds, sizes=pool_sizes, seed=POOL_SEED).indices["attacker"])
-    refs = ReferenceModels(cfg, ds, pool)
+    refs = ReferenceModels(cfg, ds, attacker_pool(ds, cfg.pool))
     seeds = []
     for seed in cfg.seeds:
         result = evaluate_seed(cfg, ds, refs, seed)
@@ -346,10 +257,11 @@ def evaluate(cfg: EvalConfig) -> dict:
     return _dataset_result(cfg, ds, seeds, seconds=time.perf_counter() - t0)
 
 
-def _dataset_result(cfg: EvalConfig, ds: TextDataset, seeds: list[dict], *, seconds: float | None) -> dict:
+def _dataset_result(cfg: EvalConfig, ds, seeds: list[dict], *, seconds: float | None) -> dict:
     return {
         "name": cfg.name,
         "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+        "num_classes": ds.num_classes,
         "dataset_rows": len(ds),
         "source_sha256": fingerprint(ds),
         "seeds": seeds,
@@ -368,24 +280,3 @@ def saved_results(cfg: EvalConfig) -> dict:
         seeds.append(json.loads(path.read_text()))
     ds = dedupe(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir))
     return _dataset_result(cfg, ds, seeds, seconds=None)
-
-
-def quick(cfg: EvalConfig) -> EvalConfig:
-    """CI-sized settings (tiny model, few rows, one seed)."""
-    return replace(
-        cfg,
-        model="tiny-bert",
-        seeds=(0,),
-        members=160,
-        nonmembers=160,
-        pool=200,
-        references=2,
-        epochs=10,
-        lr=2e-3,
-        batch_size=16,
-        max_length=32,
-        dp_epsilons=(8.0,),
-        dp_epochs=2,
-        dp_batch_size=32,
-        dp_lr=0.05,
-    )

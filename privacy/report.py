@@ -1,10 +1,8 @@
-"""Tables (Markdown + JSON) and ROC plots (PNG) from privacy-evaluation results.
+"""Markdown + JSON report and plots (ROC on log-log axes, the privacy-utility frontier).
 
-Laid out like the paper's main and ablation tables: Model Acc, MIA Attack Acc, Leakage, plus ROC
-AUC, TPR at 1% and 0.1% FPR and the label-only floor, as mean ± std over seeds. "MIA Attack Acc"
-is the strongest score-based attack's balanced accuracy at its best threshold on the target (an
-upper bound on any threshold the attacker could pick); the shadow-fitted accuracy is in the
-per-attack table.
+Every privacy number is reported at both attacker strengths and as the *excess over the label-only
+output* under the same attack set; the single-query floor 0.5 + (train acc - test acc)/2 sits
+beside it for context. Every cell shows mean ± std over seeds followed by each seed's value.
 """
 
 from __future__ import annotations
@@ -14,224 +12,253 @@ from pathlib import Path
 
 import numpy as np
 
-from veil.privacy.attacks import SCORE_BASED
+from veil.privacy import frontier
+from veil.privacy.metrics import REALISTIC, UPPER
+from veil.privacy.summary import REFERENCE, fmt, mean, summarise
 
-MAIN_ROWS = ("none", "veil", "label_only", "memguard", "dpsgd_eps8", "dpsgd_eps1")
-ABLATION_ROWS = ("veil", "fixed_intensity", "perturb_all", "random_noise", "temperature")
 NAMES = {
-    "none": "No defense",
+    "none": "No defense (raw)",
     "veil": "Veil",
     "fixed_intensity": "Veil, fixed intensity",
-    "perturb_all": "Veil, no risk evaluator (perturb all)",
-    "random_noise": "Random noise (same mean size)",
-    "temperature": "Temperature scaling only",
+    "perturb_all": "Veil, perturb all",
+    "random_noise": "Random noise (served)",
+    "temperature": "Temperature (served)",
     "memguard": "MemGuard-style",
-    "label_only": "Top-1 label only",
+    "label_only": "Top-1 label only (reference)",
 }
+UTILITY_COLS = (
+    ("accuracy", "Acc", True),
+    ("error_detection_auroc", "Err-det AUROC", False),
+    ("aurc", "AURC", False),
+    ("ece", "ECE", False),
+    ("brier", "Brier", False),
+    ("nll", "NLL", False),
+    ("tv_to_raw", "TV to raw", False),
+    ("identical_to_raw", "Identical to raw", True),
+    ("distinct_outputs", "Distinct outputs", False),
+    ("top2_accuracy", "Top-2 acc", True),
+    ("rank_agreement", "Kendall tau vs raw", False),
+)
 
 
 def display(name: str) -> str:
-    if name.startswith("dpsgd_eps"):
-        return f"DP-SGD, epsilon {name.removeprefix('dpsgd_eps')}"
     return NAMES.get(name, name)
 
 
-def _ms(values: list[float], pct: bool = True) -> str:
-    v = np.asarray(values, dtype=float)
-    scale = 100 if pct else 1
-    if len(v) == 1:
-        return f"{scale * v[0]:.1f}" if pct else f"{v[0]:.3f}"
-    return f"{scale * v.mean():.1f} ± {scale * v.std(ddof=1):.1f}" if pct else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
+def _order(summary: dict) -> list[str]:
+    rank = {"served": 0, "offline": 1, "baseline": 2, "dp": 3}
+    return sorted(summary, key=lambda n: (rank.get(summary[n]["source"], 9), n != "none", n))
 
 
-def summarise(result: dict) -> dict:
-    """Per defense: lists over seeds of the headline numbers."""
-    out: dict[str, dict[str, list[float]]] = {}
-    for seed in result["seeds"]:
-        for name, d in seed["defenses"].items():
-            attacks = d["attacks"]
-            scored = {k: v for k, v in attacks.items() if k in SCORE_BASED}
-            strongest = max(scored, key=lambda k: scored[k]["best_accuracy"])
-            row = out.setdefault(name, {})
-            for key, value in {
-                "model_accuracy": d["accuracy_heldout"],
-                "attack_accuracy": scored[strongest]["best_accuracy"],
-                "leakage": 2 * (scored[strongest]["best_accuracy"] - 0.5),
-                "auc": max(v["auc"] for v in scored.values()),
-                "tpr_1": max(v["tpr_at_1pct_fpr"] for v in scored.values()),
-                "tpr_01": max(v["tpr_at_0.1pct_fpr"] for v in scored.values()),
-                "floor": d["floor"],
-                "excess_over_floor": scored[strongest]["best_accuracy"] - d["floor"],
-                "gap_accuracy": attacks["gap"]["accuracy"],
-                "blind_accuracy": attacks.get("blind", {}).get("best_accuracy", float("nan")),
-                "mean_confidence": d["mean_confidence"],
-            }.items():
-                row.setdefault(key, []).append(value)
-            row.setdefault("strongest", []).append(strongest)
-            for attack, v in attacks.items():
-                for metric in ("accuracy", "best_accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"):
-                    row.setdefault(f"{attack}:{metric}", []).append(v[metric])
-    return out
-
-
-def table(summary: dict, rows: tuple[str, ...], title: str) -> str:
+def privacy_table(summary: dict) -> str:
     head = (
-        "| Defense | Model Acc | MIA Attack Acc | Leakage | AUC | TPR@1%FPR | TPR@0.1%FPR | Label-only floor |"
-        " Excess over floor | Strongest attack |"
+        "| Defense | Model acc | Floor (1 query) | Strongest attack, upper bound |"
+        " Excess over label-only, upper bound | TPR@1%FPR, upper bound | Strongest attack, realistic |"
+        " Excess over label-only, realistic | AUC, upper bound |"
     )
-    lines = [f"**{title}** (mean ± std over seeds; percentages)", "", head, "|" + "---|" * 10]
-    for name in rows:
-        if name not in summary:
-            continue
-        r = summary[name]
-        strongest = max(set(r["strongest"]), key=r["strongest"].count)
+    lines = [head, "|" + "---|" * 9]
+    for n in _order(summary):
+        r = summary[n]
+        ub, re = r[UPPER], r[REALISTIC]
+        common = max(set(ub["attack"]), key=ub["attack"].count)
+        common_r = max(set(re["attack"]), key=re["attack"].count)
         lines.append(
-            f"| {display(name)} | {_ms(r['model_accuracy'])} | {_ms(r['attack_accuracy'])} | {_ms(r['leakage'])} |"
-            f" {_ms(r['auc'])} | {_ms(r['tpr_1'])} | {_ms(r['tpr_01'])} | {_ms(r['floor'])} |"
-            f" {_ms(r['excess_over_floor'])} | {strongest} |"
+            f"| {display(n)} | {fmt(r['model_accuracy'])} | {fmt(r['floor'])} | {fmt(ub['accuracy'])} ({common}) |"
+            f" **{fmt(ub['excess'])}** | {fmt(ub['tpr_1'])} | {fmt(re['accuracy'])} ({common_r}) |"
+            f" {fmt(re['excess'])} | {fmt(ub['auc'])} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def attack_table(summary: dict, name: str) -> str:
-    attacks = sorted({k.split(":")[0] for k in summary[name] if ":" in k})
+def interval_table(result: dict, summary: dict) -> str:
+    seeds = [s["seed"] for s in result["seeds"]]
     lines = [
-        f"**Every attack against {display(name)}**",
-        "",
-        "| Attack | Acc (shadow-fitted) | Acc (best threshold) | AUC | TPR@1%FPR | TPR@0.1%FPR |",
-        "|---|---|---|---|---|---|",
+        "| Defense | Seed | Upper-bound acc [95% CI] | TPR@1%FPR [95% CI] |",
+        "|---|---|---|---|",
     ]
-    r = summary[name]
+    for n in _order(summary):
+        if summary[n]["source"] not in ("served", "dp"):
+            continue
+        ub = summary[n][UPPER]
+        for i, s in enumerate(seeds):
+            a, ci, t, tci = ub["accuracy"][i], ub["accuracy_ci"][i], ub["tpr_1"][i], ub["tpr_1_ci"][i]
+            tpr = f"{100 * t:.1f} [{100 * tci[0]:.1f}, {100 * tci[1]:.1f}]" if t is not None and tci else "n/a"
+            lines.append(f"| {display(n)} | {s} | {100 * a:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}] | {tpr} |")
+    return "\n".join(lines) + "\n"
+
+
+def per_attack_table(summary: dict, strength: str, names: list[str]) -> str:
+    names = [n for n in names if n in summary]
+    attacks = [a for a in summary[REFERENCE][strength]["per_attack"] if "/" not in a or a.startswith("long_lived/full")]
+    lines = [
+        "| Attack | Label-only acc | " + " | ".join(f"{display(n)} excess" for n in names) + " |",
+        "|" + "---|" * (2 + len(names)),
+    ]
     for a in attacks:
-        lines.append(
-            f"| {a} | {_ms(r[f'{a}:accuracy'])} | {_ms(r[f'{a}:best_accuracy'])} | {_ms(r[f'{a}:auc'])} |"
-            f" {_ms(r[f'{a}:tpr_at_1pct_fpr'])} | {_ms(r[f'{a}:tpr_at_0.1pct_fpr'])} |"
-        )
+        cells = [fmt(summary[n][strength]["per_attack_excess"].get(a, [None])) for n in names]
+        lines.append(f"| {a} | {fmt(summary[REFERENCE][strength]['per_attack'][a])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def slice_table(result: dict, name: str) -> str:
-    d = result["seeds"][0]["defenses"][name]["slices"]
-    attacks = [a for a in next(iter(d.values())) if a not in ("rows", "members")]
+def query_table(summary: dict) -> str:
+    modes = sorted({a.split(":")[0] for n in summary for a in summary[n][UPPER]["per_attack"] if ":" in a})
+    served = [n for n in _order(summary) if any(":" in a for a in summary[n][UPPER]["per_attack"])]
     lines = [
-        f"**Slices, {display(name)}** (seed {result['seeds'][0]['seed']}; best-threshold accuracy, %)",
-        "",
-        "| Slice | Rows | Members | " + " | ".join(attacks) + " |",
-        "|" + "---|" * (3 + len(attacks)),
+        "| Defense | Mode/speed | Best query attack, upper bound | Excess over label-only | Non-deterministic rows |",
+        "|---|---|---|---|---|",
     ]
-    for s, v in d.items():
-        lines.append(
-            f"| {s} | {v['rows']} | {v['members']} | " + " | ".join(f"{100 * v[a]:.1f}" for a in attacks) + " |"
-        )
+    for n in served:
+        r = summary[n][UPPER]
+        for m in modes:
+            keys = [a for a in r["per_attack"] if a.startswith(m + ":")]
+            if not keys:
+                continue
+            best = max(keys, key=lambda a: mean(r["per_attack"][a]) or 0)
+            nd = [d.get(m) for d in summary[n]["nondeterministic"]]
+            lines.append(
+                f"| {display(n)} | {m} | {fmt(r['per_attack'][best])} ({best.split(':')[1]}) |"
+                f" {fmt(r['per_attack_excess'].get(best, [None]))} | {', '.join(str(x) for x in nd)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def targets(summary: dict) -> list[str]:
-    """The issue's targets for Veil against no defense, checked with the measured numbers."""
-    out = []
-    if "veil" not in summary or "none" not in summary:
-        return out
-    v, n = summary["veil"], summary["none"]
-    acc_change = 100 * (np.mean(v["model_accuracy"]) - np.mean(n["model_accuracy"]))
-    out.append(f"{'MET' if abs(acc_change) < 1e-9 else 'MISSED'}: accuracy change {acc_change:+.2f} pt (target 0.0)")
-    for attack in SCORE_BASED:
-        key = f"{attack}:best_accuracy"
-        if key not in v:
-            continue
-        excess = 100 * (np.mean(v[key]) - np.mean(v["floor"]))
-        tpr = 100 * np.mean(v[f"{attack}:tpr_at_1pct_fpr"])
-        out.append(
-            f"{'MET' if excess <= 1.0 else 'MISSED'}: {attack} {100 * np.mean(v[key]):.1f}% = floor"
-            f" {excess:+.1f} pt (target <= +1.0)"
-        )
-        out.append(f"{'MET' if tpr <= 2.0 else 'MISSED'}: {attack} TPR@1%FPR {tpr:.1f}% (target <= 2%)")
-    for other in ("temperature", "random_noise"):
-        if other in summary:
-            a, b = np.mean(v["attack_accuracy"]), np.mean(summary[other]["attack_accuracy"])
+def utility_table(summary: dict) -> str:
+    cols = [c for c in UTILITY_COLS if any(summary[n]["utility"].get(c[0]) for n in summary)]
+    lines = ["| Defense | " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * (1 + len(cols))]
+    rows = [(n, summary[n]["utility"], display(n)) for n in _order(summary)]
+    rows += [
+        (n, summary[n]["utility_benign"], f"{display(n)}, benign traffic")
+        for n in summary
+        if "utility_benign" in summary[n]
+    ]
+    for _, u, label in rows:
+        cells = []
+        for key, _, pct in cols:
+            v = u.get(key, [None])
+            cells.append(fmt(v, pct=pct) if key != "distinct_outputs" else fmt(v, pct=False, digits=0))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def raw_vs_label_only(summary: dict) -> str:
+    """What the raw output leaks beyond the label, under the upper-bound attacker."""
+    if "none" not in summary or REFERENCE not in summary:
+        return ""
+    raw, ref = summary["none"][UPPER], summary[REFERENCE][UPPER]
+
+    def diff(key: str, attack: str) -> list[float | None]:
+        return [
+            None if a is None or b is None else a - b for a, b in zip(raw[key][attack], ref[key][attack], strict=True)
+        ]
+
+    return (
+        f"Raw output vs label-only, upper bound: strongest attack {fmt(raw['excess'])} pt;"
+        f" label-free confidence attack accuracy {fmt(diff('per_attack', 'confidence'))} pt;"
+        f" loss-score AUC {fmt(diff('per_attack_auc', 'loss'))} pt;"
+        f" loss-score TPR@1%FPR {fmt(diff('per_attack_tpr_1', 'loss'))} pt."
+    )
+
+
+def findings(summary: dict) -> list[str]:
+    out = [raw_vs_label_only(summary)] if "none" in summary and REFERENCE in summary else []
+    for n in _order(summary):
+        r = summary[n]
+        for d in r["nondeterministic"]:
+            for m, k in d.items():
+                if k:
+                    out.append(f"{display(n)}: {k} rows gave different outputs on identical repeated queries ({m}).")
+        e = mean(r[UPPER]["excess"])
+        if e is not None and e > 0.01 and n != "none":
+            worst = max(x for x in r[UPPER]["excess"] if x is not None)
             out.append(
-                f"{'MET' if a < b else 'MISSED'}: Veil {100 * a:.1f}% vs {display(other)} {100 * b:.1f}%"
-                " strongest attack at equal accuracy (target: Veil lower)"
+                f"{display(n)}: {100 * e:+.1f} pt over label-only (worst seed {100 * worst:+.1f} pt), upper bound."
             )
     return out
 
 
-def roc_plots(result: dict, out_dir: Path, dataset: str) -> list[Path]:
+def roc_plot(result: dict, out_dir: Path, dataset: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
+
+    from veil.privacy.metrics import roc
 
     seed = result["seeds"][0]
-    defenses = seed["defenses"]
-    paths = []
-    for log in (False, True):
-        fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-        for ax, attack in zip(axes, ("lira_offline", "classwise_confidence"), strict=True):
-            for name, d in defenses.items():
-                if attack not in d["scores"]:
-                    continue
-                fpr, tpr, _ = roc_curve(np.asarray(seed["is_member"]), d["scores"][attack])
-                ax.plot(fpr, tpr, label=f"{display(name)} (AUC {d['attacks'][attack]['auc']:.3f})")
-            if log:
-                ax.set_xscale("log")
-                ax.set_yscale("log")
-                ax.set_xlim(1e-3, 1)
-                ax.set_ylim(1e-3, 1)
-            ax.plot([1e-3 if log else 0, 1], [1e-3 if log else 0, 1], "k:", lw=0.8)
-            ax.set_title(f"{dataset}: {attack} (seed {seed['seed']})")
-            ax.set_xlabel("false positive rate")
-            ax.set_ylabel("true positive rate")
-            ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        path = out_dir / f"roc_{dataset}{'_log' if log else ''}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    member = np.asarray(seed["is_member"], bool)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for name, scores in seed["roc"].items():
+        fpr, tpr = roc(np.asarray(scores["loss"]), member)
+        ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4), label=display(name), lw=1)
+    ax.plot([1e-4, 1], [1e-4, 1], "k:", lw=0.8)
+    ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), xlabel="FPR", ylabel="TPR")
+    ax.set_title(f"{dataset}: loss score (not fitted), seed {seed['seed']}; ties interpolated")
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    path = out_dir / f"roc_{dataset}_log.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def write_report(results: dict[str, dict], out_dir: str | Path, *, command: str) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    parts = ["# Privacy evaluation", "", f"Produced by `{command}`.", ""]
+    parts = ["# Privacy evaluation", "", f"Produced by `{command}`. Protocol: docs/evaluation-instrument.md.", ""]
     summaries = {}
-    for dataset, result in results.items():
-        dataset = result.get("name", dataset)
-        summary = summarise(result)
-        summaries[dataset] = summary
-        cfg = result["config"]
-        seeds = result["seeds"]
-        timing = (
-            f"{result['seconds'] / 60:.0f} min on this machine."
-            if result.get("seconds") is not None
-            else "re-rendered from saved per-seed results (wall time not recorded)."
-        )
+    for key, result in results.items():
+        dataset = result.get("name", key)
+        summary = summaries[dataset] = summarise(result)
+        cfg, seeds = result["config"], result["seeds"]
+        timing = f"{result['seconds'] / 60:.1f} min" if result.get("seconds") is not None else "re-rendered"
+        served = [n for n in _order(summary) if summary[n]["source"] in ("served", "dp")]
         parts += [
             f"## {dataset} ({cfg['model']})",
             "",
-            f"{cfg['members']} members ({cfg['members'] // 2} attacked, {cfg['members'] // 2} for calibration), "
-            f"{cfg['nonmembers']} non-members (likewise), {cfg['pool']}-row attacker pool, "
-            f"{cfg['references']} reference models, {cfg['epochs']} epochs, seeds {cfg['seeds']}; "
-            f"target train accuracy {_ms([s['train_accuracy'] for s in seeds])}%; {timing}",
+            f"Report seeds {cfg['seeds']}; development seed {cfg['dev_seed']} (never reported). "
+            f"{cfg['members'] // 2} members and {cfg['nonmembers'] // 2} non-members attacked per seed; "
+            f"{cfg['pool']}-row attacker pool, {cfg['references']} reference models; query attacks on "
+            f"{cfg['query_rows']}+{cfg['query_rows']} rows x {cfg['edits']} edits and {cfg['repeats']} repeats. "
+            f"Target train accuracy {fmt([s['train_accuracy'] for s in seeds])}%. Wall time: {timing}.",
             "",
-            table(summary, MAIN_ROWS, "Main table"),
-            table(summary, ABLATION_ROWS, "Ablations"),
-            attack_table(summary, "none"),
-            attack_table(summary, "veil"),
-            slice_table(result, "veil"),
-            "**Targets (Veil vs no defense)**",
+            "Baselines are exact deterministic functions of the raw served output (`veil_raw`); the attacker "
+            "applies the same function to its shadow/reference outputs. Paced querying is emulated (many warmed-up "
+            "long-lived ids, slow id creation, small round-robin requests), not real-time pacing.",
             "",
-            *[f"- {t}" for t in targets(summary)],
+            "### Privacy: excess over the label-only output (percentage points; strongest attack)",
             "",
-            f"Blind (text-only) attack: {_ms(summary['none']['blind_accuracy'])}% (should be near 50%).",
+            privacy_table(summary),
+            "### Bootstrap intervals (per seed)",
+            "",
+            interval_table(result, summary),
+            "### Same attack, excess over label-only (upper bound)",
+            "",
+            per_attack_table(summary, UPPER, served),
+            "### Same attack, excess over label-only (realistic)",
+            "",
+            per_attack_table(summary, REALISTIC, served),
+            "### Query attacks by client-id mode and speed (upper bound)",
+            "",
+            query_table(summary),
+            "### Utility on held-out rows",
+            "",
+            'Rows queried once each by one long-lived id at full speed (the evaluation query); "benign traffic" '
+            "rows: the same distinct rows sent paced (emulated), where adaptive intensity should stay idle.",
+            "",
+            utility_table(summary),
+            "### Privacy-utility frontier",
+            "",
+            frontier.table(summary),
+            f"![frontier]({frontier.plot(summary, out_dir, dataset).name})",
+            f"![roc]({roc_plot(result, out_dir, dataset).name})",
+            "",
+            "### Findings",
+            "",
+            *[f"- {f}" for f in findings(summary) or ["none above 1 pt"]],
+            f"- Blind (text-only) attack, upper bound: {fmt(summary['none']['blind_accuracy'])}% (should be ~50%).",
             "",
         ]
-        for p in roc_plots(result, out_dir, dataset):
-            parts.append(f"![{p.stem}]({p.name})")
-        parts.append("")
-    md = "\n".join(parts)
-    (out_dir / "privacy.md").write_text(md)
+    (out_dir / "privacy.md").write_text("\n".join(parts))
     slim = {
         r.get("name", d): {k: v for k, v in r.items() if k != "seeds"} | {"summary": summaries[r.get("name", d)]}
         for d, r in results.items()
