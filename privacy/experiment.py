@@ -43,7 +43,8 @@ from veil.serving.launcher import TritonServer, repositories_for
 __all__ = ["EvalConfig", "evaluate", "quick", "saved_results"]
 MAIN_MODE = "long_lived/full"
 OFFLINE = "veil.python_backend.offline"
-VEIL_KNOBS = (None, 0.5, 1.0, 2.0)
+VEIL_KNOBS = (None, 0.0, 1 / 6, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1.0)
+"""Veil's intensity level (None: the calibrated floor): 64, 32, ..., 1 confidence levels per class."""
 
 
 def _stratified_cap(member: np.ndarray, cap: int, seed: int) -> np.ndarray:

@@ -19,9 +19,9 @@ from veil.export.data import SPLIT_NAMES, Splits, TextDataset, make_splits
 from veil.export.dp import dp_fine_tune
 from veil.export.pipeline import BuildConfig, build, split_sizes
 from veil.export.train import fine_tune, load_model, predict_logits
-from veil.python_backend.defense import VARIANTS as ALL_VARIANTS  # the one import of the variant list
+from veil.python_backend.variants import SERVED  # the one import of the variant list
 
-VARIANTS = tuple(v for v in ALL_VARIANTS if v != "none")  # "none" is served as veil_raw
+VARIANTS = SERVED  # "none" is served as veil_raw
 POOL_SEED = 10_000
 DEV_SEED = 7
 """The development seed: any tuning (DP learning rate, knob defaults) happens on it; never reported."""
@@ -38,6 +38,9 @@ class EvalConfig:
     dev_seed: int = DEV_SEED
     members: int = 1000
     nonmembers: int = 1000
+    calibration_nonmembers: int | None = 3000
+    """The defender's own held-out rows for calibration (None: half of ``nonmembers``); never
+    evaluation rows. The selective map and its confidences are as exact as this is large."""
     pool: int = 2000
     references: int = 8
     epochs: int = 8
@@ -87,6 +90,7 @@ def quick(cfg: EvalConfig) -> EvalConfig:
         seeds=(11,),
         members=400,
         nonmembers=400,
+        calibration_nonmembers=None,
         pool=400,
         references=2,
         epochs=20,
@@ -174,7 +178,14 @@ class ReferenceModels:
 
 
 def splits_for_seed(cfg: EvalConfig, ds: TextDataset, pool: np.ndarray, seed: int) -> Splits:
-    sizes = split_sizes(BuildConfig(members=cfg.members, nonmembers=cfg.nonmembers, attacker=0))
+    sizes = split_sizes(
+        BuildConfig(
+            members=cfg.members,
+            nonmembers=cfg.nonmembers,
+            calibration_nonmembers=cfg.calibration_nonmembers,
+            attacker=0,
+        )
+    )
     splits = make_splits(ds, sizes=sizes, seed=seed, dataset_name=cfg.dataset, exclude=pool)
     splits.indices["attacker"] = sorted(int(i) for i in pool)
     splits.check()
@@ -190,6 +201,7 @@ def build_cfg(cfg: EvalConfig, seed: int, out: Path, variants: tuple[str, ...]) 
         seed=seed,
         members=cfg.members,
         nonmembers=cfg.nonmembers,
+        calibration_nonmembers=cfg.calibration_nonmembers,
         epochs=cfg.epochs,
         lr=cfg.lr,
         batch_size=cfg.batch_size,

@@ -17,6 +17,17 @@ from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.defense import Defense, DefenseConfig
 from veil.python_backend.tokens import text_signatures
 
+_CACHE: dict[tuple, object] = {}
+
+
+def _cached(key: tuple, make):
+    """Artifacts and signatures are reused across calls (a knob sweep replays the same rows)."""
+    if key not in _CACHE:
+        if len(_CACHE) > 64:
+            _CACHE.clear()
+        _CACHE[key] = make()
+    return _CACHE[key]
+
 
 def defend(
     build_dir: str | Path,
@@ -31,8 +42,12 @@ def defend(
     (None: the calibrated floor and ``threat`` as the caller's threat)."""
     build = BuildDir(build_dir)
     options = build.options()
-    art = DefenseArtifact.load(build.defense)
-    sig = text_signatures(build.hf, list(options.input_names), list(texts), max_length=options.max_length)
+    art = _cached(("artifact", str(build.defense)), lambda: DefenseArtifact.load(build.defense))
+    texts = list(texts)
+    sig = _cached(
+        ("signatures", str(build.hf), hash(tuple(texts))),
+        lambda: text_signatures(build.hf, list(options.input_names), texts, max_length=options.max_length),
+    )
     defense = Defense(art, config=DefenseConfig(variant=variant, intensity=knob))
     return defense(
         np.asarray(logits, dtype=np.float32), threat=np.full(len(logits), threat), signatures=sig
