@@ -343,31 +343,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_file=args.log_file,
         extra_args=args.extra,
     )
-    server.start()
-    print(
-        f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}"
-        f" (pid {server.process.pid}); Ctrl-C stops it",
-        flush=True,
-    )
-    stop = {"now": False}
+    from veil.serving.supervisor import serve
 
-    def on_signal(*_: object) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not stop["now"]:
+    def step() -> None:
         report = server.health()
-        if not report.ok:
-            print(f"tritonserver unhealthy: {report.describe()}\n{server.log_tail()}", file=sys.stderr, flush=True)
-            if server.restarts >= args.max_restarts:
-                server.stop()
-                return 1
-            server.restart()
-            print(f"tritonserver restarted ({server.restarts}/{args.max_restarts})", file=sys.stderr, flush=True)
-        time.sleep(0.5)
-    server.stop()
-    return 0
+        if report.ok:
+            return
+        print(f"tritonserver unhealthy: {report.describe()}\n{server.log_tail()}", file=sys.stderr, flush=True)
+        if server.restarts >= args.max_restarts:
+            raise ServerError(f"not restarting again after {server.restarts} restarts")
+        server.restart()
+        print(f"tritonserver restarted ({server.restarts}/{args.max_restarts})", file=sys.stderr, flush=True)
+
+    return serve(
+        server,
+        banner=lambda: (
+            f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics"
+            f" {server.metrics_url} (pid {server.process.pid}); Ctrl-C stops it"
+        ),
+        step=step,
+    )
 
 
 if __name__ == "__main__":

@@ -18,14 +18,10 @@ from aiohttp import web
 from tritonclient.grpc import service_pb2
 
 from veil.model_repository.spec import DEFENDED
-from veil.serving.gateway import (
-    ADMIN_KEY_HEADER,
-    DENIED_RPCS,
-    GATEWAY_KEY_HEADER,
-    Gateway,
-    ProductionServer,
-)
+from veil.serving.gateway import Gateway
 from veil.serving.launcher import ServerError, free_port
+from veil.serving.policy import ADMIN_KEY_HEADER, DENIED_RPCS, GATEWAY_KEY_HEADER, Limits
+from veil.serving.production import ProductionServer
 
 from ..integration.wire import Wire, texts, valid_probabilities
 
@@ -175,7 +171,7 @@ def test_paths_are_rebuilt_never_forwarded(gateway, upstream):
 def test_oversized_body_is_refused_before_it_reaches_triton(upstream):
     upstream.http_seen.clear()
     upstream.grpc_seen.clear()
-    with Gateway(upstream.http_url, upstream.grpc_url, max_body_bytes=10_000) as gw:
+    with Gateway(upstream.http_url, upstream.grpc_url, limits=Limits(max_body_bytes=10_000)) as gw:
         for protocol, status in (("http", "413"), ("grpc", "RESOURCE_EXHAUSTED")):
             with _wire(gw, protocol) as wire:
                 answer = wire.classify(DEFENDED, ["a" * 20_000])
@@ -208,7 +204,7 @@ def test_readiness_reports_what_the_launcher_sees(upstream):
 
 def test_an_unreachable_triton_is_a_clear_gateway_error():
     dead = f"127.0.0.1:{free_port()}"
-    with Gateway(dead, dead, timeout_s=5) as gw:
+    with Gateway(dead, dead, limits=Limits(timeout_s=5)) as gw:
         http, grpc_wire = _wire(gw, "http"), _wire(gw, "grpc")
         answer = http.classify(DEFENDED, ["a"])
         assert answer.status == "502" and "unavailable" in answer.message
