@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from veil.serving.gateway import Gateway
 from veil.serving.policy import CLIENT_ID_SOURCES
 from veil.serving.production import ProductionServer
-from veil.serving.supervisor import serve, stop_on_signals
+from veil.serving.supervisor import raise_fd_limit, restart_step, serve, stop_on_signals
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,7 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--log-file", default="build/tritonserver.log")
     p.add_argument("--client-id-source", choices=CLIENT_ID_SOURCES, default="caller")
-    p.add_argument("--max-restarts", type=int, default=3)
+    p.add_argument("--max-restarts", type=int, default=5, help="restarts of tritonserver allowed per window")
+    p.add_argument("--restart-window", type=float, default=600.0, help="the window, in seconds")
     p.add_argument("--allow-benchmark", action="store_true", help="serve a benchmark-mode repository anyway")
     p.add_argument("--upstream-http", help="front an already running, restricted Triton (HTTP host:port)")
     p.add_argument("--upstream-grpc", help="...and its gRPC host:port; the key comes from $VEIL_GATEWAY_KEY")
@@ -40,11 +40,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    stop = stop_on_signals()
-
     if args.upstream_http or args.upstream_grpc:
         if not (args.upstream_http and args.upstream_grpc):
             p.error("--upstream-http and --upstream-grpc go together")
+        stop = stop_on_signals()
         gateway = Gateway(
             args.upstream_http,
             args.upstream_grpc,
@@ -53,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             grpc_port=args.grpc_port,
             upstream_key=os.environ.get("VEIL_GATEWAY_KEY"),
             client_id_source=args.client_id_source,
-        ).start()
+        )
+        raise_fd_limit()
+        gateway.start()
         print(f"Veil gateway: HTTP {gateway.http_url}, gRPC {gateway.grpc_url} -> {args.upstream_http}", flush=True)
         stop.wait()
         gateway.stop()
@@ -68,18 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--repository, --build-dir or --upstream-http/--upstream-grpc is required")
     passed = ("host", "http_port", "grpc_port", "platform", "log_file", "client_id_source", "allow_benchmark")
     server = ProductionServer(
-        args.repository, max_restarts=args.max_restarts, **{name: getattr(args, name) for name in passed}
+        args.repository,
+        max_restarts=args.max_restarts,
+        restart_window_s=args.restart_window,
+        **{name: getattr(args, name) for name in passed},
     )
-
-    def step() -> None:
-        t0 = time.monotonic()
-        report = server.recover()
-        if report is not None:
-            print(
-                f"tritonserver was unhealthy ({report.describe()}); restarted in {time.monotonic() - t0:.1f}s",
-                file=sys.stderr,
-                flush=True,
-            )
 
     code = serve(
         server,
@@ -87,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Veil gateway: HTTP {server.http_url}, gRPC {server.grpc_url} (only"
             f" '{server.gateway.model}'); tritonserver pid {server.triton.process.pid} on loopback; Ctrl-C stops both"
         ),
-        step=step,
+        step=restart_step(server.supervisor),
     )
     if code:
         print(server.triton.log_tail(), file=sys.stderr, flush=True)

@@ -40,6 +40,7 @@ from tritonclient.grpc import service_pb2_grpc
 from veil.model_repository.spec import DEFENDED
 from veil.serving import policy
 from veil.serving.grpc_proxy import GrpcProxy
+from veil.serving.guards import Admission
 from veil.serving.http_proxy import HttpProxy
 from veil.serving.launcher import ServerError
 from veil.serving.policy import (  # noqa: F401 - re-exported: the gateway's public names
@@ -49,7 +50,6 @@ from veil.serving.policy import (  # noqa: F401 - re-exported: the gateway's pub
     GATEWAY_KEY_HEADER,
     GRPC_RESTRICTED_PREFIX,
     Limits,
-    check_infer_header,
     internal_triton_args,
 )
 
@@ -86,9 +86,13 @@ class Gateway:
         """HTTP client to the upstream (its connections are shared by every request)."""
         self.stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
         """gRPC stub on one channel to the upstream."""
+        self.admission = Admission(total=self.limits.max_concurrent, per_caller=self.limits.max_concurrent_per_caller)
+        """Requests in flight over both protocols (one count: both run on this gateway's loop)."""
+        self.http: HttpProxy | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self._http_server: asyncio.Server | None = None
         self._grpc_server: grpc.aio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
 
@@ -147,18 +151,38 @@ class Gateway:
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=limits.timeout_s), auto_decompress=False
         )
-        self._runner = web.AppRunner(HttpProxy(self).app(), access_log=None, max_field_size=limits.max_header_bytes)
+        self.http = HttpProxy(self, self.admission)
+        self._runner = web.AppRunner(
+            self.http.app(),
+            access_log=None,
+            max_field_size=limits.max_header_bytes,
+            auto_decompress=False,  # request bodies are refused compressed, never inflated
+            keepalive_timeout=limits.header_timeout_s,
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.http_port)
-        await site.start()
-        self.http_port = self._runner.addresses[0][1]
+        guard = self.http.protocol_factory(self._runner.server)
+        loop = asyncio.get_running_loop()
+        self._http_server = await loop.create_server(guard, self.host, self.http_port, backlog=1024)
+        self.http_port = self._http_server.sockets[0].getsockname()[1]
+        guard.start()
 
         sizes = [
             ("grpc.max_receive_message_length", limits.max_body_bytes),
             ("grpc.max_send_message_length", limits.max_body_bytes),
         ]
-        self._grpc_server = grpc.aio.server(options=[*sizes, ("grpc.max_metadata_size", limits.max_header_bytes)])
-        self._grpc_server.add_generic_rpc_handlers((GrpcProxy(self).handlers(),))
+        idle_ms = int(limits.header_timeout_s * 1000)
+        self._grpc_server = grpc.aio.server(
+            options=[
+                *sizes,
+                ("grpc.max_metadata_size", limits.max_header_bytes),
+                ("grpc.server_handshake_timeout_ms", idle_ms),
+                ("grpc.max_connection_idle_ms", idle_ms),
+                ("grpc.max_concurrent_streams", limits.max_concurrent),
+            ],
+            # A backstop under the gateway's own caps (which answer first, with a reason).
+            maximum_concurrent_rpcs=2 * limits.max_concurrent,
+        )
+        self._grpc_server.add_generic_rpc_handlers((GrpcProxy(self, self.admission).handlers(),))
         self.grpc_port = self._grpc_server.add_insecure_port(f"{self.host}:{self.grpc_port}")
         await self._grpc_server.start()
         # Reconnect quickly after tritonserver restarts (gRPC's default backoff grows to 2 minutes).
@@ -169,6 +193,10 @@ class Gateway:
     async def _shutdown(self) -> None:
         if self._grpc_server is not None:
             await self._grpc_server.stop(grace=1.0)
+        if self.http is not None and self.http.guard is not None:
+            self.http.guard.stop()
+        if self._http_server is not None:
+            self._http_server.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._channel is not None:
@@ -201,16 +229,19 @@ class Gateway:
                 problem = f"health check failed: {err}"
             if problem:
                 return problem
+        probe = aiohttp.ClientTimeout(total=self.limits.probe_timeout_s)
         try:
-            async with self.session.get(f"http://{self.upstream_http}/v2/health/ready") as resp:
+            async with self.session.get(f"http://{self.upstream_http}/v2/health/ready", timeout=probe) as resp:
                 if resp.status != 200:
                     return "the inference server is not ready"
             url = f"http://{self.upstream_http}/v2/models/{self.model}/ready"
-            async with self.session.get(url, headers=self.upstream_headers()) as resp:
+            async with self.session.get(url, headers=self.upstream_headers(), timeout=probe) as resp:
                 if resp.status != 200:
                     return f"model '{self.model}' is not ready"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-            return f"the inference server is unreachable: {err}"
+        except asyncio.TimeoutError:
+            return f"the inference server did not answer a readiness probe within {self.limits.probe_timeout_s:.0f}s"
+        except aiohttp.ClientError as err:
+            return f"the inference server is unreachable ({type(err).__name__})"
         return None
 
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from tritonclient.grpc import service_pb2_grpc
 
-from veil.python_backend.adaptive import AdaptiveConfig, normalise_client_id
-from veil.wire import CLIENT_ID_KEY
+from veil.model_repository.spec import ServingOptions
+from veil.python_backend.adaptive import AdaptiveConfig
+from veil.wire import CLIENT_ID_KEY, canonical_client_id
 
 GATEWAY_KEY_HEADER = "veil-gateway-key"
 """Header the internal Triton requires for inference, metadata and model-config (the gateway's key)."""
@@ -20,8 +21,9 @@ ADMIN_KEY_HEADER = "veil-admin-key"
 GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"
 INFERENCE_APIS = ("inference", "metadata", "model-config")
 ADMIN_APIS = ("model-repository", "shared-memory", "statistics", "trace", "logging")
-DEFAULT_MAX_BODY = 64 << 20
-"""256 texts of 200,000 bytes fit; larger bodies are refused with 413 / RESOURCE_EXHAUSTED."""
+DEFAULT_MAX_BODY = 8 << 20
+"""Request bodies (and gRPC messages, after any decompression) over this are refused with 413 /
+RESOURCE_EXHAUSTED; a request carries at most ``Limits.max_text_bytes`` of text anyway."""
 MAX_HEADER_BYTES = 64 << 10
 ALLOWED_RPCS = ("ServerLive", "ServerReady", "ModelReady", "ModelMetadata", "ModelConfig", "ModelInfer")
 DENIED_RPCS = tuple(
@@ -39,13 +41,40 @@ _EXPOSED = {("GET", ""), ("GET", "/ready"), ("GET", "/config"), ("POST", "/infer
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may cost the gateway (sizes in bytes, times in seconds)."""
+    """What one request, one caller and all callers together may cost the gateway (bytes, seconds).
+
+    The defaults keep a 2-core host answering other callers under abuse (docs/serving-hardening.md
+    has the measurements); every limit a caller meets is answered as the caller's error, naming it."""
 
     max_body_bytes: int = DEFAULT_MAX_BODY
     max_header_bytes: int = MAX_HEADER_BYTES
     max_client_id_bytes: int = AdaptiveConfig.max_client_id_bytes
-    timeout_s: float = 120.0
-    """Longest wait for the inference server on one request."""
+    max_text_bytes: int = 4 << 20
+    """UTF-8 bytes of text per request (every step of the ensemble copies them)."""
+    max_batch_size: int = ServingOptions.max_batch_size
+    max_elements: int = 1 << 16
+    max_dims: int = 8
+    max_tensors: int = 8
+    """Inputs (and outputs) per request."""
+    max_parameters: int = 16
+    """Parameters per parameter map."""
+    max_parameter_bytes: int = 1024
+    max_json_depth: int = 12
+    timeout_s: float = 60.0
+    """Deadline for a whole request (body, checks and the inference server's answer); a caller
+    always has an answer (504 / DEADLINE_EXCEEDED at worst) within it."""
+    header_timeout_s: float = 10.0
+    """A connection must send a complete request head (HTTP) or finish its handshake (gRPC) within
+    this long, and may sit idle between requests no longer than this."""
+    body_timeout_s: float = 30.0
+    probe_timeout_s: float = 3.0
+    """Health answers (``/v2/health/*``, readiness) wait no longer than this for the inference server."""
+    max_connections: int = 4096
+    """Open HTTP connections; one more is closed at once (bounds file descriptors with the rlimit)."""
+    max_concurrent: int = 64
+    """Requests in flight, all callers together; one more is 429 / RESOURCE_EXHAUSTED."""
+    max_concurrent_per_caller: int = 8
+    """Requests in flight per client id (or peer address)."""
 
 
 def internal_triton_args(gateway_key: str, admin_key: str) -> list[str]:
@@ -87,29 +116,6 @@ def http_route(method: str, raw_path: str, model: str) -> Route | None:
     return Route(action, f"/v2/models/{model}{version}{action}")
 
 
-def check_infer_header(doc: object) -> str | None:
-    """Why a KServe v2 JSON inference header is unacceptable, or None. Triton answers malformed
-    parameters with a 500; the gateway answers them as the caller's error, and refuses
-    shared-memory references (no caller can register a region through it anyway)."""
-    if not isinstance(doc, dict):
-        return "the inference request must be a JSON object"
-    if not isinstance(doc.get("parameters", {}), dict):
-        return "'parameters' must be a JSON object"
-    for key in ("inputs", "outputs"):
-        items = doc.get(key, [])
-        if not isinstance(items, list):
-            return f"'{key}' must be a JSON array"
-        for item in items:
-            if not isinstance(item, dict):
-                return f"every entry of '{key}' must be a JSON object"
-            params = item.get("parameters", {})
-            if not isinstance(params, dict):
-                return f"'parameters' of an entry of '{key}' must be a JSON object"
-            if any(str(k).startswith("shared_memory") for k in params):
-                return "shared memory is not available through the Veil gateway; send tensors in the request"
-    return None
-
-
 def peer_host(peer: str | None) -> str:
     """gRPC peers look like ``ipv4:127.0.0.1:5555`` or ``ipv6:[::1]:5555``; HTTP gives the host."""
     if not peer:
@@ -123,13 +129,25 @@ def client_id(source: str, header: str | None, in_parameters: bool, peer: str | 
     """The ``veil-client-id`` header to send upstream (None: leave the caller's parameter).
 
     Raises ValueError (the caller's error) for a bad header, or for any caller-chosen id when ids
-    are assigned from the peer address (``source == "peer"``)."""
+    are assigned from the peer address (``source == "peer"``). A parameter-borne id has been
+    made canonical by :mod:`.validation` already."""
     if source == "peer":
         if header is not None or in_parameters:
             raise ValueError(f"client ids are assigned by this gateway; do not send '{CLIENT_ID_KEY}'")
         return f"peer:{peer_host(peer)}"
     if header is not None:
-        return normalise_client_id(header, max_bytes=max_bytes)
+        return canonical_client_id(header, max_bytes=max_bytes)
     if in_parameters:
         return None  # the defense validates the parameter itself
     return f"peer:{peer_host(peer)}"
+
+
+_ADDRESS = re.compile(
+    r"(?:ipv[46]:)?(?:\[[0-9a-fA-F.]*:[0-9a-fA-F:.]*\]:\d{1,5}|(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?|localhost:\d{1,5})"
+)
+
+
+def scrub(message: str) -> str:
+    """An upstream message without internal addresses or ports (callers learn nothing of the
+    loopback Triton behind the gateway)."""
+    return _ADDRESS.sub("<internal>", message)

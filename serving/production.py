@@ -8,7 +8,14 @@ from pathlib import Path
 
 from veil.serving.gateway import Gateway
 from veil.serving.launcher import Health, ServerError, TritonServer, repositories_for
-from veil.serving.policy import ADMIN_KEY_HEADER, GATEWAY_KEY_HEADER, GRPC_RESTRICTED_PREFIX, internal_triton_args
+from veil.serving.policy import (
+    ADMIN_KEY_HEADER,
+    GATEWAY_KEY_HEADER,
+    GRPC_RESTRICTED_PREFIX,
+    Limits,
+    internal_triton_args,
+)
+from veil.serving.supervisor import RestartBudget, Supervisor, raise_fd_limit
 
 
 def repository_mode(repository: str | Path) -> str:
@@ -27,7 +34,9 @@ class ProductionServer:
     front of it (the only listener callers should reach).
 
     ``recover()`` restarts tritonserver (same ports, so the gateway keeps working) when it or a
-    python stub has died, and returns the :class:`Health` report that said so."""
+    python stub has died or it stopped answering, within a budget of ``max_restarts`` per
+    ``restart_window_s`` (see :class:`Supervisor`), and returns the :class:`Health` report that
+    said so."""
 
     def __init__(
         self,
@@ -40,12 +49,13 @@ class ProductionServer:
         log_file: str | Path | None = None,
         client_id_source: str = "caller",
         allow_benchmark: bool = False,
-        max_restarts: int = 3,
+        max_restarts: int = 5,
+        restart_window_s: float = 600.0,
         startup_timeout: float = 180.0,
+        limits: Limits | None = None,
     ) -> None:
         self.repository = Path(repository)
         self.allow_benchmark = allow_benchmark
-        self.max_restarts = max_restarts
         self.gateway_key = secrets.token_urlsafe(24)
         self.admin_key = secrets.token_urlsafe(24)
         self.triton = TritonServer(
@@ -63,8 +73,13 @@ class ProductionServer:
             upstream_key=self.gateway_key,
             client_id_source=client_id_source,
             health=self.problem,
+            limits=limits,
         )
-        self._restarting = False
+        self.supervisor = Supervisor(
+            self.triton,
+            budget=RestartBudget(max_restarts=max_restarts, window_s=restart_window_s),
+            probe_timeout_s=self.gateway.limits.probe_timeout_s,
+        )
 
     @property
     def http_url(self) -> str:
@@ -80,9 +95,10 @@ class ProductionServer:
         return {(GRPC_RESTRICTED_PREFIX + key) if grpc_protocol else key: value}
 
     def problem(self) -> str | None:
-        if self._restarting:
+        """None when tritonserver is healthy, else why not (cheap: no probe; the gateway asks)."""
+        if self.supervisor.restarting:
             return "tritonserver is restarting"
-        report = self.triton.health()
+        report = self.supervisor.health()
         return None if report.ok else report.describe()
 
     def start(self) -> ProductionServer:
@@ -92,6 +108,7 @@ class ProductionServer:
                 f"{self.repository} was built in {mode} mode (it serves the undefended veil_raw ensemble); "
                 "build it with --mode production, or pass allow_benchmark / --allow-benchmark"
             )
+        raise_fd_limit()
         self.triton.start()
         try:
             self.gateway.start()
@@ -101,18 +118,8 @@ class ProductionServer:
         return self
 
     def recover(self) -> Health | None:
-        """Restart tritonserver if it or a stub died; the report that triggered it, else None."""
-        report = self.triton.health()
-        if report.ok:
-            return None
-        if self.triton.restarts >= self.max_restarts:
-            raise ServerError(f"{report.describe()}; not restarting again after {self.triton.restarts} restarts")
-        self._restarting = True
-        try:
-            self.triton.restart()
-        finally:
-            self._restarting = False
-        return report
+        """See :meth:`Supervisor.recover`."""
+        return self.supervisor.recover()
 
     def stop(self) -> None:
         self.gateway.stop()
