@@ -105,6 +105,14 @@ def check_name(name: object, what: str) -> str:
     return name
 
 
+def check_unique(name: str, seen: set[str]) -> str:
+    """Input names appear once (which copy Triton would take is not for the caller to find out)."""
+    if name in seen:
+        raise CallerError(f"input '{name}' appears more than once")
+    seen.add(name)
+    return name
+
+
 def check_datatype(datatype: object, name: str) -> str:
     if datatype not in DATATYPES:
         raise CallerError(f"input '{name}': unknown datatype {json.dumps(datatype)[:40]}")
@@ -226,10 +234,11 @@ def check_http_infer(doc: dict[str, object], binary_bytes: int, *, limits: Limit
     has_id = canonical_id_parameter(params, limits=limits)
     check_parameters(params, "the request", limits=limits)
     text_total = binary_total = 0
+    names: set[str] = set()
     for entry in _list(doc.get("inputs", []), "inputs", limits.max_tensors):
         item = _object(entry, "every entry of 'inputs'")
         _unknown(item, _INPUT_KEYS, "an input")
-        name = check_name(item.get("name"), "an input's 'name'")
+        name = check_unique(check_name(item.get("name"), "an input's 'name'"), names)
         datatype = check_datatype(item.get("datatype"), name)
         count = check_shape(item.get("shape"), name, limits=limits)
         iparams = _object(item.get("parameters", {}), f"parameters' of input '{name}")
@@ -329,8 +338,9 @@ def check_grpc_infer(request, *, limits: Limits) -> bool:
             f"{len(request.raw_input_contents)} raw input contents for {len(request.inputs)} inputs (one per input)"
         )
     text_total = 0
+    names: set[str] = set()
     for i, tensor in enumerate(request.inputs):
-        name = check_name(tensor.name, "an input's 'name'")
+        name = check_unique(check_name(tensor.name, "an input's 'name'"), names)
         datatype = check_datatype(tensor.datatype, name)
         check_shape(list(tensor.shape), name, limits=limits)
         check_parameters(grpc_parameters(tensor.parameters), f"input '{name}'", limits=limits)

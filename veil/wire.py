@@ -26,7 +26,7 @@ def canonical_client_id(raw: object, *, max_bytes: int) -> str:
     text = unicodedata.normalize("NFKC", raw)
     if len(text.encode("utf-8")) > max_bytes:
         raise ValueError(f"client id is longer than {max_bytes} bytes")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+    if any(unicodedata.category(ch) == "Cc" for ch in text):
         raise ValueError("client id contains control characters")
     if all(unicodedata.category(ch) in _INVISIBLE for ch in text):
         raise ValueError("client id has no visible characters (empty, spaces or zero-width characters only)")
