@@ -177,7 +177,6 @@ class Gateway:
                 ("grpc.max_metadata_size", limits.max_header_bytes),
                 ("grpc.server_handshake_timeout_ms", idle_ms),
                 ("grpc.max_connection_idle_ms", idle_ms),
-                ("grpc.max_concurrent_streams", limits.max_concurrent),
             ],
             # A backstop under the gateway's own caps (which answer first, with a reason).
             maximum_concurrent_rpcs=2 * limits.max_concurrent,

@@ -47,7 +47,8 @@ class ConnectionGuard:
         key = id(handler)
         if len(self.conns) >= self.max_connections:
             self.refused += 1
-            asyncio.get_running_loop().call_soon(self._close, handler)
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, self._close, handler)  # after connection_made, queued just now
         else:
             self.conns[key] = _Conn(handler, time.monotonic())
         return handler
