@@ -1,0 +1,183 @@
+"""The measured abuse run of issue 16 (opt-in: ``VEIL_ABUSE_RUN=1``; about a minute and a half).
+
+The production command (``python -m veil.serving.gateway``) runs in its own process on the tiny
+build; this test holds 2,000 idle or half-sent connections (HTTP and gRPC), sends compressed
+parameter bombs and an oversized batch, keeps asking as another caller meanwhile, and compares the
+resident memory of the gateway, tritonserver and the python stubs before and after. Numbers are
+printed as JSON (and written to ``$VEIL_ABUSE_OUT`` if set); docs/serving-hardening.md quotes them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import psutil
+import pytest
+import requests
+from tritonclient.grpc import service_pb2
+
+from veil.model_repository.spec import DEFENDED
+from veil.serving.launcher import STUB_NAME, free_port, server_env
+from veil.serving.policy import Limits
+from veil.serving.supervisor import raise_fd_limit
+
+from ..conftest import tiny_repository
+from .wire import Wire, valid_probabilities
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.environ.get("VEIL_ABUSE_RUN") != "1", reason="opt-in measured run: VEIL_ABUSE_RUN=1"),
+]
+IDLE = 2000
+PROBE = ["a good film", "an awful plot"]
+
+
+def _rss(gateway: psutil.Process) -> dict[str, float]:
+    """Resident MB of the gateway, tritonserver and the stubs (summed)."""
+    out = {"gateway": gateway.memory_info().rss / 2**20, "tritonserver": 0.0, "stubs": 0.0}
+    for child in gateway.children(recursive=True):
+        try:
+            kind = "stubs" if child.name() == STUB_NAME else "tritonserver"
+            out[kind] += child.memory_info().rss / 2**20
+        except psutil.Error:
+            pass
+    out["total"] = out["gateway"] + out["tritonserver"] + out["stubs"]
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def _ask(url: str, n: int) -> list[float]:
+    """``n`` defended requests as another caller; their latencies (each must succeed)."""
+    took = []
+    with Wire("http", url) as wire:
+        for _ in range(n):
+            t0 = time.monotonic()
+            assert valid_probabilities(wire.classify(DEFENDED, PROBE, headers={"veil-client-id": "other"}), 2)
+            took.append(time.monotonic() - t0)
+    return took
+
+
+def _closed(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_2000_idle_connections_and_compressed_bombs(tiny_build, tmp_path):
+    raise_fd_limit()
+    repo = tiny_repository(tiny_build, tmp_path / "repo", mode="production", variants=("veil",))
+    http_port, grpc_port = free_port(), free_port()
+    log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "veil.serving.gateway", f"--repository={repo}", f"--http-port={http_port}",
+         f"--grpc-port={grpc_port}", f"--log-file={tmp_path / 'tritonserver.log'}"],
+        stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True,
+    )  # fmt: skip
+    http_url, grpc_url = f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
+            try:
+                if requests.get(f"http://{http_url}/v2/health/ready", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        gateway = psutil.Process(proc.pid)
+        _ask(http_url, 30)  # warm up every step
+        time.sleep(2)
+        baseline = _rss(gateway)
+        quiet = _ask(http_url, 20)
+
+        t0 = time.monotonic()
+        socks = []
+        for i in range(IDLE):
+            s = socket.create_connection(("127.0.0.1", http_port if i % 2 else grpc_port))
+            if i % 4 == 1:
+                s.sendall(f"POST /v2/models/{DEFENDED}/infer HTTP/1.1\r\nHost: x\r\n".encode())
+            socks.append(s)
+        opened_s = time.monotonic() - t0
+        held = _rss(gateway)
+        with ThreadPoolExecutor(4) as pool:
+            others = pool.submit(_ask, http_url, 20)
+            doc = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": ["a film"]}]}
+            doc["parameters"] = {"x": "a" * (60 << 20)}
+            bomb = gzip.compress(json.dumps(doc).encode())
+            http_bombs = [
+                requests.post(
+                    f"http://{http_url}/v2/models/{DEFENDED}/infer",
+                    data=bomb,
+                    headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+                    timeout=60,
+                ).status_code
+                for _ in range(3)
+            ]
+            request = service_pb2.ModelInferRequest(model_name=DEFENDED)
+            request.parameters["x"].string_param = "a" * (60 << 20)
+            grpc_bombs = []
+            with grpc.insecure_channel(grpc_url, compression=grpc.Compression.Gzip) as channel:
+                call = channel.unary_unary(
+                    "/inference.GRPCInferenceService/ModelInfer",
+                    request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+                    response_deserializer=service_pb2.ModelInferResponse.FromString,
+                )
+                for _ in range(3):
+                    try:
+                        call(request, timeout=60)
+                        grpc_bombs.append("OK")
+                    except grpc.RpcError as err:
+                        grpc_bombs.append(err.code().name)
+            with Wire("http", http_url) as wire:
+                batch = wire.classify(DEFENDED, ["a" * 20_000] * 256).status
+            during = others.result(120)
+        peak = _rss(gateway)
+        time.sleep(Limits().header_timeout_s + 3)
+        closed = sum(_closed(s) for s in socks)
+        for s in socks:
+            s.close()
+        time.sleep(3)
+        after = _rss(gateway)
+        after_quiet = _ask(http_url, 20)
+        numbers = {
+            "idle_connections": IDLE,
+            "opened_in_s": round(opened_s, 2),
+            "closed_by_gateway_after_header_timeout": closed,
+            "rss_mb": {"baseline": baseline, "holding_2000": held, "after_bombs": peak, "after": after},
+            "total_growth": round((after["total"] - baseline["total"]) / baseline["total"], 4),
+            "http_bomb_status": http_bombs,
+            "grpc_bomb_status": grpc_bombs,
+            "oversized_batch_status": batch,
+            "other_caller_latency_s": {
+                "quiet_median": round(sorted(quiet)[len(quiet) // 2], 3),
+                "during_max": round(max(during), 3),
+                "during_median": round(sorted(during)[len(during) // 2], 3),
+                "after_median": round(sorted(after_quiet)[len(after_quiet) // 2], 3),
+            },
+            "gateway_alive": proc.poll() is None,
+        }
+        print(json.dumps(numbers, indent=1))
+        if os.environ.get("VEIL_ABUSE_OUT"):
+            with open(os.environ["VEIL_ABUSE_OUT"], "w") as f:
+                json.dump(numbers, f, indent=1)
+        assert http_bombs == [415] * 3 and grpc_bombs == ["RESOURCE_EXHAUSTED"] * 3 and batch == "413"
+        assert closed == IDLE and proc.poll() is None
+        assert abs(numbers["total_growth"]) <= 0.10, numbers
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
