@@ -65,9 +65,12 @@ def _ask(url: str, n: int) -> list[float]:
 
 
 def _closed(sock: socket.socket) -> bool:
+    """Has the gateway closed it? (Drains what it sent first: gRPC's SETTINGS, an HTTP 408.)"""
     sock.setblocking(False)
     try:
-        return sock.recv(1) == b""
+        while sock.recv(65536):
+            pass
+        return True
     except BlockingIOError:
         return False
     except OSError:
