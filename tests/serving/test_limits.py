@@ -5,7 +5,6 @@ the upstream (canonical client ids, case 11), against a gated fake upstream over
 
 from __future__ import annotations
 
-import asyncio
 import json
 import resource
 import socket
@@ -13,9 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import pytest
-from aiohttp import web
 from tritonclient.grpc import service_pb2
 
 from veil.model_repository.spec import DEFENDED
@@ -26,6 +23,7 @@ from veil.serving.supervisor import RestartBudget, Supervisor, raise_fd_limit, w
 from veil.wire import CLIENT_ID_KEY
 
 from ..integration.wire import Wire
+from .upstream import FakeUpstream
 
 PROTOCOLS = ("http", "grpc")
 
@@ -121,76 +119,9 @@ def test_the_open_file_limit_is_raised_where_allowed():
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-# -- a gated fake upstream ---------------------------------------------------------------------
-
-
-class GatedUpstream:
-    """A stand-in Triton whose answers wait until ``open()`` (so requests pile up in flight); it
-    records the headers and JSON bodies that reach it."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[dict[str, str], bytes]] = []
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-        threading.Thread(target=self._run, args=(started,), daemon=True).start()
-        assert started.wait(10)
-
-    def _run(self, started: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.loop.run_until_complete(self._start())
-        started.set()
-        self.loop.run_forever()
-
-    async def _start(self) -> None:
-        async def http(request: web.Request) -> web.Response:
-            self.seen.append((dict(request.headers), await request.read()))
-            await self.gate.wait()
-            return web.json_response({"model_name": DEFENDED, "outputs": []})
-
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", http)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.http_url = f"127.0.0.1:{self.runner.addresses[0][1]}"
-
-        async def infer(request, context):
-            self.seen.append((dict(context.invocation_metadata()), request.SerializeToString()))
-            await self.gate.wait()
-            return service_pb2.ModelInferResponse(model_name=request.model_name)
-
-        handler = grpc.unary_unary_rpc_method_handler(
-            infer,
-            request_deserializer=service_pb2.ModelInferRequest.FromString,
-            response_serializer=service_pb2.ModelInferResponse.SerializeToString,
-        )
-        self.server = grpc.aio.server()
-        self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": handler}),)
-        )
-        self.grpc_url = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
-        await self.server.start()
-
-    def close_gate(self) -> None:
-        self.loop.call_soon_threadsafe(self.gate.clear)
-
-    def open_gate(self) -> None:
-        self.loop.call_soon_threadsafe(self.gate.set)
-
-    def close(self) -> None:
-        async def stop() -> None:
-            await self.server.stop(0)
-            await self.runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-
-
 @pytest.fixture(scope="module")
 def upstream():
-    fake = GatedUpstream()
+    fake = FakeUpstream()
     yield fake
     fake.open_gate()
     fake.close()
@@ -265,17 +196,20 @@ def test_connections_over_the_cap_are_closed_at_once(upstream):
 def test_client_ids_reach_the_upstream_in_nfkc(upstream, protocol, where):
     client = "ａｌｉｃｅ" if where == "parameter" or protocol == "http" else "alice"
     with Gateway(upstream.http_url, upstream.grpc_url) as gw, _wire(gw, protocol) as wire:
-        upstream.seen.clear()
+        upstream.http_seen.clear()
+        upstream.grpc_seen.clear()
         if where == "header":
             sent = client.encode().decode("latin-1") if protocol == "http" else client  # raw UTF-8 bytes
             assert wire.classify(DEFENDED, ["a"], headers={CLIENT_ID_KEY: sent}).ok
-            headers = {k.lower(): v for k, v in upstream.seen[-1][0].items()}
+            seen = upstream.http_seen[-1][2] if protocol == "http" else upstream.grpc_seen[-1][1]
+            headers = {k.lower(): v for k, v in seen.items()}
             assert headers[CLIENT_ID_KEY] == "alice"
         else:
             assert wire.classify(DEFENDED, ["a"], parameters={CLIENT_ID_KEY: client}).ok
-            body = upstream.seen[-1][1]
             if protocol == "http":
-                size = int({k.lower(): v for k, v in upstream.seen[-1][0].items()}["inference-header-content-length"])
+                _, _, headers, body = upstream.http_seen[-1]
+                size = int({k.lower(): v for k, v in headers.items()}["inference-header-content-length"])
                 assert json.loads(body[:size])["parameters"][CLIENT_ID_KEY] == "alice"
             else:
+                body = upstream.grpc_seen[-1][0]
                 assert service_pb2.ModelInferRequest.FromString(body).parameters[CLIENT_ID_KEY].string_param == "alice"
