@@ -49,8 +49,10 @@ class Limits:
     max_body_bytes: int = DEFAULT_MAX_BODY
     max_header_bytes: int = MAX_HEADER_BYTES
     max_client_id_bytes: int = AdaptiveConfig.max_client_id_bytes
-    max_text_bytes: int = 4 << 20
-    """UTF-8 bytes of text per request (every step of the ensemble copies them)."""
+    max_text_bytes: int = 1 << 20
+    """UTF-8 bytes of text per request: 256 texts of 4 kB, far more than the tokenizer keeps (128
+    tokens). The tokenizer stub's memory grows with the text it has seen at once and stays grown
+    (5 batches of 4 MB of text: +181 MB that never came back; docs/serving-hardening.md)."""
     max_batch_size: int = ServingOptions.max_batch_size
     max_elements: int = 1 << 16
     max_dims: int = 8

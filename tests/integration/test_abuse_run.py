@@ -26,7 +26,7 @@ import requests
 from tritonclient.grpc import service_pb2
 
 from veil.model_repository.spec import DEFENDED
-from veil.serving.launcher import STUB_NAME, free_port, server_env
+from veil.serving.launcher import free_port, server_env, stub_model_name
 from veil.serving.policy import Limits
 from veil.serving.supervisor import raise_fd_limit
 
@@ -39,6 +39,8 @@ pytestmark = [
 ]
 IDLE = 2000
 PROBE = ["a good film", "an awful plot"]
+LARGEST = ["word " * 800] * 256
+"""The largest batch allowed: 256 texts of 4,000 bytes (1,024,000 bytes of text)."""
 
 
 def _rss(gateway: psutil.Process) -> dict[str, float]:
@@ -46,10 +48,13 @@ def _rss(gateway: psutil.Process) -> dict[str, float]:
     out = {"gateway": gateway.memory_info().rss / 2**20, "tritonserver": 0.0, "stubs": 0.0}
     for child in gateway.children(recursive=True):
         try:
-            kind = "stubs" if child.name() == STUB_NAME else "tritonserver"
-            out[kind] += child.memory_info().rss / 2**20
+            model = stub_model_name(child)
+            rss = child.memory_info().rss / 2**20
         except psutil.Error:
-            pass
+            continue
+        out["stubs" if model else "tritonserver"] += rss
+        if model:
+            out[f"stub:{model}"] = out.get(f"stub:{model}", 0.0) + rss
     out["total"] = out["gateway"] + out["tritonserver"] + out["stubs"]
     return {k: round(v, 1) for k, v in out.items()}
 
@@ -100,7 +105,9 @@ def test_2000_idle_connections_and_compressed_bombs(tiny_build, tmp_path):
                 pass
             time.sleep(0.5)
         gateway = psutil.Process(proc.pid)
-        _ask(http_url, 30)  # warm up every step
+        _ask(http_url, 30)  # warm up every step, and each step's allocator with the largest allowed batch
+        with Wire("http", http_url) as wire:
+            assert all(valid_probabilities(wire.classify(DEFENDED, LARGEST, timeout=120), 256) for _ in range(2))
         time.sleep(2)
         baseline = _rss(gateway)
         quiet = _ask(http_url, 20)
@@ -145,8 +152,7 @@ def test_2000_idle_connections_and_compressed_bombs(tiny_build, tmp_path):
                         grpc_bombs.append(err.code().name)
             with Wire("http", http_url) as wire:
                 batch = wire.classify(DEFENDED, ["a" * 20_000] * 256).status
-                # The largest batch allowed (256 texts of 16,000 bytes: 4,096,000 bytes of text).
-                largest = [wire.classify(DEFENDED, ["word " * 3200] * 256, timeout=120) for _ in range(5)]
+                largest = [wire.classify(DEFENDED, LARGEST, timeout=120) for _ in range(5)]
             during = others.result(120)
         peak = _rss(gateway)
         time.sleep(Limits().header_timeout_s + 3)
