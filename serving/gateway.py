@@ -238,7 +238,7 @@ class Gateway:
                 if resp.status != 200:
                     return f"model '{self.model}' is not ready"
         except asyncio.TimeoutError:
-            return f"the inference server did not answer a readiness probe within {self.limits.probe_timeout_s:.0f}s"
+            return f"the inference server did not answer a readiness probe within {self.limits.probe_timeout_s:g}s"
         except aiohttp.ClientError as err:
             return f"the inference server is unreachable ({type(err).__name__})"
         return None

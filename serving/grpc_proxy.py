@@ -71,7 +71,7 @@ class GrpcProxy:
                 await context.abort(grpc.StatusCode[err.grpc_code], str(err))
             except asyncio.TimeoutError:
                 await context.abort(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within the gateway's {timeout:.0f}s deadline"
+                    grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within the gateway's {timeout:g}s deadline"
                 )
             except Exception:
                 log.exception("unexpected failure in %s", name)

@@ -69,7 +69,7 @@ class HttpProxy:
             except CallerError as err:
                 return error(err.status, str(err))
             except asyncio.TimeoutError:
-                return error(504, f"no answer within the gateway's {self.limits.timeout_s:.0f}s deadline")
+                return error(504, f"no answer within the gateway's {self.limits.timeout_s:g}s deadline")
             except Exception:
                 log.exception("unexpected failure on %s %s", request.method, request.rel_url.raw_path)
                 return error(500, "internal gateway error")
@@ -106,7 +106,7 @@ class HttpProxy:
             raise CallerError(f"request body is over {self.limits.max_body_bytes} bytes", status=413) from None
         except asyncio.TimeoutError:
             raise CallerError(
-                f"the request body did not arrive within {self.limits.body_timeout_s:.0f}s", status=408
+                f"the request body did not arrive within {self.limits.body_timeout_s:g}s", status=408
             ) from None
 
     async def _infer(self, request: web.Request, path: str) -> web.StreamResponse:
@@ -159,7 +159,7 @@ class HttpProxy:
                 return web.Response(status=resp.status, body=payload, headers=out)
         except asyncio.TimeoutError:
             waited = time.monotonic() - started
-            return error(504 if timeout is None else 503, f"the inference server did not answer within {waited:.0f}s")
+            return error(504 if timeout is None else 503, f"the inference server did not answer within {waited:.1f}s")
         except aiohttp.ClientError as err:
             return error(502, f"the inference server is unavailable ({type(err).__name__})")
 

@@ -102,7 +102,7 @@ class Supervisor:
             return replace(
                 report,
                 unanswered=f"tritonserver (pid {pid}) did not answer {self.unanswered} liveness probes within"
-                f" {self.probe_timeout_s:.0f}s each (hung)",
+                f" {self.probe_timeout_s:g}s each (hung)",
             )
         return report
 
