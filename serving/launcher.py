@@ -53,10 +53,12 @@ class Health:
     """``model (pid N)`` for every stub recorded at start-up that has exited since."""
     stubs: dict[str, list[int]] = field(default_factory=dict)
     """Live stub PIDs per model."""
+    unanswered: str = ""
+    """Set when the (running) server did not answer liveness probes: a frozen or wedged process."""
 
     @property
     def ok(self) -> bool:
-        return self.alive and not self.dead_stubs
+        return self.alive and not self.dead_stubs and not self.unanswered
 
     def describe(self) -> str:
         if not self.alive:
@@ -65,6 +67,8 @@ class Health:
             return f"tritonserver is not running ({how})"
         if self.dead_stubs:
             return "python-backend stub process died: " + ", ".join(self.dead_stubs)
+        if self.unanswered:
+            return self.unanswered
         return f"healthy ({sum(len(p) for p in self.stubs.values())} stub processes)"
 
 
@@ -258,6 +262,14 @@ class TritonServer:
         live = {m: [p.pid for p in procs] for m, procs in self.stub_processes().items()}
         return Health(alive=True, dead_stubs=sorted(dead), stubs=live)
 
+    def probe(self, timeout: float) -> bool:
+        """Does the server answer ``/v2/health/live`` within ``timeout`` seconds? (A stopped or
+        wedged process accepts connections but never answers.)"""
+        try:
+            return requests.get(f"http://{self.http_url}/v2/health/live", timeout=timeout).status_code == 200
+        except requests.RequestException:
+            return False
+
     def check(self) -> Health:
         """``health()``, raising :class:`ServerError` that names what died."""
         report = self.health()
@@ -331,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-restarts",
         type=int,
         default=0,
-        help="restart the server this many times when it or a python-backend stub dies (default: exit)",
+        help="restart the server at most this many times in 10 minutes when it or a python-backend stub dies,"
+        " or it stops answering (default: exit)",
     )
     p.add_argument("extra", nargs="*", help="extra tritonserver flags (after --)")
     args = p.parse_args(argv)
@@ -343,31 +356,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_file=args.log_file,
         extra_args=args.extra,
     )
-    server.start()
-    print(
-        f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}"
-        f" (pid {server.process.pid}); Ctrl-C stops it",
-        flush=True,
+    from veil.serving.supervisor import RestartBudget, Supervisor, restart_step, serve
+
+    supervisor = Supervisor(server, budget=RestartBudget(max_restarts=args.max_restarts))
+    return serve(
+        server,
+        banner=lambda: (
+            f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics"
+            f" {server.metrics_url} (pid {server.process.pid}); Ctrl-C stops it"
+        ),
+        step=restart_step(supervisor),
     )
-    stop = {"now": False}
-
-    def on_signal(*_: object) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not stop["now"]:
-        report = server.health()
-        if not report.ok:
-            print(f"tritonserver unhealthy: {report.describe()}\n{server.log_tail()}", file=sys.stderr, flush=True)
-            if server.restarts >= args.max_restarts:
-                server.stop()
-                return 1
-            server.restart()
-            print(f"tritonserver restarted ({server.restarts}/{args.max_restarts})", file=sys.stderr, flush=True)
-        time.sleep(0.5)
-    server.stop()
-    return 0
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def production_stack(tiny_build, tmp_path_factory):
     """The documented production deployment on the tiny build: a production-mode repository (no
     veil_raw), tritonserver on loopback with restricted APIs, the gateway in front. A small
     ``max_clients`` lets the bounded-state test fill the adaptive-intensity table."""
-    from veil.serving.gateway import ProductionServer
+    from veil.serving.production import ProductionServer
 
     root = tmp_path_factory.mktemp("production")
     repo = tiny_repository(

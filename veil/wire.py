@@ -1,7 +1,39 @@
 """Names shared by the Triton adapters and the clients (no Triton import here)."""
 
+import unicodedata
+
 CLIENT_ID_KEY = "veil-client-id"
 """Request parameter (or forwarded HTTP/gRPC header) naming the caller for adaptive intensity."""
+PEER_ID_PREFIX = "peer:"
+"""Ids the gateway assigns from the peer address (``peer:127.0.0.1``); callers may not send one."""
+_INVISIBLE = {"Cf", "Zs", "Zl", "Zp", "Mn", "Me"}
+"""Unicode categories that show nothing by themselves (format, zero-width, spaces, combining marks)."""
+
+
+def canonical_client_id(raw: object, *, max_bytes: int) -> str:
+    """A caller's client id in one spelling: Unicode NFKC (so ``ａｌｉｃｅ`` and ``alice`` are one
+    caller), with something visible in it. ``ValueError`` names what is wrong: not a string, a lone
+    surrogate, control characters, nothing visible (e.g. only zero-width characters), over
+    ``max_bytes`` UTF-8 bytes after normalisation, or a ``peer:`` id that only the gateway assigns."""
+    if not isinstance(raw, str):
+        raise ValueError(f"client id must be a string, got {type(raw).__name__}")
+    if len(raw) > 4 * max_bytes:  # normalisation is linear, but do not spend it on junk
+        raise ValueError(f"client id is longer than {max_bytes} bytes")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("client id is not valid Unicode (lone surrogate)") from None
+    text = unicodedata.normalize("NFKC", raw)
+    if len(text.encode("utf-8")) > max_bytes:
+        raise ValueError(f"client id is longer than {max_bytes} bytes")
+    if any(unicodedata.category(ch) == "Cc" for ch in text):
+        raise ValueError("client id contains control characters")
+    if all(unicodedata.category(ch) in _INVISIBLE for ch in text):
+        raise ValueError("client id has no visible characters (empty, spaces or zero-width characters only)")
+    if text.lower().startswith(PEER_ID_PREFIX):
+        raise ValueError(f"client ids starting with '{PEER_ID_PREFIX}' are assigned by the gateway; choose another")
+    return text
+
 
 METRICS_FLUSH_S = 0.2
 """The defense step sends its custom metrics at most this often (see ``mia_defense.Telemetry``);

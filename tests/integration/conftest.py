@@ -87,7 +87,7 @@ def trigger_tokens(tiny_build: Path) -> dict[str, int]:
 def fault_stack(tiny_build, tmp_path_factory):
     """The faulty repository behind the production gateway (``.triton`` is reachable directly
     with ``internal_headers()``)."""
-    from veil.serving.gateway import ProductionServer
+    from veil.serving.production import ProductionServer
 
     root = tmp_path_factory.mktemp("faulty")
     repo = tiny_repository(

@@ -19,8 +19,9 @@ import requests
 
 from veil.model_repository.spec import DEFENDED, RAW
 from veil.python_backend.artifact import META_FILE, TENSOR_FILE
-from veil.serving.gateway import Gateway, ProductionServer
+from veil.serving.gateway import Gateway
 from veil.serving.launcher import ServerError, TritonServer, repositories_for
+from veil.serving.production import ProductionServer
 from veil.wire import CLIENT_ID_KEY, METRICS_FLUSH_S
 
 from ..conftest import tiny_repository

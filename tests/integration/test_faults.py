@@ -19,8 +19,8 @@ import psutil
 import pytest
 
 from veil.model_repository.spec import DEFENDED, RAW
-from veil.serving.gateway import ProductionServer
 from veil.serving.launcher import Health
+from veil.serving.production import ProductionServer
 
 from ..conftest import tiny_repository
 from .wire import Answer, Wire, valid_probabilities

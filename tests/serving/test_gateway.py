@@ -6,28 +6,22 @@ keys, paths); the second half makes bypass attempts through the real production 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 
 import grpc
 import numpy as np
 import pytest
 import requests
-from aiohttp import web
 from tritonclient.grpc import service_pb2
 
 from veil.model_repository.spec import DEFENDED
-from veil.serving.gateway import (
-    ADMIN_KEY_HEADER,
-    DENIED_RPCS,
-    GATEWAY_KEY_HEADER,
-    Gateway,
-    ProductionServer,
-)
+from veil.serving.gateway import Gateway
 from veil.serving.launcher import ServerError, free_port
+from veil.serving.policy import ADMIN_KEY_HEADER, DENIED_RPCS, GATEWAY_KEY_HEADER, Limits
+from veil.serving.production import ProductionServer
 
 from ..integration.wire import Wire, texts, valid_probabilities
+from .upstream import FakeUpstream
 
 PROTOCOLS = ("http", "grpc")
 PROBE = ["a good film", "an awful plot"]
@@ -41,60 +35,6 @@ HIDDEN_MODELS = [
     "softmax",
     "no_such_model",
 ]
-
-
-class FakeUpstream:
-    """A stand-in Triton on loopback that records every request reaching it."""
-
-    def __init__(self) -> None:
-        self.http_seen: list[tuple[str, str, dict[str, str]]] = []
-        self.grpc_seen: list[tuple[str, dict[str, str]]] = []
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-        threading.Thread(target=self._run, args=(started,), daemon=True).start()
-        assert started.wait(10)
-
-    def _run(self, started: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self._start())
-        started.set()
-        self.loop.run_forever()
-
-    async def _start(self) -> None:
-        async def http(request: web.Request) -> web.Response:
-            self.http_seen.append((request.method, request.rel_url.raw_path, dict(request.headers)))
-            return web.json_response({"model_name": DEFENDED, "outputs": []})
-
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", http)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.http_url = f"127.0.0.1:{self.runner.addresses[0][1]}"
-
-        async def infer(request, context):
-            self.grpc_seen.append((request.model_name, dict(context.invocation_metadata())))
-            return service_pb2.ModelInferResponse(model_name=request.model_name)
-
-        handler = grpc.unary_unary_rpc_method_handler(
-            infer,
-            request_deserializer=service_pb2.ModelInferRequest.FromString,
-            response_serializer=service_pb2.ModelInferResponse.SerializeToString,
-        )
-        self.server = grpc.aio.server()
-        self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": handler}),)
-        )
-        self.grpc_url = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
-        await self.server.start()
-
-    def close(self) -> None:
-        async def stop() -> None:
-            await self.server.stop(0)
-            await self.runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +115,7 @@ def test_paths_are_rebuilt_never_forwarded(gateway, upstream):
 def test_oversized_body_is_refused_before_it_reaches_triton(upstream):
     upstream.http_seen.clear()
     upstream.grpc_seen.clear()
-    with Gateway(upstream.http_url, upstream.grpc_url, max_body_bytes=10_000) as gw:
+    with Gateway(upstream.http_url, upstream.grpc_url, limits=Limits(max_body_bytes=10_000)) as gw:
         for protocol, status in (("http", "413"), ("grpc", "RESOURCE_EXHAUSTED")):
             with _wire(gw, protocol) as wire:
                 answer = wire.classify(DEFENDED, ["a" * 20_000])
@@ -208,7 +148,7 @@ def test_readiness_reports_what_the_launcher_sees(upstream):
 
 def test_an_unreachable_triton_is_a_clear_gateway_error():
     dead = f"127.0.0.1:{free_port()}"
-    with Gateway(dead, dead, timeout_s=5) as gw:
+    with Gateway(dead, dead, limits=Limits(timeout_s=5)) as gw:
         http, grpc_wire = _wire(gw, "http"), _wire(gw, "grpc")
         answer = http.classify(DEFENDED, ["a"])
         assert answer.status == "502" and "unavailable" in answer.message
