@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from veil.python_backend.fingerprint import SIGNATURE_SIZE, logit_signature, near_duplicates
+from veil.wire import canonical_client_id
 
 ANONYMOUS = ""
 
@@ -240,13 +241,8 @@ def _state_from_dict(v: dict, slots: int) -> ClientState:
 
 
 def normalise_client_id(raw: object, *, max_bytes: int) -> str:
-    """Client ids are short strings; anything else is the caller's error (``ValueError``)."""
+    """The caller's id as the defense keys its state: absent is anonymous; otherwise the one
+    spelling of :func:`veil.wire.canonical_client_id` (``ValueError`` for the caller's mistakes)."""
     if raw is None:
         return ANONYMOUS
-    if not isinstance(raw, str):
-        raise ValueError(f"client id must be a string, got {type(raw).__name__}")
-    if len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise ValueError(f"client id is longer than {max_bytes} bytes")
-    if any(ord(ch) < 32 for ch in raw):
-        raise ValueError("client id contains control characters")
-    return raw
+    return canonical_client_id(raw, max_bytes=max_bytes, allow_peer=True)

@@ -10,11 +10,12 @@ _INVISIBLE = {"Cf", "Zs", "Zl", "Zp", "Mn", "Me"}
 """Unicode categories that show nothing by themselves (format, zero-width, spaces, combining marks)."""
 
 
-def canonical_client_id(raw: object, *, max_bytes: int) -> str:
+def canonical_client_id(raw: object, *, max_bytes: int, allow_peer: bool = False) -> str:
     """A caller's client id in one spelling: Unicode NFKC (so ``ａｌｉｃｅ`` and ``alice`` are one
     caller), with something visible in it. ``ValueError`` names what is wrong: not a string, a lone
     surrogate, control characters, nothing visible (e.g. only zero-width characters), over
-    ``max_bytes`` UTF-8 bytes after normalisation, or a ``peer:`` id that only the gateway assigns."""
+    ``max_bytes`` UTF-8 bytes after normalisation, or a ``peer:`` id that only the gateway assigns
+    (``allow_peer``: the defense step behind the gateway, which receives the gateway's ids)."""
     if not isinstance(raw, str):
         raise ValueError(f"client id must be a string, got {type(raw).__name__}")
     if len(raw) > 4 * max_bytes:  # normalisation is linear, but do not spend it on junk
@@ -30,7 +31,7 @@ def canonical_client_id(raw: object, *, max_bytes: int) -> str:
         raise ValueError("client id contains control characters")
     if all(unicodedata.category(ch) in _INVISIBLE for ch in text):
         raise ValueError("client id has no visible characters (empty, spaces or zero-width characters only)")
-    if text.lower().startswith(PEER_ID_PREFIX):
+    if not allow_peer and text.lower().startswith(PEER_ID_PREFIX):
         raise ValueError(f"client ids starting with '{PEER_ID_PREFIX}' are assigned by the gateway; choose another")
     return text
 
