@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from veil.python_backend.leakage import roc, tpr_at_fpr
+
+__all__ = ["roc", "tpr_at_fpr"]  # tie-aware ROC: shared with the defender's calibration (leakage.py)
+
 MIN_NONMEMBERS_FOR_01 = 5000
 MIN_NONMEMBERS_FOR_1 = 100
 """TPR@1%FPR needs at least one whole false positive at 1% in every scored part; below that it is
@@ -31,26 +35,6 @@ STRENGTHS = (REALISTIC, UPPER)
 
 
 # --- ROC -------------------------------------------------------------------------------------------
-
-
-def roc(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(fpr, tpr) at every distinct score (higher = member), from (0, 0) to (1, 1). Consecutive
-    points bound one tied group; the straight line between them is random tie-breaking."""
-    is_member = np.asarray(is_member, dtype=bool)
-    if is_member.all() or not is_member.any():
-        return np.array([0.0, 1.0]), np.array([0.0, 1.0])
-    fpr, tpr, _ = roc_curve(is_member, np.asarray(scores, dtype=np.float64), drop_intermediate=False)
-    return fpr, tpr
-
-
-def tpr_at_fpr(scores: np.ndarray, is_member: np.ndarray, fpr_target: float) -> float:
-    """TPR at exactly ``fpr_target``, linearly interpolated inside the tied group that spans it."""
-    fpr, tpr = roc(scores, is_member)
-    i = int(np.searchsorted(fpr, fpr_target, side="right"))  # first point with fpr > target
-    if i >= len(fpr):
-        return float(tpr[-1])
-    f0, f1, t0, t1 = fpr[i - 1], fpr[i], tpr[i - 1], tpr[i]
-    return float(t0 + (t1 - t0) * (fpr_target - f0) / (f1 - f0))
 
 
 def auc(scores: np.ndarray, is_member: np.ndarray) -> float:

@@ -41,6 +41,36 @@ def classwise_threshold_accuracy(scores: np.ndarray, is_member: np.ndarray, grou
     return float(0.5 + total / 2)
 
 
+def roc(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) at every distinct score (higher = member), from (0, 0) to (1, 1). Consecutive
+    points bound one tied group; the straight line between them is random tie-breaking."""
+    is_member = np.asarray(is_member, dtype=bool)
+    if is_member.all() or not is_member.any():
+        return np.array([0.0, 1.0]), np.array([0.0, 1.0])
+    fpr, tpr, _ = roc_curve(is_member, np.asarray(scores, dtype=np.float64), drop_intermediate=False)
+    return fpr, tpr
+
+
+def tpr_at_fpr(scores: np.ndarray, is_member: np.ndarray, fpr_target: float) -> float:
+    """TPR at exactly ``fpr_target``, linearly interpolated inside the tied group that spans it
+    (the expected TPR of breaking ties at random)."""
+    fpr, tpr = roc(scores, is_member)
+    i = int(np.searchsorted(fpr, fpr_target, side="right"))  # first point with fpr > target
+    if i >= len(fpr):
+        return float(tpr[-1])
+    f0, f1, t0, t1 = fpr[i - 1], fpr[i], tpr[i - 1], tpr[i]
+    return float(t0 + (t1 - t0) * (fpr_target - f0) / (f1 - f0))
+
+
+def low_fpr_suite(probabilities: np.ndarray, labels: np.ndarray, is_member: np.ndarray) -> dict[str, float]:
+    """TPR at 1% FPR of the confidence and true-label-probability scores (tie-aware)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    return {
+        "confidence": tpr_at_fpr(p.max(1), is_member, 0.01),
+        "loss": tpr_at_fpr(p[np.arange(len(p)), labels], is_member, 0.01),
+    }
+
+
 def label_only_floor(member_correct: np.ndarray, nonmember_correct: np.ndarray) -> float:
     """0.5 + (train acc - test acc) / 2: the gap attack no label-preserving defense can stop."""
     return float(0.5 + (np.mean(member_correct) - np.mean(nonmember_correct)) / 2)
