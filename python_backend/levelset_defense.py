@@ -202,7 +202,9 @@ class LevelSetDefense:
         shift = (margin - new) / 2  # the label's logit down, the other up, by the same amount
         sign = np.where(label == 0, 1.0, -1.0)
         delta = np.stack([-sign * shift, sign * shift], 1)
-        served = z + delta
+        # Served from the decision alone (label, new margin): no trace of the raw logits' offset.
+        served = np.zeros_like(z)
+        served[np.arange(len(z)), label] = new
         result.probabilities = np.where(moved[:, None], softmax64(served), result.probabilities)
         result.perturbed = moved & (shift != 0) | (moved & onto)
         result.steps = result.perturbed.astype(np.int64)
@@ -320,12 +322,12 @@ class LevelSetDefense:
         if shift == 0 and not onto:
             return result
         sign = 1.0 if label == 0 else -1.0
-        served = np.array([[z0 - sign * shift, z1 + sign * shift]])
+        served = np.array([[new, 0.0] if label == 0 else [0.0, new]])
         result.probabilities = softmax64(served)
         result.perturbed[0] = True
         result.steps[0] = 1
         result.exhausted[0] = exhausted
-        result.delta = (served - z).astype(np.float32)
+        result.delta = np.array([[-sign * shift, sign * shift]], np.float32)
         result.budget_use[0] = abs(shift) / eps
         result.risk_after[0] = 1.0 / (1.0 + math.exp(-self.margins.score_one(new, label)))
         return result

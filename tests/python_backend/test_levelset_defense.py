@@ -230,3 +230,20 @@ def test_multiclass_budget_is_respected_along_the_line():
     moved = out.perturbed
     shifted = out.delta[moved] - (out.delta[moved].max(1, keepdims=True) + out.delta[moved].min(1, keepdims=True)) / 2
     assert (np.abs(shifted).max(1) <= 0.3 + 1e-4).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(-1e4, 1e4), st.sampled_from(["levelset", "memguard"]))
+def test_moved_rows_bytes_do_not_depend_on_the_logits_offset(seed, offset, variant):
+    """Two classes: a moved row is served from (label, new margin) alone; the same decision under
+    a common offset of the logits gives the same bytes (the first round leaked the offset's float32
+    rounding into perturbed outputs)."""
+    d = Defense(make_artifact(2), config=DefenseConfig(variant=variant))
+    z = draw_logits(64, 2, 5.0, seed)
+    shifted = (z.astype(np.float64) + offset).astype(np.float32)
+    a, b = d(z), d(shifted)
+    same = a.perturbed & b.perturbed & ~a.exhausted & ~b.exhausted
+    assert same.any()
+    assert (a.probabilities[same] == b.probabilities[same]).all()
+    one = [d(shifted[i : i + 1]).probabilities[0] for i in np.flatnonzero(same)[:5]]
+    assert all((o == a.probabilities[i]).all() for o, i in zip(one, np.flatnonzero(same)[:5], strict=True))
