@@ -24,8 +24,9 @@ The selective defense (:mod:`selective`, the served ``veil``) is fitted here too
 all calibration rows, its member index on the training texts' signatures, and its one knob,
 the intensity floor, by a stated rule: the smallest floor on a grid whose strongest simple attack,
 *cross-fitted* (non-member tables fitted on one half of the calibration non-members, attacked on
-the other half with the calibration members, both ways), is at most ``slack`` above the label-only
-reference on the same half, both in balanced accuracy and in TPR at 1% FPR.
+the other half with the calibration members, both ways; thresholds themselves cross-fitted), is at
+most ``slack`` above the label-only reference on the same rows, both in balanced accuracy and in
+TPR at 1% FPR.
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ from tqdm.auto import tqdm
 from veil.python_backend import selective
 from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.defense import Defense, DefenseConfig
-from veil.python_backend.leakage import label_only_floor, low_fpr_suite, threshold_attack_suite
+from veil.python_backend.leakage import (
+    crossfit_threshold_suite,
+    label_only_floor,
+    low_fpr_suite,
+    threshold_attack_suite,
+)
 from veil.python_backend.probabilities import softmax
 from veil.python_backend.risk import fit_risk_evaluator, logit
 
@@ -65,6 +71,11 @@ class CalibrationConfig:
     coarse_levels: int = 64
     floor_grid: tuple[float, ...] = tuple(np.round(np.arange(0, 7) / 6, 4))
     """Intensity floors tried: one per distinct number of levels (64, 32, ..., 1 with 64 levels)."""
+    min_floor: float = 1 / 3
+    """The lowest floor the rule may choose (16 levels), set on the development seed (SST-2, seed
+    100): below it utility did not improve (error-detection AUROC 0.841 at 64 levels, 0.846 at 16)
+    while the upper-bound excess over label-only rose (+0.4 and +2.3 pt TPR@1%FPR at 64 levels,
+    +0.3 and +0.2 at 16): finer levels only expose more of the map's estimation error."""
 
 
 def _temperature_matching(logits: np.ndarray, mean_confidence: float) -> float:
@@ -223,8 +234,9 @@ def _fold_excess(
     floor: float,
 ) -> tuple[float, float]:
     """On held-out calibration rows served by ``tables`` at level ``floor`` (members gated with
-    weight 1 and their true labels, as the index does): the strongest simple attack's accuracy and
-    its TPR at 1% FPR, each minus the same on the label-only output."""
+    weight 1 and their true labels, as the index does): the strongest simple attack's accuracy
+    (thresholds cross-fitted within these rows, so finer outputs are not penalised by in-sample
+    optimism) and its TPR at 1% FPR (tie-aware), each minus the same on the label-only output."""
     z = np.concatenate([zm, zn])
     y = np.r_[ym, yn].astype(np.int64)
     is_member = np.r_[np.ones(len(zm), bool), np.zeros(len(zn), bool)]
@@ -234,10 +246,10 @@ def _fold_excess(
     top = tables.confidence(served, label, np.full(len(z), floor))
     probs = tables.probabilities(label, top, selective.class_order(z, label))
     onehot = np.eye(z.shape[1], dtype=np.float32)[label]
-    reference = max(threshold_attack_suite(onehot, y, is_member).values())
+    reference = max(crossfit_threshold_suite(onehot, y, is_member).values())
     low_reference = max(low_fpr_suite(onehot, y, is_member).values())
     return (
-        max(threshold_attack_suite(probs, y, is_member).values()) - reference,
+        max(crossfit_threshold_suite(probs, y, is_member).values()) - reference,
         max(low_fpr_suite(probs, y, is_member).values()) - low_reference,
     )
 
@@ -297,7 +309,11 @@ def calibrate_selective(
                 "folds": [[float(a), float(b)] for a, b in excess],
             }
         )
-    ok = [r for r in sweep if r["excess"] <= config.slack and r["tpr_1_excess"] <= config.slack]
+    ok = [
+        r
+        for r in sweep
+        if r["floor"] >= config.min_floor - 1e-3 and r["excess"] <= config.slack and r["tpr_1_excess"] <= config.slack
+    ]
     chosen = ok[0] if ok else sweep[-1]
     tables = selective.fit_tables(
         member_logits=tm,
@@ -309,7 +325,10 @@ def calibrate_selective(
     )
     tables.intensity_floor = chosen["floor"]
     tables.metrics = {
-        "rule": f"smallest floor whose cross-fitted accuracy and TPR@1%FPR excess are both <= {config.slack}",
+        "rule": (
+            f"smallest floor >= {config.min_floor:.3f} whose cross-fitted accuracy and TPR@1%FPR excess"
+            f" are both <= {config.slack}"
+        ),
         "slack_met": bool(ok),
         "floor": chosen["floor"],
         "levels": int(tables.levels(np.array([chosen["floor"]]))[0]),
