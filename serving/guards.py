@@ -46,6 +46,14 @@ class ConnectionGuard:
         handler = self.factory()
         key = id(handler)
         if len(self.conns) >= self.max_connections:
+            # At the cap, connections that have closed since the last sweep free their places now
+            # (a handler has no transport before connection_made, and none after connection_lost).
+            now = time.monotonic()
+            for k, conn in list(self.conns.items()):
+                transport = conn.handler.transport
+                if (transport is None and now - conn.since > 0.1) or (transport is not None and transport.is_closing()):
+                    del self.conns[k]
+        if len(self.conns) >= self.max_connections:
             self.refused += 1
             loop = asyncio.get_running_loop()
             loop.call_soon(loop.call_soon, self._close, handler)  # after connection_made, queued just now
