@@ -206,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = [replay(b.strip()) for b in a.builds.split(",") if b.strip()]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = results[0]["dataset"]
+    dataset = str(results[0]["dataset"])
+    path_like = "/" in dataset or "." in dataset  # a file or hub id: its last part names the report
+    name = Path(dataset.removeprefix("hf:")).stem if path_like else dataset
     (out / f"replay_{name}.json").write_text(json.dumps(results, indent=2, default=float))
     md = to_markdown(results, command)
     (out / f"replay_{name}.md").write_text(md)
