@@ -79,7 +79,7 @@ CASES = [
         "client id of 10 kB (header)",
         "longer than 256 bytes",
         headers={CLIENT_ID_KEY: "x" * 10_000},
-        skip={("triton", "http"): "Triton's HTTP server drops the connection on a 10 kB header (docs/bad-input-and-faults.md)"},
+        skip={("triton", "http"): "Triton's HTTP server drops the connection on a 10 kB header (see docs)"},
         # Triton's gRPC server rejects metadata over its 8 kB soft limit at random, else the defense does.
         answers={
             ("triton", "grpc"): [
