@@ -131,8 +131,14 @@ def _cell(values: list[float], fmt: str, scale: float = 100.0) -> str:
     return f"{v.mean():{fmt}} ± {v.std():{fmt}} ({per})" if len(v) > 1 else format(v[0], fmt)
 
 
+def _ranking(u: list[dict]) -> str:
+    top2 = _cell([x["top2_accuracy"] for x in u], ".3f", 1)
+    return f" {top2} | {_cell([x['rank_agreement'] for x in u], '.3f', 1)} |"
+
+
 def to_markdown(results: list[dict], command: str) -> str:
     seeds = [r["seed"] for r in results]
+    multi = "top2_accuracy" in results[0]["defenses"]["none"]["utility"]
     lines = [
         f"# Defense replay: {results[0]['dataset']}, seeds {', '.join(map(str, seeds))}",
         "",
@@ -143,8 +149,9 @@ def to_markdown(results: list[dict], command: str) -> str:
         "strongest attack on the label-only output of the same rows (points).",
         "",
         "| defense | strongest attack (%) | excess over label-only (pt) | TPR@1%FPR excess (pt) |"
-        " error-detection AUROC | ECE | Brier | distinct outputs |",
-        "|---|---|---|---|---|---|---|---|",
+        " error-detection AUROC | ECE | Brier | distinct outputs |"
+        + (" top-2 accuracy | rank agreement |" if multi else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|" if multi else ""),
     ]
     names = list(results[0]["defenses"])
     for name in names:
@@ -155,6 +162,7 @@ def to_markdown(results: list[dict], command: str) -> str:
             f" {_cell([r['excess'] for r in rs], '+.2f')} | {_cell([r['tpr_1_excess'] for r in rs], '+.2f')} |"
             f" {_cell([x['error_detection_auroc'] for x in u], '.3f', 1)} | {_cell([x['ece'] for x in u], '.3f', 1)} |"
             f" {_cell([x['brier'] for x in u], '.3f', 1)} | {_cell([x['distinct_outputs'] for x in u], '.0f', 1)} |"
+            + (_ranking(u) if multi else "")
         )
     lines += ["", "Per seed: train accuracy, the calibrated intensity floor and its rule."]
     for r in results:
