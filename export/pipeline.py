@@ -181,7 +181,9 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
     digest = sha256_file(onnx_path)
 
     calib_m, calib_n = splits.take(ds, "member_calib"), splits.take(ds, "nonmember_calib")
-    zm = onnx_logits(onnx_path, hf_dir, names, calib_m.texts, max_length=cfg.max_length, progress=cfg.progress)
+    # Every training text once: the member index's side of the map; member_calib is its tail.
+    zt = onnx_logits(onnx_path, hf_dir, names, members.texts, max_length=cfg.max_length, progress=cfg.progress)
+    zm = zt[len(members) - len(calib_m) :]
     zn = onnx_logits(onnx_path, hf_dir, names, calib_n.texts, max_length=cfg.max_length, progress=cfg.progress)
     artifact = calibrate(
         member_logits=zm,
@@ -192,7 +194,7 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         label_names=ds.label_names,
         index_signatures=text_signatures(hf_dir, names, members.texts, max_length=cfg.max_length),
         index_labels=members.labels,
-        index_logits=onnx_logits(onnx_path, hf_dir, names, members.texts, max_length=cfg.max_length),
+        index_logits=zt,
         config=CalibrationConfig(slack=cfg.slack, seed=cfg.seed),
         progress=cfg.progress,
     )

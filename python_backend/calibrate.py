@@ -331,7 +331,7 @@ def calibrate_selective(
         ),
         "slack_met": bool(ok),
         "floor": chosen["floor"],
-        "levels": int(tables.levels(np.array([chosen["floor"]]))[0]),
+        "levels": int(tables.bin_count(np.array([chosen["floor"]]))[0]),
         "training_rows": len(tm),
         "sweep": sweep,
     }

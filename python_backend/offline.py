@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from veil.export.build_dir import BuildDir
-from veil.python_backend.artifact import DefenseArtifact
+from veil.python_backend.artifact import META_FILE, DefenseArtifact
 from veil.python_backend.defense import Defense, DefenseConfig
 from veil.python_backend.tokens import text_signatures
 
@@ -42,7 +42,9 @@ def defend(
     (None: the calibrated floor and ``threat`` as the caller's threat)."""
     build = BuildDir(build_dir)
     options = build.options()
-    art = _cached(("artifact", str(build.defense)), lambda: DefenseArtifact.load(build.defense))
+    # Keyed on the artifact's modification time, so a recalibrated build is never served stale.
+    stamp = (build.defense / META_FILE).stat().st_mtime_ns
+    art = _cached(("artifact", str(build.defense), stamp), lambda: DefenseArtifact.load(build.defense))
     texts = list(texts)
     sig = _cached(
         ("signatures", str(build.hf), hash(tuple(texts))),

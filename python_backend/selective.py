@@ -100,7 +100,7 @@ class SelectiveTables:
     gate: tuple[float, float] = (0.5, 0.75)
     coarse_levels: int = 64
     intensity_floor: float = 0.0
-    """The knob: every row is served at level max(floor, caller's threat), with :meth:`levels` bins.
+    """The knob: every row is served at level max(floor, caller's threat), with :meth:`bin_count` bins.
     0 = most useful, 1 = calibrated label-only. Chosen on calibration rows (see :mod:`calibrate`)."""
     metrics: dict = field(default_factory=dict)
 
@@ -182,7 +182,7 @@ class SelectiveTables:
                     out[sel] = quantile_map(s[sel], np.asarray(self.member_q[c][k]), np.asarray(self.nonmember_q[c][k]))
         return out
 
-    def levels(self, level: np.ndarray) -> np.ndarray:
+    def bin_count(self, level: np.ndarray) -> np.ndarray:
         """Bins per class at each intensity level: ``2 ** round(log2(coarse_levels) * (1 - q))``.
         Powers of two, so every coarser partition is a union of the finer ones' bins (equal-mass
         quantile edges nest): an output at any level is a function of the output at the floor,
@@ -192,7 +192,7 @@ class SelectiveTables:
 
     def confidence(self, s: np.ndarray, label: np.ndarray, level: np.ndarray) -> np.ndarray:
         """Each row's served confidence: its score's finest bin, at its level's row of the table."""
-        halvings = np.log2(self.coarse_levels).astype(int) - np.log2(self.levels(level)).astype(int)
+        halvings = np.log2(self.coarse_levels).astype(int) - np.log2(self.bin_count(level)).astype(int)
         out = np.empty(len(s))
         for c in range(self.num_classes):
             sel = label == c
