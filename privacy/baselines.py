@@ -36,26 +36,19 @@ def _keep_label(raw: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def clamp(c: float) -> Transform:
-    """Top probability capped at ``c`` (label kept), the rest scaled to fill 1 - c; where that would
-    lift the second entry to the top, the cap rises just enough to keep the label."""
+    """Top probability capped at ``c`` (label kept): a row whose top is above ``c`` is mixed with the
+    uniform vector just enough to bring its top down to ``c``. Mixing keeps the label and the whole
+    class order; rows at or below ``c`` are untouched. (Scaling only the non-top entries up, the
+    earlier form, needed a row-dependent cap on more than two classes and ranked the most confident
+    rows lowest.)"""
 
     def f(raw: np.ndarray) -> np.ndarray:
         p = np.asarray(raw, np.float64)
-        rows, top = np.arange(len(p)), p.argmax(1)
-        q = p.copy()
-        rest = np.where(np.eye(p.shape[1], dtype=bool)[top], 0.0, p)
-        second, rest = rest.max(1), rest.sum(1)
-        # scaled up, the second entry must stay below the top: the cap is at least second / (rest + second)
-        cap = np.maximum(c, second / np.maximum(rest + second, TINY) * (1 + 1e-6))
-        over = p[rows, top] > cap
-        scale = np.where(rest > 0, (1 - cap) / np.maximum(rest, TINY), 0.0)
-        q[over] *= scale[over, None]
-        q[rows[over], top[over]] = cap[over]
-        empty = over & (rest <= 0)  # a one-hot raw vector: spread the remainder evenly
-        if empty.any() and p.shape[1] > 1:
-            q[empty] = (1 - c) / (p.shape[1] - 1)
-            q[rows[empty], top[empty]] = c
-        return _f32(_keep_label(p, q))
+        p = p / p.sum(1, keepdims=True)
+        u = 1.0 / p.shape[1]
+        top = p.max(1)
+        lam = np.where(top > c, (c - u) / np.maximum(top - u, TINY), 1.0)[:, None]
+        return _f32(_keep_label(p, lam * p + (1 - lam) * u))
 
     return f
 

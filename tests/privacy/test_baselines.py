@@ -39,6 +39,13 @@ def test_clamp_caps_the_top():
     assert q[0] == pytest.approx([0.7, 0.3]) and q[1] == pytest.approx([0.6, 0.4])
 
 
+def test_clamp_on_many_classes_keeps_the_order_and_caps_the_top_monotonically():
+    p = np.random.default_rng(0).dirichlet(np.full(4, 0.3), size=500).astype(np.float32)
+    q = clamp(0.4)(p)
+    assert np.array_equal(np.argsort(-q, 1, kind="stable"), np.argsort(-p, 1, kind="stable"))
+    assert q.max(1) == pytest.approx(np.minimum(p.max(1), 0.4), abs=1e-6)
+
+
 def test_round_and_hamp():
     assert round_one_decimal(np.array([[0.52, 0.48]], np.float32))[0] == pytest.approx([0.6, 0.4])
     assert round_one_decimal(np.array([[0.13, 0.81, 0.06]], np.float32))[0] == pytest.approx([0.1, 0.8, 0.1])
