@@ -37,6 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--references", type=int, default=EvalConfig.references)
     p.add_argument("--epochs", type=int, default=EvalConfig.epochs)
     p.add_argument("--dp-epsilons", default="8,1", help="comma-separated; empty for none")
+    p.add_argument(
+        "--dp-lr-grid",
+        default=",".join(f"{x:g}" for x in EvalConfig.dp_lr_grid),
+        help="DP-SGD learning rates tried per epsilon on the development seed; empty: --dp-lr only",
+    )
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--query-rows", type=int, default=EvalConfig.query_rows, help="rows per side for query attacks")
     p.add_argument("--edits", type=int, default=EvalConfig.edits)
@@ -75,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             references=a.references,
             epochs=a.epochs,
             dp_epsilons=tuple(float(e) for e in a.dp_epsilons.split(",") if e.strip()),
+            dp_lr_grid=tuple(float(x) for x in a.dp_lr_grid.split(",") if x.strip()),
             variants=tuple(v.strip() for v in a.variants.split(",") if v.strip()),
             progress=not a.quiet,
             **DATASET_DEFAULTS.get(dataset, {}),

@@ -32,6 +32,7 @@ from veil.privacy.models import (
     build_dp,
     build_target,
     console,
+    dp_learning_rates,
     quick,
     splits_for_seed,
 )
@@ -74,7 +75,7 @@ class Side:
         return Side(f(self.probs), [f(r) for r in self.refs], aug, {k: f(v) for k, v in self.rep.items() if k in aug})
 
 
-def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int) -> dict:
+def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int, *, dp_lr: dict[float, float]) -> dict:
     t0 = time.perf_counter()
     splits = splits_for_seed(cfg, ds, refs.pool, seed)
     seed_dir = cfg.root / f"seed{seed}"
@@ -169,7 +170,7 @@ def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int) -> dict
         )
     tx = {"target": texts, "aug": aug_texts, "rep": rep_texts, "shadow": sh_texts, "shadow_aug": sh_aug_texts}
     views += _veil_offline(cfg, seed_dir / "target", tx, target["none"], attacker["none"], view)
-    views += _dp_views(cfg, splits, seed, seed_dir, tx, target["none"], attacker["none"], view)
+    views += _dp_views(cfg, splits, seed, seed_dir, tx, target["none"], attacker["none"], view, dp_lr)
 
     results = {}
     for v in views:
@@ -225,13 +226,15 @@ def _veil_offline(cfg, build_dir, tx: dict[str, list[str]], raw_t: Side, raw_a: 
     return out
 
 
-def _dp_views(cfg, splits, seed, seed_dir, tx: dict[str, list[str]], raw_t: Side, raw_a: Side, view) -> list[View]:
+def _dp_views(
+    cfg, splits, seed, seed_dir, tx: dict[str, list[str]], raw_t: Side, raw_a: Side, view, dp_lr: dict[float, float]
+) -> list[View]:
     """DP-SGD targets, served without a defense; the attacker's shadow and reference outputs are
     its own models' plain softmax (as for the undefended target)."""
     views = []
     for eps in cfg.dp_epsilons:
         dp_dir = seed_dir / f"dp_eps{eps:g}"
-        build_dp(cfg, splits, seed, eps, dp_dir)
+        build_dp(cfg, splits, seed, eps, dp_dir, lr=dp_lr[eps])
         with TritonServer(repositories_for(dp_dir / "model_repository"), log_file=dp_dir / "tritonserver.log") as s:
             probs = classify(s.http_url, RAW, tx["target"], tag="eval-dp", seed=seed)
             aug = classify(s.http_url, RAW, tx["aug"], tag="eval-dp", seed=seed)
@@ -249,16 +252,18 @@ def evaluate(cfg: EvalConfig) -> dict:
     t0 = time.perf_counter()
     cfg.root.mkdir(parents=True, exist_ok=True)
     ds = dedupe(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir))
-    refs = ReferenceModels(cfg, ds, attacker_pool(ds, cfg.pool))
+    pool = attacker_pool(ds, cfg.pool)
+    dp_lr = dp_learning_rates(cfg, ds, pool)
+    refs = ReferenceModels(cfg, ds, pool)
     seeds = []
     for seed in cfg.seeds:
-        result = evaluate_seed(cfg, ds, refs, seed)
+        result = evaluate_seed(cfg, ds, refs, seed, dp_lr=dp_lr)
         seeds.append(result)
         (cfg.root / f"seed{seed}" / "result.json").write_text(json.dumps(result))
-    return _dataset_result(cfg, ds, seeds, seconds=time.perf_counter() - t0)
+    return _dataset_result(cfg, ds, seeds, seconds=time.perf_counter() - t0, dp_lr=dp_lr)
 
 
-def _dataset_result(cfg: EvalConfig, ds, seeds: list[dict], *, seconds: float | None) -> dict:
+def _dataset_result(cfg: EvalConfig, ds, seeds: list[dict], *, seconds: float | None, dp_lr: dict) -> dict:
     return {
         "name": cfg.name,
         "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
@@ -267,6 +272,7 @@ def _dataset_result(cfg: EvalConfig, ds, seeds: list[dict], *, seconds: float | 
         "source_sha256": fingerprint(ds),
         "seeds": seeds,
         "seconds": seconds,
+        "dp_lr": {f"{eps:g}": lr for eps, lr in dp_lr.items()},
     }
 
 
@@ -280,4 +286,5 @@ def saved_results(cfg: EvalConfig) -> dict:
             raise FileNotFoundError(f"{path} is missing: evaluate seed {seed} first (without --report-only)")
         seeds.append(json.loads(path.read_text()))
     ds = dedupe(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir))
-    return _dataset_result(cfg, ds, seeds, seconds=None)
+    pool = attacker_pool(ds, cfg.pool)
+    return _dataset_result(cfg, ds, seeds, seconds=None, dp_lr=dp_learning_rates(cfg, ds, pool))

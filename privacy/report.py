@@ -221,6 +221,9 @@ def write_report(results: dict[str, dict], out_dir: str | Path, *, command: str)
             f"{cfg['query_rows']}+{cfg['query_rows']} rows x {cfg['edits']} edits and {cfg['repeats']} repeats. "
             f"Target train accuracy {fmt([s['train_accuracy'] for s in seeds])}%. Wall time: {timing}.",
             "",
+            f"DP-SGD learning rate per epsilon, tuned on the development seed's calibration non-members "
+            f"(grid {cfg.get('dp_lr_grid')}): {result.get('dp_lr', {})}.",
+            "",
             "Baselines are exact deterministic functions of the raw served output (`veil_raw`); the attacker "
             "applies the same function to its shadow/reference outputs. Paced querying is emulated (many warmed-up "
             "long-lived ids, slow id creation, small round-robin requests), not real-time pacing.",

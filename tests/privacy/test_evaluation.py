@@ -27,6 +27,12 @@ def test_quick_evaluation(tmp_path):
     for family in ("clamp", "hamp", "temperature", "noise", "calibrated_label_only", "round_1dp"):
         assert any(r["family"] == family for r in summary.values()), family
     assert "development seed 7" in md and "Excess over label-only" in md
+    # DP-SGD's learning rate was tuned per epsilon on the development seed's calibration rows only
+    tuned = json.loads((tmp_path / "work" / "reviews-tiny-bert" / "dev" / "dp_lr.json").read_text())
+    assert tuned["key"]["seed"] == 7 and set(tuned["accuracy"]["8"]) == {"0.05", "0.2"}
+    best = max(tuned["accuracy"]["8"].values())
+    assert tuned["accuracy"]["8"][f"{tuned['chosen']['8']:g}"] == best
+    assert "DP-SGD learning rate per epsilon" in md
     assert (tmp_path / "report" / "frontier_reviews.png").stat().st_size > 10_000
     assert (tmp_path / "report" / "roc_reviews_log.png").exists()
 
