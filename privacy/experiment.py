@@ -286,5 +286,4 @@ def saved_results(cfg: EvalConfig) -> dict:
             raise FileNotFoundError(f"{path} is missing: evaluate seed {seed} first (without --report-only)")
         seeds.append(json.loads(path.read_text()))
     ds = dedupe(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir))
-    pool = attacker_pool(ds, cfg.pool)
-    return _dataset_result(cfg, ds, seeds, seconds=None, dp_lr=dp_learning_rates(cfg, ds, pool))
+    return _dataset_result(cfg, ds, seeds, seconds=None, dp_lr=dp_learning_rates(cfg, ds, None, train=False))

@@ -223,11 +223,14 @@ def build_target(cfg: EvalConfig, splits: Splits, seed: int, out: Path) -> dict:
     return build(build_cfg(cfg, seed, out, cfg.variants), splits=splits)
 
 
-def dp_learning_rates(cfg: EvalConfig, ds: TextDataset, pool: np.ndarray) -> dict[float, float]:
+def dp_learning_rates(
+    cfg: EvalConfig, ds: TextDataset, pool: np.ndarray | None, *, train: bool = True
+) -> dict[float, float]:
     """The DP-SGD learning rate per epsilon, tuned on the development seed only: for each rate in
     ``cfg.dp_lr_grid``, a DP model is trained on that seed's members and scored on its calibration
     non-members (rows no report seed reads); the most accurate rate wins (the smaller on ties).
-    Cached in ``<root>/dev/dp_lr.json`` with the settings it depends on."""
+    Cached in ``<root>/dev/dp_lr.json`` with the settings it depends on; ``train=False`` only reads
+    that cache (empty when there is none: a report re-rendered from a run that did not tune)."""
     if not cfg.dp_lr_grid or not cfg.dp_epsilons:
         return dict.fromkeys(cfg.dp_epsilons, cfg.dp_lr)
     cache = cfg.root / "dev" / "dp_lr.json"
@@ -243,6 +246,8 @@ def dp_learning_rates(cfg: EvalConfig, ds: TextDataset, pool: np.ndarray) -> dic
     }
     if cache.is_file() and (saved := json.loads(cache.read_text()))["key"] == key:
         return {float(e): lr for e, lr in saved["chosen"].items()}
+    if not train:
+        return {}
     splits = splits_for_seed(cfg, ds, pool, cfg.dev_seed)
     members, calib = splits.take(ds, "members"), splits.take(ds, "nonmember_calib")
     accuracy: dict[str, dict[str, float]] = {}
