@@ -39,11 +39,11 @@ from veil.export.pipeline import load_splits
 from veil.model_repository.spec import DEFENDED
 from veil.serving import keys
 from veil.serving.auth import UNAUTHENTICATED
+from veil.serving.devcerts import Pair, Pki, make_pki
 from veil.serving.production import GATEWAY_KEY_ENV
 from veil.wire import CLIENT_ID_KEY
 
 from ..conftest import tiny_repository
-from ..serving.certs import Pair, Pki, make_pki
 
 pytestmark = pytest.mark.integration
 PROTOCOLS = ("http", "grpc")

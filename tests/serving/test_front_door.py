@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 from veil.model_repository.spec import DEFENDED
 from veil.serving import cli, keys
 from veil.serving.auth import UNAUTHENTICATED, Authenticator, Identity, Unauthenticated
+from veil.serving.devcerts import make_pki
 from veil.serving.frontdoor import AUDIT
 from veil.serving.gateway import Gateway
 from veil.serving.launcher import RUNTIME_DIR
@@ -36,7 +37,6 @@ from veil.serving.validation import CallerError
 from veil.wire import CLIENT_ID_KEY
 
 from ..integration.wire import Wire
-from .certs import make_pki
 from .upstream import FakeUpstream
 
 PROTOCOLS = ("http", "grpc")

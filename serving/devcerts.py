@@ -1,5 +1,10 @@
-"""Test certificates: a CA, a server certificate for 127.0.0.1/localhost, client certificates
-(valid, expired, or signed by another CA), written as PEM files (keys mode 0600)."""
+"""Throwaway certificates for tests, the latency benchmark and trying TLS locally; never for production.
+
+A CA, a server certificate for 127.0.0.1/localhost, and client certificates (valid, expired, or
+signed by another CA), written as PEM files (keys mode 0600)::
+
+    python -m veil.serving.devcerts build/dev-pki      # then --tls-cert build/dev-pki/veil-gateway.crt ...
+"""
 
 from __future__ import annotations
 
@@ -107,3 +112,12 @@ def make_pki(folder: Path, client_cn: str = "client-app") -> Pki:
         expired=issue(ca, folder, client_cn, expired=True, stem="expired"),
         untrusted=issue(rogue, folder, client_cn, stem="untrusted"),
     )
+
+
+if __name__ == "__main__":
+    import sys
+
+    pki = make_pki(Path(sys.argv[1] if len(sys.argv) > 1 else "build/dev-pki"))
+    for name in ("ca", "server", "client"):
+        pair = getattr(pki, name)
+        print(f"{name}: {pair.cert} {pair.key}")
