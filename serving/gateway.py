@@ -15,8 +15,10 @@ only this process knows (``--http-restricted-api`` / ``--grpc-restricted-protoco
 
 ``<model>`` is ``veil_defended``. The upstream URL is built from the parsed route, never from the
 caller's path, so no path trick reaches another model. The gateway also names the caller for
-adaptive intensity: the ``veil-client-id`` header (or request parameter) if the caller sent one,
-else its peer address (``--client-id-source peer`` assigns the peer address always).
+adaptive intensity: with authentication on (:mod:`.frontdoor`: TLS, API keys or client
+certificates, per-principal limits, audit), the authenticated principal; with it off, the
+``veil-client-id`` header (or request parameter) if the caller sent one, else its peer address
+(``--client-id-source peer`` assigns the peer address always).
 
 Layout: :mod:`.policy` holds the rules, :mod:`.http_proxy` and :mod:`.grpc_proxy` the two
 front ends, this module the shared upstream connections and lifecycle, :mod:`.production` the
@@ -38,7 +40,6 @@ from aiohttp import web
 from tritonclient.grpc import service_pb2_grpc
 
 from veil.model_repository.spec import DEFENDED
-from veil.serving import policy
 from veil.serving.auth import Authenticator
 from veil.serving.frontdoor import FrontDoor
 from veil.serving.grpc_proxy import GrpcProxy
@@ -227,12 +228,6 @@ class Gateway:
     def grpc_metadata(self) -> list[tuple[str, str]]:
         """gRPC metadata that opens the upstream's inference APIs (a fresh list: callers append)."""
         return [(GRPC_RESTRICTED_PREFIX + GATEWAY_KEY_HEADER, self.upstream_key)] if self.upstream_key else []
-
-    def client_id(self, header: str | None, in_parameters: bool, peer: str | None) -> str | None:
-        """See :func:`policy.client_id`."""
-        return policy.client_id(
-            self.client_id_source, header, in_parameters, peer, max_bytes=self.limits.max_client_id_bytes
-        )
 
     def reload(self, timeout: float = 10.0) -> str:
         """Re-read the API key file on the gateway's loop (SIGHUP); open connections stay open."""
