@@ -15,8 +15,10 @@ only this process knows (``--http-restricted-api`` / ``--grpc-restricted-protoco
 
 ``<model>`` is ``veil_defended``. The upstream URL is built from the parsed route, never from the
 caller's path, so no path trick reaches another model. The gateway also names the caller for
-adaptive intensity: the ``veil-client-id`` header (or request parameter) if the caller sent one,
-else its peer address (``--client-id-source peer`` assigns the peer address always).
+adaptive intensity: with authentication on (:mod:`.frontdoor`: TLS, API keys or client
+certificates, per-principal limits, audit), the authenticated principal; with it off, the
+``veil-client-id`` header (or request parameter) if the caller sent one, else its peer address
+(``--client-id-source peer`` assigns the peer address always).
 
 Layout: :mod:`.policy` holds the rules, :mod:`.http_proxy` and :mod:`.grpc_proxy` the two
 front ends, this module the shared upstream connections and lifecycle, :mod:`.production` the
@@ -38,7 +40,8 @@ from aiohttp import web
 from tritonclient.grpc import service_pb2_grpc
 
 from veil.model_repository.spec import DEFENDED
-from veil.serving import policy
+from veil.serving.auth import Authenticator
+from veil.serving.frontdoor import FrontDoor
 from veil.serving.grpc_proxy import GrpcProxy
 from veil.serving.guards import Admission
 from veil.serving.http_proxy import HttpProxy
@@ -52,6 +55,7 @@ from veil.serving.policy import (  # noqa: F401 - re-exported: the gateway's pub
     Limits,
     internal_triton_args,
 )
+from veil.serving.tls import TlsConfig
 
 
 class Gateway:
@@ -74,6 +78,8 @@ class Gateway:
         client_id_source: str = "caller",
         limits: Limits | None = None,
         health: Callable[[], str | None] | None = None,
+        tls: TlsConfig | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         if client_id_source not in CLIENT_ID_SOURCES:
             raise ValueError(f"client_id_source must be one of {CLIENT_ID_SOURCES}")
@@ -88,6 +94,11 @@ class Gateway:
         """gRPC stub on one channel to the upstream."""
         self.admission = Admission(total=self.limits.max_concurrent, per_caller=self.limits.max_concurrent_per_caller)
         """Requests in flight over both protocols (one count: both run on this gateway's loop)."""
+        self.tls = tls
+        self.door = FrontDoor(
+            auth=auth, admission=self.admission, client_id_source=client_id_source, limits=self.limits
+        )
+        """Authentication, client ids, per-principal limits and the audit log (see :mod:`.frontdoor`)."""
         self.http: HttpProxy | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -162,7 +173,8 @@ class Gateway:
         await self._runner.setup()
         guard = self.http.protocol_factory(self._runner.server)
         loop = asyncio.get_running_loop()
-        self._http_server = await loop.create_server(guard, self.host, self.http_port, backlog=1024)
+        tls = {"ssl": self.tls.server_context(), "ssl_handshake_timeout": limits.header_timeout_s} if self.tls else {}
+        self._http_server = await loop.create_server(guard, self.host, self.http_port, backlog=1024, **tls)
         self.http_port = self._http_server.sockets[0].getsockname()[1]
         guard.start()
 
@@ -182,7 +194,11 @@ class Gateway:
             maximum_concurrent_rpcs=2 * limits.max_concurrent,
         )
         self._grpc_server.add_generic_rpc_handlers((GrpcProxy(self, self.admission).handlers(),))
-        self.grpc_port = self._grpc_server.add_insecure_port(f"{self.host}:{self.grpc_port}")
+        address = f"{self.host}:{self.grpc_port}"
+        if self.tls is not None:
+            self.grpc_port = self._grpc_server.add_secure_port(address, self.tls.grpc_credentials())
+        else:
+            self.grpc_port = self._grpc_server.add_insecure_port(address)
         await self._grpc_server.start()
         # Reconnect quickly after tritonserver restarts (gRPC's default backoff grows to 2 minutes).
         backoff = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
@@ -213,11 +229,15 @@ class Gateway:
         """gRPC metadata that opens the upstream's inference APIs (a fresh list: callers append)."""
         return [(GRPC_RESTRICTED_PREFIX + GATEWAY_KEY_HEADER, self.upstream_key)] if self.upstream_key else []
 
-    def client_id(self, header: str | None, in_parameters: bool, peer: str | None) -> str | None:
-        """See :func:`policy.client_id`."""
-        return policy.client_id(
-            self.client_id_source, header, in_parameters, peer, max_bytes=self.limits.max_client_id_bytes
-        )
+    def reload(self, timeout: float = 10.0) -> str:
+        """Re-read the API key file on the gateway's loop (SIGHUP); open connections stay open."""
+        if self._loop is None or not self._loop.is_running():
+            return self.door.reload()
+
+        async def on_loop() -> str:
+            return self.door.reload()
+
+        return asyncio.run_coroutine_threadsafe(on_loop(), self._loop).result(timeout)
 
     async def readiness(self) -> str | None:
         """None when the gateway can serve, else why not."""

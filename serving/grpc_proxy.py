@@ -8,6 +8,7 @@ with the same rules and messages as over HTTP (:mod:`.validation`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import TYPE_CHECKING
 
@@ -15,8 +16,11 @@ import grpc
 from tritonclient.grpc import service_pb2
 
 from veil.serving import validation
+from veil.serving.auth import Identity
 from veil.serving.guards import Admission
+from veil.serving.limits import RETRY_AFTER, grpc_rows
 from veil.serving.policy import ALLOWED_RPCS, DENIED_RPCS, scrub
+from veil.serving.tls import grpc_subject
 from veil.serving.validation import CallerError
 from veil.wire import CLIENT_ID_KEY
 
@@ -24,7 +28,15 @@ if TYPE_CHECKING:
     from veil.serving.gateway import Gateway
 
 SERVICE = "inference.GRPCInferenceService"
+OPEN_RPCS = ("ServerLive", "ServerReady")
+"""Health, answered without authentication (load balancers probe it)."""
 log = logging.getLogger(__name__)
+_identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("veil_identity", default=None)
+"""The authenticated caller of the RPC being handled (each RPC runs in its own task)."""
+
+
+def _authorization(context) -> str | None:
+    return next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
 
 
 class GrpcProxy:
@@ -59,16 +71,22 @@ class GrpcProxy:
         timeout = self.limits.timeout_s
 
         async def parse_then_handle(raw: bytes, context):
+            identity = None
             try:
-                request = request_type.FromString(raw)
-            except Exception as err:  # protobuf's DecodeError, or worse
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {name} request: {err}")
-            try:
+                if name not in OPEN_RPCS:
+                    identity = self.gw.door.identify(_authorization(context), grpc_subject(context))
+                    _identity.set(identity)
+                try:
+                    request = request_type.FromString(raw)
+                except Exception as err:  # protobuf's DecodeError, or worse
+                    raise CallerError(f"malformed {name} request: {err}") from None
                 return await asyncio.wait_for(handler(request, context), timeout)
             except grpc.aio.AbortError:
                 raise
             except CallerError as err:
-                await context.abort(grpc.StatusCode[err.grpc_code], str(err))
+                self.gw.door.audit(identity, err, route=name, protocol="grpc", peer=context.peer())
+                trailing = ((RETRY_AFTER, str(err.retry_after)),) if err.retry_after is not None else ()
+                await context.abort(grpc.StatusCode[err.grpc_code], str(err), trailing_metadata=trailing)
             except asyncio.TimeoutError:
                 await context.abort(
                     grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within the gateway's {timeout:g}s deadline"
@@ -79,19 +97,19 @@ class GrpcProxy:
 
         return parse_then_handle
 
-    @staticmethod
-    def _denied(name: str):
+    def _denied(self, name: str):
         async def deny(request, context):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{name} is not exposed by the Veil gateway")
+            err = CallerError(f"{name} is not exposed by the Veil gateway", status=403, reason="not-exposed")
+            self.gw.door.audit(None, err, route=name, protocol="grpc", peer=context.peer())
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
 
         return deny
 
     async def _check_model(self, name: str, context, version: str = "") -> None:
         validation.check_version(version)
         if name != self.gw.model:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"model '{name}' is not served here (this gateway serves only '{self.gw.model}')",
+            raise CallerError(
+                f"model '{name}' is not served here (this gateway serves only '{self.gw.model}')", status=404
             )
 
     async def _call(self, rpc: str, request, context, metadata: list[tuple[str, str]], limit: float | None = None):
@@ -128,13 +146,14 @@ class GrpcProxy:
         await self._check_model(request.model_name, context)
         in_parameters = validation.check_grpc_infer(request, limits=self.limits)
         header = next((v for k, v in context.invocation_metadata() or () if k == CLIENT_ID_KEY), None)
-        try:
-            client = self.gw.client_id(header, in_parameters, context.peer())
-        except ValueError as err:
-            raise CallerError(str(err)) from None
+        identity = _identity.get()
+        parameter = request.parameters[CLIENT_ID_KEY].string_param if in_parameters else None
+        client, drop = self.gw.door.client_id(identity, header, parameter, context.peer())
+        if drop and in_parameters:
+            del request.parameters[CLIENT_ID_KEY]
         metadata = self.gw.grpc_metadata()
         if client is not None:
             metadata.append((CLIENT_ID_KEY, client))
-        caller = client if client is not None else request.parameters[CLIENT_ID_KEY].string_param
-        with self.admission.slot(caller):
+        caller = client if client is not None else parameter
+        with self.gw.door.admit(identity, caller, grpc_rows(request)):
             return await self._call("ModelInfer", request, context, metadata)

@@ -112,13 +112,14 @@ class Admission:
         self.by_caller: dict[str, int] = {}
 
     @contextlib.contextmanager
-    def slot(self, caller: str) -> Iterator[None]:
+    def slot(self, caller: str, per_caller: int | None = None) -> Iterator[None]:
+        """One request of ``caller`` in flight; ``per_caller`` overrides the default cap (an API key's)."""
+        cap = per_caller or self.per_caller
         if self.in_flight >= self.total:
-            raise CallerError(f"the gateway is busy ({self.total} requests in flight); retry shortly", status=429)
-        if self.by_caller.get(caller, 0) >= self.per_caller:
-            raise CallerError(
-                f"too many requests in flight for this caller (the limit is {self.per_caller}); retry shortly",
-                status=429,
+            raise _busy(f"the gateway is busy ({self.total} requests in flight); retry shortly", "busy")
+        if self.by_caller.get(caller, 0) >= cap:
+            raise _busy(
+                f"too many requests in flight for this caller (the limit is {cap}); retry shortly", "too-many-in-flight"
             )
         self.in_flight += 1
         self.by_caller[caller] = self.by_caller.get(caller, 0) + 1
@@ -131,3 +132,9 @@ class Admission:
                 self.by_caller[caller] = left
             else:
                 del self.by_caller[caller]
+
+
+def _busy(message: str, reason: str) -> CallerError:
+    err = CallerError(message, status=429, reason=reason)
+    err.retry_after = 1
+    return err

@@ -20,7 +20,9 @@ from aiohttp import web
 
 from veil.serving import validation
 from veil.serving.guards import Admission, ConnectionGuard
-from veil.serving.policy import http_route, scrub
+from veil.serving.limits import http_rows
+from veil.serving.policy import HEALTH_PATHS, http_route, scrub
+from veil.serving.tls import http_subject
 from veil.serving.validation import CallerError
 from veil.wire import CLIENT_ID_KEY
 
@@ -28,13 +30,18 @@ if TYPE_CHECKING:
     from veil.serving.gateway import Gateway
 
 log = logging.getLogger(__name__)
+IDENTITY = web.RequestKey("veil.identity", object)
+"""The authenticated caller of a request (None for health routes, or with authentication off)."""
 _FORWARD_RESPONSE_HEADERS = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-def error(status: int, message: str) -> web.Response:
+def error(status: int, message: str, *, retry_after: int | None = None) -> web.Response:
     """Every refusal is JSON ``{"error": ...}``, as Triton's own are."""
-    return web.json_response({"error": message}, status=status)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="veil"'}
+    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 class HttpProxy:
@@ -64,10 +71,17 @@ class HttpProxy:
         unexpected failure a bare 500 (logged, never shown)."""
         guard = self.guard.request(request.protocol) if self.guard else contextlib.nullcontext()
         with guard:
+            identity = None
             try:
+                if not (request.method == "GET" and request.rel_url.raw_path in HEALTH_PATHS):
+                    authorization = request.headers.get("Authorization")
+                    identity = self.gw.door.identify(authorization, http_subject(request.transport))
+                request[IDENTITY] = identity
                 return await asyncio.wait_for(handler(request), self.limits.timeout_s)
             except CallerError as err:
-                return error(err.status, str(err))
+                route = f"{request.method} {request.rel_url.raw_path}"
+                self.gw.door.audit(identity, err, route=route, protocol="http", peer=request.remote)
+                return error(err.status, str(err), retry_after=err.retry_after)
             except asyncio.TimeoutError:
                 return error(504, f"no answer within the gateway's {self.limits.timeout_s:g}s deadline")
             except Exception:
@@ -77,10 +91,10 @@ class HttpProxy:
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         route = http_route(request.method, request.rel_url.raw_path, self.gw.model)
         if route is None:
-            return error(
-                404,
+            raise CallerError(
                 f"not found: {request.method} {request.rel_url.raw_path[:200]} (this gateway serves only"
                 f" '{self.gw.model}')",
+                status=404,
             )
         if route.action in ("ready", "/ready"):
             problem = await self.gw.readiness()
@@ -114,11 +128,12 @@ class HttpProxy:
         json_size = validation.parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
         doc = validation.parse_json_header(body[:json_size], limits=self.limits)
         in_parameters = validation.check_http_infer(doc, len(body) - json_size, limits=self.limits)
-        try:
-            client = self.gw.client_id(request.headers.get(CLIENT_ID_KEY), in_parameters, request.remote)
-        except ValueError as err:
-            raise CallerError(str(err)) from None
-        caller = client if client is not None else str(doc["parameters"][CLIENT_ID_KEY])
+        identity = request[IDENTITY]
+        parameter = str(doc["parameters"][CLIENT_ID_KEY]) if in_parameters else None
+        client, drop = self.gw.door.client_id(identity, request.headers.get(CLIENT_ID_KEY), parameter, request.remote)
+        if drop and in_parameters:
+            del doc["parameters"][CLIENT_ID_KEY]
+        caller = client if client is not None else parameter
         header = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
         headers = self.gw.upstream_headers()
         if "Content-Type" in request.headers:
@@ -127,7 +142,7 @@ class HttpProxy:
             headers[HEADER_LENGTH] = str(len(header))
         if client is not None:
             headers[CLIENT_ID_KEY] = client
-        with self.admission.slot(caller):
+        with self.gw.door.admit(identity, caller, http_rows(doc)):
             return await self._forward(request, "POST", path, headers, data=header + body[json_size:])
 
     async def _forward(

@@ -22,12 +22,14 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import requests
+
+from veil.serving import secret_args
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "build" / "triton-runtime"
 
@@ -148,13 +150,17 @@ class TritonServer:
         log_file: str | Path | None = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 180.0,
+        secret_env: Mapping[str, str] | None = None,
     ) -> None:
+        """``secret_env``: values for ``@veil-env:NAME`` markers in ``extra_args``, kept off the
+        command line (:mod:`.secret_args`)."""
         self.repositories = [Path(r).resolve() for r in repositories]
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
         self.log_file = Path(log_file) if log_file else None
         self.extra_args = list(extra_args)
+        self.secret_env = dict(secret_env or {})
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
         self.restarts = 0
@@ -202,11 +208,13 @@ class TritonServer:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             # A restart appends, so the log keeps what happened before it.
             self._log = open(self.log_file, "ab" if self.restarts else "wb")  # noqa: SIM115 - closed in stop()
+        env = server_env()
+        args = secret_args.prepare(self.command(), env, self.secret_env, RUNTIME_DIR)
         self.process = subprocess.Popen(
-            self.command(),
+            args,
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
-            env=server_env(),
+            env=env,
             start_new_session=True,
         )
         try:

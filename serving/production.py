@@ -6,6 +6,7 @@ import json
 import secrets
 from pathlib import Path
 
+from veil.serving.auth import Authenticator
 from veil.serving.gateway import Gateway
 from veil.serving.launcher import Health, ServerError, TritonServer, repositories_for
 from veil.serving.policy import (
@@ -15,7 +16,12 @@ from veil.serving.policy import (
     Limits,
     internal_triton_args,
 )
+from veil.serving.secret_args import env_ref
 from veil.serving.supervisor import RestartBudget, Supervisor, raise_fd_limit
+from veil.serving.tls import TlsConfig
+
+GATEWAY_KEY_ENV = "VEIL_TRITON_GATEWAY_KEY"
+ADMIN_KEY_ENV = "VEIL_TRITON_ADMIN_KEY"
 
 
 def repository_mode(repository: str | Path) -> str:
@@ -53,6 +59,8 @@ class ProductionServer:
         restart_window_s: float = 600.0,
         startup_timeout: float = 180.0,
         limits: Limits | None = None,
+        tls: TlsConfig | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self.repository = Path(repository)
         self.allow_benchmark = allow_benchmark
@@ -61,7 +69,9 @@ class ProductionServer:
         self.triton = TritonServer(
             repositories_for(self.repository, platform),
             log_file=log_file,
-            extra_args=internal_triton_args(self.gateway_key, self.admin_key),
+            # The keys travel in tritonserver's environment, never on its command line.
+            extra_args=internal_triton_args(env_ref(GATEWAY_KEY_ENV), env_ref(ADMIN_KEY_ENV)),
+            secret_env={GATEWAY_KEY_ENV: self.gateway_key, ADMIN_KEY_ENV: self.admin_key},
             startup_timeout=startup_timeout,
         )
         self.gateway = Gateway(
@@ -74,6 +84,8 @@ class ProductionServer:
             client_id_source=client_id_source,
             health=self.problem,
             limits=limits,
+            tls=tls,
+            auth=auth,
         )
         self.supervisor = Supervisor(
             self.triton,

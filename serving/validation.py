@@ -24,15 +24,37 @@ DATATYPES = frozenset(
 _TOP_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
 _INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})
 _OUTPUT_KEYS = frozenset({"name", "parameters"})
-_GRPC_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED", 429: "RESOURCE_EXHAUSTED"}
+_GRPC_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    413: "RESOURCE_EXHAUSTED",
+    429: "RESOURCE_EXHAUSTED",
+}
+_REASONS = {
+    400: "invalid",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not-found",
+    408: "slow-body",
+    413: "too-large",
+    415: "compressed",
+    429: "busy",
+}
 
 
 class CallerError(ValueError):
     """A mistake in the caller's request: ``status`` is the HTTP answer, ``grpc_code`` the gRPC one."""
 
-    def __init__(self, message: str, *, status: int = 400) -> None:
+    retry_after: int | None = None
+    """Seconds after which a retry may succeed (HTTP ``Retry-After``, gRPC ``retry-after``), if known."""
+
+    def __init__(self, message: str, *, status: int = 400, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason or _REASONS.get(status, str(status))
+        """A short word for the audit log (never the message, which may quote the request)."""
 
     @property
     def grpc_code(self) -> str:
