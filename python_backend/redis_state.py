@@ -74,11 +74,13 @@ local function decay(v, dt, w)
 end
 local function ramp(x, lo, hi) return math.min(1.0, math.max(0.0, (x - lo) / (hi - lo))) end
 
+local UNPACK = '<' .. string.rep('i4', SIG)
+-- a row: its bytes (to store it back) and its SIG values (to compare)
 local function split(bytes)
   local out = {{}}
   for r = 0, #bytes / W - 1 do
-    local row = {{}}
-    for j = 0, SIG - 1 do row[j + 1] = string.sub(bytes, r * W + 4 * j + 1, r * W + 4 * j + 4) end
+    local row = {{struct.unpack(UNPACK, bytes, r * W + 1)}}
+    row[SIG + 1] = string.sub(bytes, r * W + 1, r * W + W)
     out[#out + 1] = row
   end
   return out
@@ -117,7 +119,7 @@ local function fresh(initial)
 end
 local function packed(s)
   local ring = {{}}
-  for i, row in ipairs(s.ring) do ring[i] = table.concat(row) end
+  for i, row in ipairs(s.ring) do ring[i] = row[SIG + 1] end
   return struct.pack(HEAD, s.rate, s.dup, s.last, s.born, s.initial, s.rows) .. table.concat(ring)
 end
 

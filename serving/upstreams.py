@@ -82,11 +82,11 @@ class UpstreamPool:
     # -- rotation --------------------------------------------------------------------------------
 
     def pick(self, exclude: Sequence[Replica] = ()) -> Replica | None:
-        """The next healthy replica not in ``exclude``; with ``exclude`` empty and none healthy, the
-        next of all (the request then fails with the real error); None when nothing is left."""
+        """The next healthy replica not in ``exclude``; when none of those is healthy, the next of
+        them anyway (a probe may have timed out on a busy replica; a request that fails there meets
+        the real error); None when ``exclude`` leaves nothing."""
         left = [r for r in self.replicas if r not in exclude]
-        healthy = [r for r in left if r.healthy]
-        choices = healthy or ([] if exclude else left)
+        choices = [r for r in left if r.healthy] or left
         return choices[next(self._turn) % len(choices)] if choices else None
 
     def by_http(self, address: str) -> Replica | None:

@@ -8,7 +8,8 @@
 
 The adaptive settings switch off the time-dependent parts (young ids, rate, churn, the fade of the
 near-duplicate share), so the threat is a function of the query sequence alone and comparisons are
-exact whatever the machine's speed.
+exact whatever the machine's speed; the store's timeout is 250 ms rather than the default 50 ms so
+that a starved test machine does not time out a healthy Redis (a fallback changes the bytes).
 """
 
 from __future__ import annotations
@@ -62,7 +63,13 @@ def store():
 def replicas(tiny_build, tmp_path_factory, store):
     """Replica A with two mia_defense instances, replica B with one; one Redis; the gateway's keys."""
     root = tmp_path_factory.mktemp("replicas")
-    common = {"variants": ("veil",), "state_backend": "redis", "state_url": store.url, "adaptive": json.dumps(ADAPTIVE)}
+    common = {
+        "variants": ("veil",),
+        "state_backend": "redis",
+        "state_url": store.url,
+        "state_timeout_ms": 250,
+        "adaptive": json.dumps(ADAPTIVE),
+    }
     servers = [
         TritonServer(
             repositories_for(tiny_repository(tiny_build, root / name, defense_instances=count, **common)),
@@ -187,25 +194,26 @@ def one_vector_per_label(answers: list[tuple[str, Answer]]) -> bool:
 def test_redis_hung_or_killed_never_fails_a_request_and_serves_threat_one(replicas, store, raw):
     server = alive(replicas)[0]
     fallback_before = metric(server, "veil_state_fallback_total")
+    degraded = lambda: server.degraded(timeout=10)  # noqa: E731 - a starved machine answers slowly
     with Load(lambda k: inside(server), threads=3, name="load") as load:
         t0 = time.monotonic()
-        time.sleep(1.0)
+        wait_for(lambda: len(load.between(t0, time.monotonic())) >= 12, 30.0)
         store.pause()  # slow: the port accepts, nothing answers
         hung = time.monotonic()
-        wait_for(server.degraded, 5.0)
-        time.sleep(0.5)
+        wait_for(degraded, 10.0)
+        time.sleep(1.0)
+        resumed = time.monotonic()  # before: Redis may answer the moment it resumes
         store.resume()
-        resumed = time.monotonic()
         time.sleep(0.5)
         store.stop()  # down: SIGKILL
         killed = time.monotonic()
         time.sleep(1.5)
-        assert "threat 1" in server.degraded()
+        assert "threat 1" in wait_for(degraded, 10.0)
+        restarted = time.monotonic()  # before: Redis answers as soon as it listens
         store.start()  # the same port, empty
-        restarted = time.monotonic()
-        wait_for(lambda: server.degraded() is None and store_seen(store), 15.0)
+        wait_for(lambda: degraded() is None and store_seen(store), 20.0)
         recovered = time.monotonic()
-        time.sleep(0.5)
+        wait_for(lambda: len(load.between(recovered, time.monotonic())) >= 6, 30.0)
     assert len(load.results) > 20
     for _, _, text, answer in load.results:
         assert valid_probabilities(answer, 1), answer  # never an error, whatever Redis did
@@ -213,7 +221,7 @@ def test_redis_hung_or_killed_never_fails_a_request_and_serves_threat_one(replic
         assert answer["probabilities"].tobytes() != raw[text].tobytes(), "raw output served"
     normal, after = load.between(t0, hung), load.between(recovered, float("inf"))
     during = load.between(hung + 0.1, resumed) + load.between(killed + 0.1, restarted)
-    assert normal and during and after
+    assert during
     assert one_vector_per_label(during), "an answer during the outage was not at threat 1 (label-only level)"
     assert not one_vector_per_label(normal + after), "threat 1 looks like the normal level: the check says nothing"
     served = {text: a["probabilities"].tobytes() for text, a in normal}
