@@ -36,7 +36,7 @@ from veil.serving.state_store import RedisServer
 from veil.wire import CLIENT_ID_KEY
 
 from ..conftest import synthetic_rows, tiny_repository
-from .wire import Answer, Wire, valid_probabilities
+from .wire import Answer, Callers, Wire, valid_probabilities
 
 pytestmark = pytest.mark.integration
 
@@ -132,12 +132,12 @@ def test_a_probing_stream_split_over_two_replicas_gets_the_threat_it_gets_on_one
     view.close()
 
 
-class Load:
+class Load(Callers):
     """``threads`` callers, each request a fresh client id and a text of the pool, until stopped;
     records (sent, done, text, answer)."""
 
     def __init__(self, make: Callable[[int], Wire], *, threads: int, name: str) -> None:
-        self.stopping = threading.Event()
+        super().__init__()
         self.results: list[tuple[float, float, str, Answer]] = []
         self.threads = [threading.Thread(target=self._run, args=(make, k, name), daemon=True) for k in range(threads)]
 
@@ -154,16 +154,6 @@ class Load:
                     answer = Answer("exception", repr(err))
                 self.results.append((sent, time.monotonic(), text, answer))
                 n += 1
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for t in self.threads:
-            t.join(30)
 
     def between(self, start: float, end: float) -> list[tuple[str, Answer]]:
         return [(text, a) for sent, done, text, a in self.results if start <= sent and done <= end]
