@@ -257,12 +257,15 @@ class RedisState:
         args += [np.ascontiguousarray(sig, dtype="<i4").tobytes() for _, sig in batch]
         try:
             reply = self.script(keys=keys, args=args)
-        except (redis.RedisError, OSError) as err:
+            threats = [float(t) for t in reply[:-1]]
+            if len(threats) != len(batch):
+                raise ValueError(f"the state script answered {len(threats)} threats for {len(batch)} requests")
+        except Exception as err:  # down, slow, full, or anything else: never fail the request for it
             self.reconnect.failed(self.clock(), f"{type(err).__name__}: {err}")
             return Observed([FALLBACK_THREAT] * len(batch), fallback=True)
         self.reconnect.succeeded()
         self.keys_seen = int(reply[-1])
-        return Observed([float(t) for t in reply[:-1]])
+        return Observed(threats)
 
     def peek(self, client: str) -> dict[str, float] | None:
         """A client's stored state (operators and tests; raises if the store does not answer)."""
