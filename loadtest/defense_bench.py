@@ -1,6 +1,7 @@
 """The defense step alone: time per batch, PGD steps, perturbation sizes, on CPU (and CUDA).
 
     python -m veil.loadtest.defense_bench --build-dir build/sst2-minilm
+    python -m veil.loadtest.defense_bench --state      # the adaptive-state step: in-process vs Redis
 
 Uses the served classifier's logits (and the tokenizer's signatures) on the held-out evaluation
 rows (members and non-members) of the build, so the numbers describe the real model's outputs. Prints a table and writes
@@ -139,7 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the served model uses 1)")
     p.add_argument("--inputs", default=None, help="an .npz with logits and signatures computed elsewhere")
+    p.add_argument(
+        "--state", action="store_true", help="time the adaptive-state step instead (loadtest/state_bench.py)"
+    )
     a = p.parse_args(argv)
+    if a.state:
+        from veil.loadtest.state_bench import main as state_main
+
+        return state_main([])
     build_dir = Path(a.build_dir)
     inputs = None
     if a.inputs:

@@ -18,7 +18,8 @@ import json
 from dataclasses import dataclass, field
 
 from veil import wire
-from veil.python_backend import variants
+from veil.python_backend import threat_state, variants
+from veil.python_backend.adaptive import AdaptiveConfig
 from veil.python_backend.fingerprint import SIGNATURE_SIZE
 
 PLATFORMS = ("embedded", "nvidia")
@@ -75,6 +76,18 @@ class ServingOptions:
     tokenizer_instances: int = 1
     classifier_instances: int = 1
     max_clients: int = 10_000
+    defense_instances: int = 1
+    """``mia_defense*`` instances; more than one needs a shared state backend."""
+    state_backend: str = "memory"
+    """Where adaptive-intensity state lives (:mod:`veil.python_backend.threat_state`): ``memory`` (per
+    process) or ``redis`` (shared by every instance and replica)."""
+    state_url: str = ""
+    """Redis URL written into the config (empty: the backend's default); ``VEIL_STATE_URL`` in the
+    server's environment overrides it, so one repository serves every deployment."""
+    state_timeout_ms: int = 50
+    """Past this the batch is served at threat 1 (the store is down or slow)."""
+    adaptive: str = ""
+    """JSON object of :class:`~veil.python_backend.adaptive.AdaptiveConfig` overrides (empty: defaults)."""
 
 
 def defense_model_name(variant: str) -> str:
@@ -83,6 +96,27 @@ def defense_model_name(variant: str) -> str:
 
 def ensemble_name(variant: str) -> str:
     return variants.get(variant).ensemble
+
+
+def _check_state(opts: ServingOptions) -> dict[str, str]:
+    """The defense step's state parameters; refuses what would split or misname the state."""
+    if opts.state_backend not in threat_state.BACKENDS:
+        raise ValueError(f"state_backend must be one of {threat_state.BACKENDS}, got {opts.state_backend!r}")
+    if opts.defense_instances < 1:
+        raise ValueError("defense_instances must be at least 1")
+    if opts.defense_instances > 1 and opts.state_backend == "memory":
+        raise ValueError(
+            f"defense_instances={opts.defense_instances} with state_backend='memory' would give every instance its"
+            " own client table (a client spread over them looks slower); use state_backend='redis'"
+        )
+    if opts.adaptive:
+        AdaptiveConfig(**json.loads(opts.adaptive))  # unknown fields raise here, not in Triton
+    params = {"state_backend": opts.state_backend, "state_timeout_ms": str(opts.state_timeout_ms)}
+    if opts.state_url:
+        params["state_url"] = opts.state_url
+    if opts.adaptive:
+        params["adaptive"] = opts.adaptive
+    return params
 
 
 def describe(opts: ServingOptions, platform: str) -> list[Model]:
@@ -95,6 +129,7 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
     unknown = [v for v in opts.variants if v not in variants.SERVED]
     if unknown:
         raise ValueError(f"unknown served variant(s) {unknown}; choose from {variants.SERVED}")
+    state = _check_state(opts)
     mbs = opts.max_batch_size
     c = opts.num_classes
     token_tensors = [Tensor(n, "TYPE_INT64", (-1,)) for n in opts.input_names]
@@ -165,13 +200,14 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
                 platform,
                 adapter="veil.python_backend.triton.mia_defense",
                 instance_kind="KIND_GPU" if gpu else "KIND_CPU",
-                # One instance: adaptive-intensity state lives in the instance's process.
-                instance_count=1,
+                # More than one only with shared state (checked above).
+                instance_count=opts.defense_instances,
                 max_queue_delay_us=delay,
                 parameters={
                     "variant": variant,
                     "classifier_sha256": opts.classifier_sha256,
                     "max_clients": str(opts.max_clients),
+                    **state,
                 },
             )
         )

@@ -86,3 +86,37 @@ def rewrite_repository(build_dir: str | Path, out: str | Path, **changes: object
         defense_dir=build.defense,
     )
     return Path(out)
+
+
+def parser():
+    """``python -m veil.model_repository.writer``: a build's repository rewritten for one deployment
+    (what the Kubernetes Triton pods run before tritonserver; see docs/deployment.md)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=parser.__doc__)
+    p.add_argument("--build-dir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--mode", choices=("production", "benchmark"), default="production")
+    p.add_argument("--state-backend", choices=("memory", "redis"), default="memory")
+    p.add_argument("--defense-instances", type=int, default=1)
+    return p
+
+
+def changes_from(args) -> dict[str, object]:
+    """The ``ServingOptions`` changes the command line asks for (production serves only ``veil``)."""
+    changes = {"mode": args.mode, "state_backend": args.state_backend, "defense_instances": args.defense_instances}
+    if args.mode == "production":
+        changes["variants"] = ("veil",)
+    return changes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    print(rewrite_repository(args.build_dir, args.out, **changes_from(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

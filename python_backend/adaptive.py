@@ -21,8 +21,9 @@ caller's outputs, and another caller's rate never changes a young caller's. What
 still buy is rate: a flood of distinct texts under fresh ids gets the churn threat, not the rate
 threat (authenticated principals, not caller-chosen ids, close that).
 
-Each Triton python-backend instance is its own process, so with instance count > 1 every
-instance keeps its own table; Veil's configs default to one ``mia_defense`` instance.
+This tracker is the in-process state (one table per process). :mod:`threat_state` puts it behind
+the state-backend interface next to the Redis backend (:mod:`redis_state`), which computes the same
+threats from state shared by every instance and replica.
 """
 
 from __future__ import annotations
@@ -146,17 +147,20 @@ class ThreatTracker:
             self.clients.move_to_end(client_id)
         return state
 
-    def observe(self, client_id: str, logits: np.ndarray, signatures: np.ndarray | None = None) -> float:
+    def observe(
+        self, client_id: str, logits: np.ndarray, signatures: np.ndarray | None = None, *, now: float | None = None
+    ) -> float:
         """Record one request's rows for ``client_id`` and return its threat in [0, 1].
 
         ``signatures`` [n, SIGNATURE_SIZE] come from the tokenizer; without them the logits are
-        fingerprinted instead (exact repeats only)."""
+        fingerprinted instead (exact repeats only). ``now`` defaults to the clock (a dynamic batch
+        passes one time for all its requests)."""
         cfg = self.config
-        now = self.clock()
+        now = self.clock() if now is None else now
         self.sweep(now)
         state = self._get(client_id, now)
         young = client_id == ANONYMOUS or state.rows < cfg.young_rows or now - state.born < cfg.young_s
-        sig = np.asarray(signatures if signatures is not None else logit_signature(logits), dtype=np.int32)
+        sig = query_signature(logits, signatures)
         threat = self._update(state, now, sig)
         if young:
             threat = max(threat, cfg.young_threat)
@@ -238,6 +242,11 @@ def _state_from_dict(v: dict, slots: int) -> ClientState:
     s.rows = int(v.get("rows", 0))
     s.ring = np.asarray(v["ring"], dtype=np.int32).reshape(-1, SIGNATURE_SIZE)
     return s
+
+
+def query_signature(logits: np.ndarray, signatures: np.ndarray | None) -> np.ndarray:
+    """[n, SIGNATURE_SIZE] int32: the tokenizer's signatures, else the logits' fallback fingerprint."""
+    return np.asarray(signatures if signatures is not None else logit_signature(logits), dtype=np.int32)
 
 
 def normalise_client_id(raw: object, *, max_bytes: int) -> str:

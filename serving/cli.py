@@ -47,8 +47,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-restarts", type=int, default=5, help="restarts of tritonserver allowed per window")
     p.add_argument("--restart-window", type=float, default=600.0, help="the window, in seconds")
     p.add_argument("--allow-benchmark", action="store_true", help="serve a benchmark-mode repository anyway")
-    p.add_argument("--upstream-http", help="front an already running, restricted Triton (HTTP host:port)")
-    p.add_argument("--upstream-grpc", help="...and its gRPC host:port; the key comes from $VEIL_GATEWAY_KEY")
+    p.add_argument(
+        "--upstream-http",
+        help="front already running, restricted Triton replicas (HTTP host:port, comma-separated for several)",
+    )
+    p.add_argument(
+        "--upstream-grpc", help="...and their gRPC host:port, same order; the key comes from $VEIL_GATEWAY_KEY"
+    )
     p.add_argument("--upstream-key-file", type=Path, help="...or from this file (mode 0600), not the environment")
     door = p.add_argument_group("front door (docs/front-door.md)")
     door.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS and gRPC over TLS")

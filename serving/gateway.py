@@ -21,8 +21,9 @@ certificates, per-principal limits, audit), the authenticated principal; with it
 (``--client-id-source peer`` assigns the peer address always).
 
 Layout: :mod:`.policy` holds the rules, :mod:`.http_proxy` and :mod:`.grpc_proxy` the two
-front ends, this module the shared upstream connections and lifecycle, :mod:`.production` the
-supervised tritonserver + gateway, :mod:`.cli` the command line. ``python -m
+front ends, this module the shared upstream connections and lifecycle, :mod:`.upstreams` the
+replicas behind it (comma-separated upstream lists: health checks, round robin, one retry),
+:mod:`.production` the supervised tritonserver + gateway, :mod:`.cli` the command line. ``python -m
 veil.serving.gateway --repository ...`` runs that command line; see README.md, "Production
 deployment (no bypass)".
 """
@@ -56,6 +57,7 @@ from veil.serving.policy import (  # noqa: F401 - re-exported: the gateway's pub
     internal_triton_args,
 )
 from veil.serving.tls import TlsConfig
+from veil.serving.upstreams import UpstreamPool, parse_addresses
 
 
 class Gateway:
@@ -83,7 +85,9 @@ class Gateway:
     ) -> None:
         if client_id_source not in CLIENT_ID_SOURCES:
             raise ValueError(f"client_id_source must be one of {CLIENT_ID_SOURCES}")
-        self.upstream_http, self.upstream_grpc, self.upstream_key = upstream_http, upstream_grpc, upstream_key
+        self.upstreams = UpstreamPool(parse_addresses(upstream_http, upstream_grpc))
+        """The Triton replicas (one or more); ``upstream_http`` and ``stub`` go through it."""
+        self.upstream_key = upstream_key
         self.model, self.host, self.http_port, self.grpc_port = model, host, http_port, grpc_port
         self.client_id_source = client_id_source
         self.limits = limits or Limits()
@@ -91,7 +95,7 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         """HTTP client to the upstream (its connections are shared by every request)."""
         self.stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
-        """gRPC stub on one channel to the upstream."""
+        """gRPC stub over the replicas (:class:`~veil.serving.upstreams.PooledStub`)."""
         self.admission = Admission(total=self.limits.max_concurrent, per_caller=self.limits.max_concurrent_per_caller)
         """Requests in flight over both protocols (one count: both run on this gateway's loop)."""
         self.tls = tls
@@ -105,7 +109,11 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._http_server: asyncio.Server | None = None
         self._grpc_server: grpc.aio.Server | None = None
-        self._channel: grpc.aio.Channel | None = None
+
+    @property
+    def upstream_http(self) -> str:
+        """The next healthy replica's HTTP address (round robin)."""
+        return self.upstreams.pick().http
 
     @property
     def http_url(self) -> str:
@@ -202,8 +210,11 @@ class Gateway:
         await self._grpc_server.start()
         # Reconnect quickly after tritonserver restarts (gRPC's default backoff grows to 2 minutes).
         backoff = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
-        self._channel = grpc.aio.insecure_channel(self.upstream_grpc, options=sizes + backoff)
-        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self.upstreams.grpc_options = sizes + backoff
+        self.upstreams.probe_timeout_s = limits.probe_timeout_s
+        await self.upstreams.start(self.session)
+        self.session = self.upstreams.session(self.session)
+        self.stub = self.upstreams.stub()
 
     async def _shutdown(self) -> None:
         if self._grpc_server is not None:
@@ -214,8 +225,7 @@ class Gateway:
             self._http_server.close()
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._channel is not None:
-            await self._channel.close()
+        await self.upstreams.stop()
         if self.session is not None:
             await self.session.close()
 
@@ -249,11 +259,12 @@ class Gateway:
             if problem:
                 return problem
         probe = aiohttp.ClientTimeout(total=self.limits.probe_timeout_s)
+        upstream = self.upstream_http
         try:
-            async with self.session.get(f"http://{self.upstream_http}/v2/health/ready", timeout=probe) as resp:
+            async with self.session.get(f"http://{upstream}/v2/health/ready", timeout=probe) as resp:
                 if resp.status != 200:
                     return "the inference server is not ready"
-            url = f"http://{self.upstream_http}/v2/models/{self.model}/ready"
+            url = f"http://{upstream}/v2/models/{self.model}/ready"
             async with self.session.get(url, headers=self.upstream_headers(), timeout=probe) as resp:
                 if resp.status != 200:
                     return f"model '{self.model}' is not ready"

@@ -57,6 +57,9 @@ class Health:
     """Live stub PIDs per model."""
     unanswered: str = ""
     """Set when the (running) server did not answer liveness probes: a frozen or wedged process."""
+    degraded: str = ""
+    """Serving, but safely degraded: the defense's adaptive state store does not answer, so every
+    output is served at threat 1 (see :meth:`TritonServer.degraded`). Not a reason to restart."""
 
     @property
     def ok(self) -> bool:
@@ -71,7 +74,8 @@ class Health:
             return "python-backend stub process died: " + ", ".join(self.dead_stubs)
         if self.unanswered:
             return self.unanswered
-        return f"healthy ({sum(len(p) for p in self.stubs.values())} stub processes)"
+        state = f"; degraded: {self.degraded}" if self.degraded else ""
+        return f"healthy ({sum(len(p) for p in self.stubs.values())} stub processes){state}"
 
 
 def stub_model_name(proc: psutil.Process) -> str | None:
@@ -278,6 +282,15 @@ class TritonServer:
         except requests.RequestException:
             return False
 
+    def degraded(self, timeout: float = 1.0) -> str | None:
+        """None unless a defense instance reports its adaptive state store unreachable (the
+        ``veil_state_degraded`` gauge on the metrics port; it lags by the metrics flush period)."""
+        try:
+            text = requests.get(self.metrics_url, timeout=timeout).text
+        except requests.RequestException:
+            return None
+        return degraded_instances(text)
+
     def check(self) -> Health:
         """``health()``, raising :class:`ServerError` that names what died."""
         report = self.health()
@@ -329,6 +342,18 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def degraded_instances(metrics: str) -> str | None:
+    """From Prometheus text: which defense instances serve the fallback threat, or None."""
+    where = []
+    for line in metrics.splitlines():
+        if line.startswith("veil_state_degraded{") and float(line.rsplit(" ", 1)[1]) > 0:
+            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.rindex("}")].split(","))
+            where.append(labels.get("instance", labels.get("model", "?")).strip('"'))
+    if not where:
+        return None
+    return f"adaptive state store unreachable in {', '.join(sorted(where))}: outputs served at threat 1"
 
 
 def repositories_for(repo_root: str | Path, platform: str = "embedded") -> list[Path]:

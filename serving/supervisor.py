@@ -88,15 +88,19 @@ class Supervisor:
         self.probe_failures = probe_failures
         self.unanswered = 0
         self.restarting = False
+        self.degraded = ""
+        """The last probe's :attr:`Health.degraded` (cheap to read from the gateway's health path)."""
 
     def health(self, *, probe: bool = False) -> Health:
-        """The launcher's report, plus the probe's verdict (``probe``: send one now; it can take
-        ``probe_timeout_s``, so only the watch loop asks for it)."""
+        """The launcher's report, plus the probe's verdict (``probe``: send one now, and read whether
+        the defense is degraded; it can take ``probe_timeout_s``, so only the watch loop asks)."""
         report = self.triton.health()
         if not report.ok:
             return report
         if probe:
             self.unanswered = 0 if self.triton.probe(self.probe_timeout_s) else self.unanswered + 1
+            self.degraded = self.triton.degraded(self.probe_timeout_s) or ""
+        report = replace(report, degraded=self.degraded)
         if self.unanswered >= self.probe_failures:
             pid = self.triton.process.pid if self.triton.process else "?"
             return replace(
@@ -177,9 +181,14 @@ def serve(server: Startable, *, banner: Callable[[], str], step: Callable[[], No
 def restart_step(supervisor: Supervisor) -> Callable[[], None]:
     """The watch loop's step for both command lines: recover, and say what happened."""
 
+    said = [""]
+
     def step() -> None:
         t0 = time.monotonic()
         report = supervisor.recover()
+        if supervisor.degraded != said[0]:
+            said[0] = supervisor.degraded
+            print(f"degraded: {said[0]}" if said[0] else "no longer degraded", file=sys.stderr, flush=True)
         if report is not None:
             print(
                 f"tritonserver was unhealthy ({report.describe()}); restarted in {time.monotonic() - t0:.1f}s"

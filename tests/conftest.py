@@ -128,3 +128,12 @@ def production_stack(tiny_build, tmp_path_factory):
     )
     with ProductionServer(repo, log_file=root / "tritonserver.log") as stack:
         yield stack
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server (Debian's package, installed if missing) on a free loopback port."""
+    from veil.serving.state_store import RedisServer
+
+    with RedisServer() as srv:
+        yield srv

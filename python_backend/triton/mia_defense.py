@@ -3,18 +3,28 @@
 Fails closed: a missing, corrupt or foreign artifact raises in ``initialize`` (the model never
 becomes ready), and any failure of the defense at run time is an error response for the
 affected requests, never the raw softmax.
+
+Adaptive state comes from the configured backend (:mod:`veil.python_backend.threat_state`):
+``state_backend`` ``memory`` (per process: refused with more than one instance, the state would
+split) or ``redis`` (shared; ``VEIL_STATE_URL`` overrides ``state_url``), one call per dynamic
+batch. When the store does not answer, the batch is served at threat 1 (label-only level), counted
+in ``veil_state_fallback_total`` and flagged by the ``veil_state_degraded`` gauge.
 """
 
 from __future__ import annotations
+
+import json
+import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from veil import wire
-from veil.python_backend.adaptive import AdaptiveConfig, ThreatTracker, normalise_client_id
+from veil.python_backend.adaptive import AdaptiveConfig, normalise_client_id, query_signature
 from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.defense import Defense, DefenseConfig
 from veil.python_backend.fingerprint import SIGNATURE_SIZE
+from veil.python_backend.threat_state import StateConfig, ThreatState, make_state
 from veil.python_backend.triton.common import (
     CLIENT_ID_KEY,
     device_of,
@@ -47,20 +57,25 @@ class TritonPythonModel:
 
             torch.set_num_threads(int(params.get("torch_threads", "1")))
         self.defense = Defense(artifact, config=DefenseConfig(variant=params["variant"]), device=device)
-        self.tracker = ThreatTracker(AdaptiveConfig(max_clients=int(params.get("max_clients", "10000"))))
+        adaptive = AdaptiveConfig(
+            **{"max_clients": int(params.get("max_clients", "10000")), **json.loads(params.get("adaptive", "{}"))}
+        )
+        self.state = state_from(params, adaptive=adaptive, instances=instance_count(args))
+        self.max_client_id_bytes = adaptive.max_client_id_bytes
         self.telemetry = Telemetry(
             {"model": args["model_name"], "variant": params["variant"]},
             flush_every_s=float(params.get("metrics_flush_s", str(METRICS_FLUSH_S))),
+            instance=args.get("model_instance_name", ""),
         )
 
     def finalize(self) -> None:
         self.telemetry.close()
+        self.state.close()
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
-        batch: list[tuple[int, np.ndarray, float]] = []
-        adaptive = self.defense.adaptive
-        max_bytes = self.tracker.config.max_client_id_bytes
+        batch: list[tuple[int, np.ndarray, str, np.ndarray | None]] = []
+        max_bytes = self.max_client_id_bytes
         for i, request in enumerate(requests):
             try:
                 logits = np.asarray(input_array(request, wire.LOGITS), dtype=np.float32)
@@ -75,11 +90,14 @@ class TritonPythonModel:
                 responses[i] = invalid(str(err))
                 self.telemetry.error()
                 continue
-            threat = self.tracker.observe(client, logits, signature) if adaptive else 0.0
-            batch.append((i, logits, threat, signature))
+            batch.append((i, logits, client, signature))
         if batch:
+            threats, fallback = [0.0] * len(batch), False
+            if self.defense.adaptive:
+                observed = self.state.observe([(c, query_signature(z, s)) for _, z, c, s in batch])
+                threats, fallback = observed.threats, observed.fallback
             z = np.concatenate([b[1] for b in batch])
-            threat = np.concatenate([np.full(len(b[1]), b[2]) for b in batch])
+            threat = np.concatenate([np.full(len(b[1]), t) for b, t in zip(batch, threats, strict=True)])
             # The member gate needs every row's signature; a request without one is not gated.
             sig = np.concatenate(
                 [b[3] if b[3] is not None else np.full((len(b[1]), SIGNATURE_SIZE), -1, np.int32) for b in batch]
@@ -100,5 +118,35 @@ class TritonPythonModel:
                     [pb_utils.Tensor(wire.PROBABILITIES, probs), pb_utils.Tensor(wire.LABEL, label)]
                 )
                 start += n
-            self.telemetry.record(out, len(self.tracker), self.tracker.memory_bytes())
+            self.telemetry.record(
+                out,
+                self.state.tracked(),
+                self.state.memory_bytes(),
+                fallback_rows=len(z) if fallback else 0,
+                degraded=self.state.problem() is not None,
+            )
         return responses
+
+
+def instance_count(args: dict) -> int:
+    """Instances of this model in the server (the model config's instance groups; a GPU group's
+    count is per listed GPU)."""
+    groups = json.loads(args["model_config"]).get("instance_group", [])
+    return sum(int(g.get("count", 1)) * max(1, len(g.get("gpus", []))) for g in groups) or 1
+
+
+def state_from(params: dict[str, str], *, adaptive: AdaptiveConfig, instances: int) -> ThreatState:
+    """The adaptive-state backend the model config names; refuses per-process state across several
+    instances (each would keep its own client table and see a client's traffic separately)."""
+    config = StateConfig(
+        backend=params.get("state_backend", "memory"),
+        url=os.environ.get("VEIL_STATE_URL") or params.get("state_url") or StateConfig().url,
+        timeout_s=float(params.get("state_timeout_ms", "50")) / 1000,
+    )
+    state = make_state(config=config, adaptive=adaptive)
+    if instances > 1 and not state.shared:
+        raise RuntimeError(
+            f"{instances} mia_defense instances with the {config.backend!r} state backend would each keep their own"
+            " client table; use state_backend 'redis' (ServingOptions.state_backend) or one instance"
+        )
+    return state

@@ -47,22 +47,32 @@ METRICS = (
     Metric(
         "veil_tracked_clients_bytes", False, "Approximate bytes held by the adaptive-intensity table", "tracked_bytes"
     ),
+    Metric(
+        "veil_state_fallback_total",
+        True,
+        "Output rows served at the fallback threat 1 because the adaptive state store did not answer",
+        "fallback",
+    ),
+    Metric("veil_state_degraded", False, "1 while this instance's adaptive state store does not answer", "degraded"),
 )
-TOTALS = ("n", "perturbed", "steps", "exhausted", "risk_before", "risk_after", "delta", "errors")
+TOTALS = ("n", "perturbed", "steps", "exhausted", "risk_before", "risk_after", "delta", "errors", "fallback")
+PER_INSTANCE = ("veil_state_degraded",)
+"""Gauges one instance owns (labelled with the instance): instances of a model share the others."""
 
 
 class Telemetry:
-    def __init__(self, labels: dict[str, str], *, flush_every_s: float = METRICS_FLUSH_S) -> None:
+    def __init__(self, labels: dict[str, str], *, flush_every_s: float = METRICS_FLUSH_S, instance: str = "") -> None:
         self.metric = {}
         self.families = []
         for m in METRICS:
             kind = pb_utils.MetricFamily.COUNTER if m.counter else pb_utils.MetricFamily.GAUGE
             family = pb_utils.MetricFamily(name=m.name, description=m.description, kind=kind)
             self.families.append(family)
-            self.metric[m.name] = family.Metric(labels=labels)
+            own = {"instance": instance} if m.name in PER_INSTANCE and instance else {}
+            self.metric[m.name] = family.Metric(labels=labels | own)
         self.totals = dict.fromkeys(TOTALS, 0.0)
         self.sent = dict(self.totals)
-        self.tracked = {"tracked": 0.0, "tracked_bytes": 0.0}
+        self.tracked = {"tracked": 0.0, "tracked_bytes": 0.0, "degraded": 0.0}
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.flusher = None
@@ -80,7 +90,9 @@ class Telemetry:
             self.flusher.join(timeout=5)
         self.flush()
 
-    def record(self, out: DefenseResult, tracked: int, tracked_bytes: int) -> None:
+    def record(
+        self, out: DefenseResult, tracked: int, tracked_bytes: int, *, fallback_rows: int = 0, degraded: bool = False
+    ) -> None:
         moved = out.perturbed
         with self.lock:
             t = self.totals
@@ -91,7 +103,12 @@ class Telemetry:
             t["risk_before"] += float(out.risk_before.sum())
             t["risk_after"] += float(out.risk_after.sum())
             t["delta"] += float(np.abs(out.delta[moved]).mean(1).sum()) if moved.any() else 0.0
-            self.tracked = {"tracked": float(tracked), "tracked_bytes": float(tracked_bytes)}
+            t["fallback"] += fallback_rows
+            self.tracked = {
+                "tracked": float(tracked),
+                "tracked_bytes": float(tracked_bytes),
+                "degraded": float(degraded),
+            }
         if self.flusher is None:
             self.flush()
 

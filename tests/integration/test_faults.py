@@ -23,7 +23,7 @@ from veil.serving.launcher import Health
 from veil.serving.production import ProductionServer
 
 from ..conftest import tiny_repository
-from .wire import Answer, Wire, valid_probabilities
+from .wire import Answer, Callers, Wire, valid_probabilities
 
 pytestmark = pytest.mark.integration
 
@@ -65,13 +65,13 @@ def _assert_same_answers(stack: ProductionServer, ref: dict[str, np.ndarray]) ->
     np.testing.assert_array_equal(defended["label"], ref["label"])
 
 
-class Load:
+class Load(Callers):
     """Three callers in threads until stopped: the defended ensemble through the gateway over HTTP
     and gRPC, and the fixed-intensity ensemble straight from Triton (its answer is deterministic)."""
 
     def __init__(self, stack: ProductionServer) -> None:
+        super().__init__()
         self.stack = stack
-        self.stopping = threading.Event()
         self.results: list[tuple[float, str, Answer]] = []
         self.threads = [
             threading.Thread(target=self._run, args=(kind, make), daemon=True)
@@ -93,16 +93,6 @@ class Load:
                 self.results.append((time.monotonic(), kind, answer))
                 if not answer.ok:
                     time.sleep(0.02)  # errors come back fast; do not starve the restart of CPU
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for t in self.threads:
-            t.join(30)
 
     def check(self, ref: dict[str, np.ndarray], *, fault_at: float, restarted_at: float) -> dict[str, int]:
         """Every answer complete or an error; errors seen during the outage, answers after it."""

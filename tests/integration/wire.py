@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -218,3 +219,22 @@ def valid_probabilities(answer: Answer, rows: int, classes: int = 2) -> bool:
         and label.shape == (rows, 1)
         and bool((label[:, 0] == p.argmax(1)).all())
     )
+
+
+class Callers:
+    """Caller threads (``self.threads``, set by the subclass) that run until the ``with`` block ends
+    (they watch ``self.stopping``)."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(30)

@@ -54,6 +54,7 @@ class FakeTriton:
         self.answers = True
         self.restarts = 0
         self.process = type("P", (), {"pid": 4242})()
+        self.store_down: str | None = None
 
     def health(self) -> Health:
         return Health(alive=not self.dead, exit_code=-9 if self.dead else None)
@@ -61,9 +62,25 @@ class FakeTriton:
     def probe(self, timeout: float) -> bool:
         return self.answers
 
+    def degraded(self, timeout: float) -> str | None:
+        return self.store_down
+
     def restart(self) -> None:
         self.restarts += 1
         self.dead, self.answers = False, True
+
+
+def test_a_degraded_state_store_is_reported_and_never_restarted():
+    """Serving at threat 1 without Redis is safe: reported in the health path, not a reason to restart."""
+    triton = FakeTriton()
+    sup = Supervisor(triton)
+    triton.store_down = "adaptive state store unreachable in mia_defense_0_0: outputs served at threat 1"
+    assert sup.recover() is None and triton.restarts == 0
+    report = sup.health()
+    assert report.ok and report.degraded == triton.store_down
+    assert report.describe().endswith("degraded: " + triton.store_down)
+    triton.store_down = None
+    assert sup.recover() is None and sup.health().degraded == ""
 
 
 def test_a_fourth_death_far_apart_is_restarted_too():
