@@ -17,17 +17,46 @@ __all__ = ["InferenceServerException", "VeilClient"]
 
 
 class VeilClient:
-    """``classify(texts)`` against one ensemble; ``protocol`` is "http" or "grpc"."""
+    """``classify(texts)`` against one ensemble; ``protocol`` is "http" or "grpc".
 
-    def __init__(self, url: str, *, protocol: str = "http", timeout: float = 60.0) -> None:
+    Through the production gateway's front door (docs/front-door.md): ``api_key`` is sent as
+    ``authorization: Bearer <key>`` on every call; ``ca_file`` turns on TLS (the server's CA), and
+    ``cert_file`` + ``key_file`` present a client certificate (mTLS)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        protocol: str = "http",
+        timeout: float = 60.0,
+        api_key: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+    ) -> None:
         if protocol not in ("http", "grpc"):
             raise ValueError("protocol must be 'http' or 'grpc'")
+        if (cert_file is None) != (key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+        if cert_file is not None and ca_file is None:
+            raise ValueError("a client certificate (mTLS) needs ca_file (TLS) too")
         self.protocol = protocol
         self.module = httpclient if protocol == "http" else grpcclient
+        self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         if protocol == "http":
-            self.client = httpclient.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
+            tls = {}
+            if ca_file is not None:
+                options = {"ca_certs": ca_file} | ({"certfile": cert_file, "keyfile": key_file} if cert_file else {})
+                tls = {"ssl": True, "ssl_options": options}
+            self.client = httpclient.InferenceServerClient(
+                url, connection_timeout=timeout, network_timeout=timeout, **tls
+            )
         else:
-            self.client = grpcclient.InferenceServerClient(url)
+            tls = {}
+            if ca_file is not None:
+                tls = {"root_certificates": ca_file, "private_key": key_file, "certificate_chain": cert_file}
+                tls["ssl"] = True
+            self.client = grpcclient.InferenceServerClient(url, **tls)
         self.timeout = timeout
 
     def close(self) -> None:
@@ -41,9 +70,10 @@ class VeilClient:
 
     def label_names(self, model: str) -> list[str]:
         if self.protocol == "http":
-            params = self.client.get_model_config(model).get("parameters", {})
+            params = self.client.get_model_config(model, headers=self.headers).get("parameters", {})
         else:
-            params = self.client.get_model_config(model, as_json=True)["config"].get("parameters", {})
+            config = self.client.get_model_config(model, headers=self.headers, as_json=True)
+            params = config["config"].get("parameters", {})
         value = params.get("label_names", {}).get("string_value", "")
         return json.loads(value) if value else []
 
@@ -64,6 +94,7 @@ class VeilClient:
         ]
         params = {CLIENT_ID_KEY: client_id} if client_id is not None else None
         kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+        headers = self.headers | (headers or {})
         return self.client.infer(model, [inp], outputs=outputs, parameters=params, headers=headers, **kwargs)
 
     def classify(

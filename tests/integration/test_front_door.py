@@ -92,6 +92,7 @@ def front(tiny_build, tmp_path_factory):
         _add(issued, path, f"control-{p}")
         _add(issued, path, f"spoofer-{p}", max_sub_ids=2)
     _add(issued, path, "rotor", rows_per_s=0, concurrent=16)
+    _add(issued, path, "cli")
     command = [sys.executable, "-m", "veil.serving.gateway", "--repository", str(repo)]
     command += ["--http-port", "0", "--grpc-port", "0", "--log-file", str(root / "tritonserver.log")]
     command += [
@@ -372,6 +373,26 @@ def test_a_caller_sent_id_cannot_reach_another_principals_state(front, protocol,
         client.close()
     np.testing.assert_array_equal(victim_answer, control_answer)
     assert (spoofed != control_answer).any(), "the flood raised no threat: the test cannot tell states apart"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_veil_classify_goes_through_the_front_door(front, protocol, tmp_path, capsys, monkeypatch):
+    """The shipped client: key from a file, TLS with a client certificate; without the key, the
+    gateway's refusal is printed and the exit code is 1."""
+    from veil.client.cli import main as classify
+
+    key_file = tmp_path / "key"
+    key_file.write_text(front.keys["cli"] + "\n")
+    url = front.http_url if protocol == "http" else front.grpc_url
+    tls = ["--tls-ca", str(front.pki.ca.cert), "--tls-cert", str(front.pki.client.cert)]
+    tls += ["--tls-key", str(front.pki.client.key)]
+    monkeypatch.delenv("VEIL_API_KEY", raising=False)
+    args = ["--protocol", protocol, "--url", url, *tls, "--json", "a gripping and funny film"]
+    assert classify([*args, "--api-key-file", str(key_file)]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["label"] in (0, 1) and sum(row["probabilities"]) == pytest.approx(1, abs=1e-5)
+    assert classify(args) == 1
+    assert "authentication required" in capsys.readouterr().err
 
 
 def test_key_rotation_under_load_loses_no_request(front):
