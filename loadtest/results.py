@@ -187,8 +187,19 @@ def level_entry(
         "round_throughput_rps": [len(r.latencies_us) / r.seconds if r.seconds else 0.0 for r in rs],
         "client_cpu": float(np.mean([r.client_cpu for r in rs])) if rs else None,
         "server_cpu": float(np.mean([r.server_cpu for r in rs])) if rs and rs[0].server_cpu is not None else None,
+        "server_cpu_ms_per_request": _cpu_per_request(rs),
         "server": server_split(summed([r.stats for r in rs]), model, composing),
     }
+
+
+def _cpu_per_request(rs: Sequence[RoundResult]) -> float | None:
+    """Server CPU milliseconds per request over a level's rounds (tritonserver and its stubs): what a
+    request costs the machine, whatever share of the cores the other jobs on it left the server."""
+    if not rs or any(r.server_cpu is None for r in rs):
+        return None
+    cpu_s = sum(r.server_cpu * r.seconds for r in rs)
+    n = sum(len(r.latencies_us) for r in rs)
+    return 1e3 * cpu_s / n if n else None
 
 
 def level_ratio(raw: dict, dfd: dict) -> dict:
@@ -200,6 +211,7 @@ def level_ratio(raw: dict, dfd: dict) -> dict:
         **{k: ratio(dfd[f"{k}_ms"], raw[f"{k}_ms"]) for k in ("p50", "p95", "p99", "mean")},
         "throughput": ratio(dfd["throughput_rps"], raw["throughput_rps"]),
         "round_p50": [ratio(d, r) for d, r in zip(dfd["round_p50_ms"], raw["round_p50_ms"], strict=False)],
+        "server_cpu_per_request": ratio(dfd.get("server_cpu_ms_per_request"), raw.get("server_cpu_ms_per_request")),
     }
 
 

@@ -88,9 +88,13 @@ class ServingOptions:
     max_queue_delay_us: int = 0
     tokenizer_instances: int = 1
     classifier_instances: int = 1
-    classifier_threads: int = 0
-    """onnxruntime intra-op threads of every classifier session on the embedded server (0: its default,
-    one per core); the sessions share the cores with the tokenizer and the defense step."""
+    classifier_threads: int = 1
+    """onnxruntime intra-op threads of every python-hosted classifier session (0: onnxruntime's default,
+    one per core). One, because the sessions share the cores with the tokenizer, the defense and the
+    server's own threads: on the 2-core host it halved the CPU per request (docs/load-testing.md);
+    scale with ``classifier_instances`` instead."""
+    classifier_spin: int = 0
+    """1: idle onnxruntime pool threads busy-wait (onnxruntime's default); 0: they sleep."""
     max_clients: int = 10_000
     defense_layout: str = "hosted"
 
@@ -144,8 +148,9 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
             },
         ),
     ]
-    models.append(_classifier("classifier", token_tensors, [logits], opts, platform, asset="classifier"))
     hosted = opts.defense_layout == "hosted"
+    if not hosted or opts.mode == "benchmark":  # hosted production: no step needs a classifier of its own
+        models.append(_classifier("classifier", token_tensors, [logits], opts, platform, asset="classifier"))
     # Hosted: the step takes the token tensors (and runs the classifier) or logits sent directly.
     step_inputs = [
         Tensor(wire.LOGITS, "TYPE_FP32", (c,), optional=hosted),
@@ -172,7 +177,7 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
                     "classifier_sha256": opts.classifier_sha256,
                     "max_clients": str(opts.max_clients),
                     "hosts_classifier": "1" if hosted else "0",
-                    **({"threads": str(opts.classifier_threads)} if hosted and opts.classifier_threads else {}),
+                    **(_session_parameters(opts) if hosted else {}),
                 },
                 assets=("defense", "classifier") if hosted else ("defense",),
             )
@@ -197,6 +202,11 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
         )
         models.append(_ensemble(UNDEFENDED, BASELINE_CLASSIFIER, opts, hosted=True))
     return models
+
+
+def _session_parameters(opts: ServingOptions) -> dict[str, str]:
+    """onnxruntime settings of a python-hosted classifier session."""
+    return {"threads": str(opts.classifier_threads), "spin": str(opts.classifier_spin)}
 
 
 def _classifier(
@@ -230,7 +240,7 @@ def _classifier(
         max_queue_delay_us=opts.max_queue_delay_us,
         parameters={
             **({"classifier_sha256": opts.classifier_sha256} if asset == "classifier" else {}),
-            **({"threads": str(opts.classifier_threads)} if opts.classifier_threads else {}),
+            **_session_parameters(opts),
         },
         assets=(asset,),
     )

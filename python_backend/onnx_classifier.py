@@ -8,12 +8,17 @@ import numpy as np
 
 
 class OnnxClassifier:
-    def __init__(self, path: str | Path, *, device_id: int | None = None, threads: int = 0) -> None:
+    def __init__(self, path: str | Path, *, device_id: int | None = None, threads: int = 0, spin: bool = True) -> None:
+        """``threads``: intra-op threads (0: onnxruntime's default, one per core). ``spin``: idle pool
+        threads busy-wait for the next run (onnxruntime's default); off, they sleep, which leaves the
+        cores to the other processes of a server that has more of them than cores."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list = ["CPUExecutionProvider"]
         if device_id is not None and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))

@@ -28,7 +28,10 @@ def load_classifier(args: dict, path: Path, *, expected_sha256: str | None) -> O
         raise RuntimeError(f"{path} does not match the classifier this repository was built for")
     gpu = args.get("model_instance_kind") == "GPU"
     device = int(args.get("model_instance_device_id", 0)) if gpu else None
-    model = OnnxClassifier(path, device_id=device, threads=int(parameters(args).get("threads", "0")))
+    params = parameters(args)
+    model = OnnxClassifier(
+        path, device_id=device, threads=int(params.get("threads", "0")), spin=params.get("spin", "1") != "0"
+    )
     if gpu and "CUDAExecutionProvider" not in model.providers:
         raise RuntimeError(
             "instance is KIND_GPU but onnxruntime offers no CUDAExecutionProvider here: install onnxruntime-gpu"

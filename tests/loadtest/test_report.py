@@ -69,6 +69,8 @@ def test_ratios_and_summary_points(report):
             assert r["reference"] == comp["reference"]
             assert r["p50"] == pytest.approx(1.04, rel=0.02)
             assert r["throughput"] == pytest.approx(1 / 1.04, rel=0.02)
+            # same server CPU share per wall second, 1/1.04 the requests: 1.04 the CPU per request
+            assert r["server_cpu_per_request"] == pytest.approx(1.04, rel=0.02)
             assert len(r["round_p50"]) == 2
     for a in report["attribution"]:  # identical synthetic steps: no extra cost, no noise
         assert a["extra_us"] == pytest.approx(0) and a["shared_compute_ratio"] == pytest.approx(1)

@@ -100,10 +100,14 @@ def test_unknown_layout_is_refused():
         describe(ServingOptions(**{**OPTS.__dict__, "defense_layout": "fused"}), "embedded")
 
 
-def test_production_mode_has_no_raw_path():
-    models = {m.name for m in describe(ServingOptions(**{**OPTS.__dict__, "mode": "production"}), "embedded")}
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_production_mode_has_no_raw_path(layout):
+    opts = ServingOptions(**{**OPTS.__dict__, "mode": "production", "defense_layout": layout})
+    models = {m.name for m in describe(opts, "embedded")}
     assert RAW not in models and "softmax" not in models and DEFENDED in models
     assert UNDEFENDED not in models and BASELINE_CLASSIFIER not in models
+    # hosted: the defense steps run the classifier, so no stub holds a second copy of it
+    assert ("classifier" in models) == (layout == "ensemble")
 
 
 def test_label_names_survive_the_round_trip():
@@ -116,3 +120,19 @@ def test_label_names_survive_the_round_trip():
 def test_veil_must_be_served():
     with pytest.raises(ValueError, match="must include 'veil'"):
         describe(ServingOptions(**{**OPTS.__dict__, "variants": ("perturb_all",)}), "embedded")
+
+
+def test_session_settings_reach_every_python_hosted_classifier():
+    """classifier_threads / classifier_spin go to each onnxruntime session the embedded server runs
+    (the classifier, the baseline's graph, each hosted defense step): one sleeping thread by default."""
+    tuned = ServingOptions(**{**OPTS.__dict__, "classifier_threads": 0, "classifier_spin": 1})
+    sessions = ("classifier", BASELINE_CLASSIFIER, "mia_defense", "mia_defense_random_noise")
+    for opts, want in ((OPTS, {"threads": "1", "spin": "0"}), (tuned, {"threads": "0", "spin": "1"})):
+        models = {m.name: m for m in describe(opts, "embedded")}
+        for name in sessions:
+            assert {k: models[name].parameters.get(k) for k in want} == want
+        assert "threads" not in models["tokenizer"].parameters
+    ensemble = {
+        m.name: m for m in describe(ServingOptions(**{**OPTS.__dict__, "defense_layout": "ensemble"}), "embedded")
+    }
+    assert "threads" not in ensemble["mia_defense"].parameters  # fed logits: no session of its own
