@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veil.export.train import packaged_minilm
-from veil.python_backend.member_index import MemberIndex, _band_keys
+from veil.python_backend.member_index import SMALL_BATCH, MemberIndex, _band_keys
 from veil.python_backend.tokens import text_signatures
 
 from .conftest import member_signatures
@@ -60,10 +60,16 @@ def test_vectorised_nearest_equals_the_loop(n_members, n_queries, alphabet, widt
     queries = rng.integers(0, alphabet + 1, (n_queries, width)).astype(np.int32)
     copied = rng.random(n_queries) < 0.3
     queries[copied] = members[rng.integers(0, n_members, copied.sum())]
-    sim, lab = MemberIndex(members, labels).nearest(queries)
+    index = MemberIndex(members, labels)
+    sim, lab = index.nearest(queries)
     want_sim, want_lab = loop_nearest(members, labels, queries)
     np.testing.assert_array_equal(sim, want_sim)
     np.testing.assert_array_equal(lab, want_lab)
+    # small batches take the per-band dict path: the same answers row for row
+    for start in range(0, min(n_queries, 12), SMALL_BATCH):
+        small_sim, small_lab = index.nearest(queries[start : start + SMALL_BATCH])
+        np.testing.assert_array_equal(small_sim, want_sim[start : start + SMALL_BATCH])
+        np.testing.assert_array_equal(small_lab, want_lab[start : start + SMALL_BATCH])
 
 
 def test_chunked_look_up_equals_one_pass(monkeypatch):
