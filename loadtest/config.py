@@ -6,13 +6,24 @@ the runner's command line built, without either.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from veil.model_repository.spec import DEFENDED, RAW, UNDEFENDED
 
-__all__ = ["DEFENDED", "GOALS", "KNEE_SHARE", "RAW", "STAT_FIELDS", "UNDEFENDED", "RunConfig", "plan"]
+__all__ = [
+    "DEFENDED",
+    "GOALS",
+    "KNEE_SHARE",
+    "RAW",
+    "STAT_FIELDS",
+    "UNDEFENDED",
+    "RunConfig",
+    "plan",
+    "serving_changes",
+]
 
 STAT_FIELDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 GOALS = {"p50": 1.05, "p99": 1.10, "throughput": 0.95}  # defended/undefended latency at most, throughput at least
@@ -91,4 +102,21 @@ def plan(cfg: RunConfig) -> list[tuple[str, int, int, str]]:
             for r in range(cfg.rounds):
                 order = cfg.models if r % 2 == 0 else cfg.models[::-1]
                 out.extend((protocol, users, r, m) for m in order)
+    return out
+
+
+def serving_changes(pairs: Sequence[str]) -> dict[str, object]:
+    """``--serving key=value`` pairs as ServingOptions changes (integers where the field is one);
+    ``ValueError`` names a malformed pair or an unknown key."""
+    import dataclasses
+
+    from veil.model_repository.spec import ServingOptions
+
+    fields = {f.name: f for f in dataclasses.fields(ServingOptions)}
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--serving {pair!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+        out[key] = int(value) if isinstance(fields[key].default, int) else value
     return out

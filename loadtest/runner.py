@@ -45,7 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from veil.export.build_dir import BuildDir
 from veil.loadtest import locustfile as lf
 from veil.loadtest import perf_analyzer as pa
-from veil.loadtest.config import DEFENDED, RAW, UNDEFENDED, RunConfig, plan
+from veil.loadtest.config import DEFENDED, RAW, UNDEFENDED, RunConfig, plan, serving_changes
 from veil.loadtest.report import to_markdown, write_reports
 from veil.loadtest.results import RoundResult, stats_delta, summarize
 from veil.loadtest.server import defense_counters, ensemble_steps, model_stats, process_cpu, serving
@@ -261,19 +261,10 @@ def _users(text: str) -> tuple[int, ...]:
 
 
 def _serving_changes(p: argparse.ArgumentParser, pairs: Sequence[str]) -> dict[str, object]:
-    """``--serving key=value`` pairs as ServingOptions changes (integers where the field is one)."""
-    import dataclasses
-
-    from veil.model_repository.spec import ServingOptions
-
-    fields = {f.name: f for f in dataclasses.fields(ServingOptions)}
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in fields:
-            p.error(f"--serving {pair!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
-        out[key] = int(value) if isinstance(fields[key].default, int) else value
-    return out
+    try:
+        return serving_changes(pairs)
+    except ValueError as err:
+        p.error(str(err))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
