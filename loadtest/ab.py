@@ -9,6 +9,7 @@ ensemble in turn (forwards, then backwards: ABC CBA), so each pair of samples is
 apart and drift cancels at the finest grain. It reports p50/p90/p99 per ensemble, the ratios
 against the first (the undefended baseline) and the median of the per-request paired ratios.
 Starts the embedded server like the runner (``--serving`` rewrites the build's repository first).
+No Locust here (it patches the interpreter for gevent on import), so tests can import this module.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import numpy as np
 from rich.console import Console
 
 from veil import wire
+from veil.export.build_dir import BuildDir
 from veil.loadtest.config import DEFENDED, RAW, UNDEFENDED, RunConfig, serving_changes
-from veil.loadtest.locustfile import load_texts
 from veil.loadtest.server import serving
 
 
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(a.out or Path(a.build_dir) / "loadtest-ab")
     cfg = RunConfig(build_dir=a.build_dir, out_dir=str(out), serving=changes)
     models = [m for m in a.models.split(",") if m]
-    texts = load_texts(a.build_dir, "nonmember_eval", 1500)
+    texts = BuildDir(a.build_dir).texts("nonmember_eval", limit=1500)
     with serving(cfg, Console()) as (grpc_url, _http, _metrics, _pid):
         times = run(grpc_url, models, texts, requests=a.requests, warmup=a.warmup)
     summary = summarize(times)
