@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pr.add_argument("--kind", choices=("auto", "gpu", "cpu"), default="auto")
     pr.add_argument("--requests", type=int, default=200, help="timed requests per model and batch size (stage 3)")
     pr.add_argument("--skip-triton", action="store_true")
-    pr.add_argument("--hop-ms", type=float, default=1.9, help="python-backend crossings per request (stage 2)")
+    pr.add_argument("--hop-ms", type=float, default=1.5, help="python-backend crossings per request (stage 2)")
     a = p.parse_args(argv)
     if a.cmd == "prepare":
         manifest = prepare(Path(a.bundle), Path(a.build_dir), rows=a.rows, with_triton=a.with_triton)

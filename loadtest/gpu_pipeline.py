@@ -1,6 +1,6 @@
 """Defended against undefended in one process, on a GPU: the served steps without the server.
 
-    python -m veil.loadtest.gpu_pipeline --bundle build/gpu-bundle [--device cuda] [--hop-ms 1.9]
+    python -m veil.loadtest.gpu_pipeline --bundle build/gpu-bundle [--device cuda] [--hop-ms 1.5]
 
 The device machine of this workplace has CUDA torch and numpy 2 but no tritonserver that can run
 there (Triton 2.51's python backend needs numpy < 2), so the served ensembles cannot be load-tested
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bundle", default="build/gpu-bundle")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=200)
-    p.add_argument("--hop-ms", type=float, default=1.9, help="python-backend crossings per request, both sides")
+    p.add_argument("--hop-ms", type=float, default=1.5, help="python-backend crossings per request, both sides")
     a = p.parse_args(argv)
     bundle = Path(a.bundle)
     texts = json.loads((bundle / "texts.json").read_text())
