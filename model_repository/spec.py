@@ -215,19 +215,16 @@ def _classifier(
     """An ONNX classifier: onnxruntime backend on GPU (NVIDIA's server), a python-backend onnxruntime
     session on the embedded server (no onnxruntime backend there). The file's hash is checked on the
     embedded server only for the exported graph itself (``classifier``)."""
+    shared = {
+        "instance_count": opts.classifier_instances,
+        "max_queue_delay_us": opts.max_queue_delay_us,
+        "assets": (asset,),
+    }
     if platform == "nvidia":
         return Model(
-            name,
-            "onnxruntime",
-            inputs,
-            outputs,
-            opts.max_batch_size,
-            platform,
-            instance_kind="KIND_GPU",
-            instance_count=opts.classifier_instances,
-            max_queue_delay_us=opts.max_queue_delay_us,
-            assets=(asset,),
+            name, "onnxruntime", inputs, outputs, opts.max_batch_size, platform, instance_kind="KIND_GPU", **shared
         )
+    parameters = {"classifier_sha256": opts.classifier_sha256} if asset == "classifier" else {}
     return Model(
         name,
         "python",
@@ -236,13 +233,8 @@ def _classifier(
         opts.max_batch_size,
         platform,
         adapter="veil.python_backend.triton.classifier",
-        instance_count=opts.classifier_instances,
-        max_queue_delay_us=opts.max_queue_delay_us,
-        parameters={
-            **({"classifier_sha256": opts.classifier_sha256} if asset == "classifier" else {}),
-            **_session_parameters(opts),
-        },
-        assets=(asset,),
+        parameters=parameters | _session_parameters(opts),
+        **shared,
     )
 
 
