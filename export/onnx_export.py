@@ -77,6 +77,37 @@ def export_onnx(model, tokenizer, path: str | Path, *, exporter: str = "torchscr
     return names
 
 
+def with_softmax(src: str | Path, dst: str | Path) -> Path:
+    """The undefended baseline's classifier: ``src`` with softmax and argmax appended inside the graph
+    (``probabilities`` [batch, C] float32, ``label`` [batch, 1] int64, first index on ties), as a user
+    who serves the classifier without Veil would export it: nothing runs after it but the server."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    (logits,) = [o for o in graph.output if o.name == wire.LOGITS]
+    classes = logits.type.tensor_type.shape.dim[1]
+    graph.node.extend(
+        [
+            helper.make_node("Softmax", [wire.LOGITS], [wire.PROBABILITIES], axis=-1, name="veil_softmax"),
+            helper.make_node("ArgMax", [wire.LOGITS], [wire.LABEL], axis=1, keepdims=1, name="veil_argmax"),
+        ]
+    )
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info(wire.PROBABILITIES, onnx.TensorProto.FLOAT, ["batch", classes.dim_value]),
+            helper.make_tensor_value_info(wire.LABEL, onnx.TensorProto.INT64, ["batch", 1]),
+        ]
+    )
+    onnx.checker.check_model(model)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
+    return dst
+
+
 @dataclass
 class Parity:
     rows: int

@@ -6,16 +6,27 @@ the runner's command line built, without either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from veil.model_repository.spec import DEFENDED, RAW
+from veil.model_repository.spec import DEFENDED, RAW, UNDEFENDED
 
-__all__ = ["DEFENDED", "GOALS", "KNEE_SHARE", "RAW", "STAT_FIELDS", "RunConfig", "plan"]
+__all__ = [
+    "DEFENDED",
+    "GOALS",
+    "KNEE_SHARE",
+    "RAW",
+    "STAT_FIELDS",
+    "UNDEFENDED",
+    "RunConfig",
+    "plan",
+    "serving_changes",
+]
 
 STAT_FIELDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
-GOALS = {"p50": 1.05, "p99": 1.10, "throughput": 0.95}  # issue #5: defended/raw latency at most, throughput at least
+GOALS = {"p50": 1.05, "p99": 1.10, "throughput": 0.95}  # defended/undefended latency at most, throughput at least
 KNEE_SHARE = 0.95  # the knee: the fewest users at which raw throughput reaches 95% of its best
 
 
@@ -38,11 +49,17 @@ class RunConfig:
     texts: int = 1500
     raw: str = RAW
     defended: str = DEFENDED
+    baseline: str = UNDEFENDED
+    """The undefended deployment the goals are judged against (tokenizer -> classifier with softmax in
+    its graph); ``raw`` (the defended path's shape with a python softmax step) is reported beside it."""
     perf_analyzer: bool = True
     perf_request_count: int = 50
     grpc_url: str | None = None
     http_url: str | None = None
     metrics_url: str | None = None
+    serving: dict[str, Any] = field(default_factory=dict)
+    """ServingOptions changes (e.g. ``defense_layout``): the build's repository is written again with
+    them into the report folder and served from there (a lever measured without a rebuild)."""
 
     @classmethod
     def quick_defaults(cls, **overrides: Any) -> RunConfig:
@@ -60,6 +77,15 @@ class RunConfig:
         )
         return replace(base, **overrides)
 
+    @property
+    def references(self) -> tuple[str, ...]:
+        """What the defended ensemble is compared with: the goals' reference first."""
+        return tuple(dict.fromkeys(m for m in (self.baseline, self.raw) if m and m != self.defended))
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return (*self.references, self.defended)
+
     def output_dir(self) -> Path:
         """Where the reports go: ``--out``, else a folder of the build (a separate one for CI-size runs)."""
         if self.out_dir:
@@ -68,11 +94,29 @@ class RunConfig:
 
 
 def plan(cfg: RunConfig) -> list[tuple[str, int, int, str]]:
-    """(protocol, users, round, model) in run order: ABBA per user count so drift cancels."""
+    """(protocol, users, round, model) in run order: the models forwards, then backwards (ABC CBA) per
+    user count, so slow drift hits every model alike."""
     out = []
     for protocol, levels in (("grpc", cfg.grpc_users), ("http", cfg.http_users)):
         for users in levels:
             for r in range(cfg.rounds):
-                order = (cfg.raw, cfg.defended) if r % 2 == 0 else (cfg.defended, cfg.raw)
+                order = cfg.models if r % 2 == 0 else cfg.models[::-1]
                 out.extend((protocol, users, r, m) for m in order)
+    return out
+
+
+def serving_changes(pairs: Sequence[str]) -> dict[str, object]:
+    """``--serving key=value`` pairs as ServingOptions changes (integers where the field is one);
+    ``ValueError`` names a malformed pair or an unknown key."""
+    import dataclasses
+
+    from veil.model_repository.spec import ServingOptions
+
+    fields = {f.name: f for f in dataclasses.fields(ServingOptions)}
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--serving {pair!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+        out[key] = int(value) if isinstance(fields[key].default, int) else value
     return out

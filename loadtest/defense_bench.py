@@ -111,6 +111,46 @@ def bench(
     return report
 
 
+def cache_effect(build_dir: Path, *, repeats: int) -> dict[str, float]:
+    """CPU ms (``time.thread_time``) of the served step for one row (logit check, threat, defense),
+    run warm (right after itself), right after a classifier run (which streams the ONNX weights
+    through the caches, as in the hosted ``mia_defense``), and after a 3 ms sleep."""
+    from veil.python_backend.adaptive import AdaptiveConfig, ThreatTracker
+    from veil.python_backend.onnx_classifier import OnnxClassifier
+    from veil.python_backend.tokens import TextEncoder
+    from veil.wire import FINGERPRINT
+
+    build = BuildDir(build_dir)
+    options = build.options()
+    defense = Defense(DefenseArtifact.load(build.defense), config=DefenseConfig(variant="veil"))
+    tracker = ThreatTracker(AdaptiveConfig())
+    session = OnnxClassifier(build.onnx, threads=1, spin=False)
+    encoder = TextEncoder(build.hf, input_names=options.input_names, max_length=options.max_length)
+    feeds = [encoder([t]) for t in build.texts("nonmember_eval", limit=200)]
+    logits = [session(f) for f in feeds]
+
+    def step(i: int) -> float:
+        t = time.thread_time()
+        z, sig = logits[i], feeds[i][FINGERPRINT]
+        defense.check(z)
+        threat = tracker.observe(f"user{i % 8}", z, sig)
+        defense(z, threat=np.full(1, threat), signatures=sig, checked=True)
+        return time.thread_time() - t
+
+    times: dict[str, list[float]] = {"warm": [], "after_classifier": [], "after_sleep": []}
+    for r in range(repeats + 10):
+        i = r % len(feeds)
+        warm = step(i)
+        session(feeds[i])
+        cold = step(i)
+        time.sleep(0.003)
+        slept = step(i)
+        if r >= 10:
+            for k, v in zip(times, (warm, cold, slept), strict=True):
+                times[k].append(v)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
 def to_markdown(report: dict) -> str:
     lines = [f"Defense step on {report['rows']} evaluation outputs (torch threads: {report['torch_threads']}).", ""]
     lines.append(
@@ -143,12 +183,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--state", action="store_true", help="time the adaptive-state step instead (loadtest/state_bench.py)"
     )
+    p.add_argument(
+        "--cache-effect", action="store_true", help="only: the served step's CPU time warm vs after a classifier run"
+    )
     a = p.parse_args(argv)
     if a.state:
         from veil.loadtest.state_bench import main as state_main
 
         return state_main([])
     build_dir = Path(a.build_dir)
+    if a.cache_effect:
+        torch.set_num_threads(a.threads)
+        ms = cache_effect(build_dir, repeats=a.repeats)
+        print("| served step, 1 row, CPU ms | " + " | ".join(ms) + " |\n|---|" + "---|" * len(ms))
+        print("| median | " + " | ".join(f"{v:.3f}" for v in ms.values()) + " |")
+        return 0
     inputs = None
     if a.inputs:
         data = np.load(a.inputs)

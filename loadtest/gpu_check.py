@@ -1,19 +1,21 @@
-"""GPU check for a device machine without internet: the defense step on CUDA, then (if it fits) Triton.
+"""GPU check for a device machine without internet: the defense step on CUDA, defended against
+undefended with the classifier on the GPU, then (if it fits) Triton.
 
     loadtest/gpu_check.sh prepare [--with-triton]   # here, on the CPU host: writes build/gpu-bundle/
     loadtest/gpu_check.sh run                       # on the device, with build/gpu-bundle carried along
 
-Why a bundle: the device has Python 3.12 and CUDA torch but no network, and at most 64 MiB travel
-with a call. The MiniLM ONNX file alone is 91 MB and ``defense_bench`` imports transformers and
-onnxruntime to compute its input logits, so the host computes those logits once (the defense step
-only ever sees logits) and ships them with the defense artifact and a few small wheels. On the
-device, ``veil.loadtest.defense_bench`` then runs unchanged on those logits, on CPU and CUDA.
+Why a bundle: the device has Python 3.12, CUDA torch and transformers but no network, and at most
+64 MiB travel with a call (the checkout included). The MiniLM ONNX file alone is 91 MB, so the host
+computes the evaluation logits once (the defense step only ever sees logits) and ships them with the
+defense artifact, the fine-tuned weights in float16 (about 45 MB), the tokenizer and some texts.
 
-Stage 2 (``--with-triton``) adds the nvidia-pytriton wheel (tritonserver 2.51, about 55 MB) and a
-two-model repository: ``mia_defense`` as built for the ``nvidia`` platform (KIND_GPU) and
-``softmax`` (the raw ensemble's last step), both fed logits directly. It runs only when the
-device's numpy is < 2 (the 2.51 python backend needs it, and a numpy wheel does not fit beside
-tritonserver in 64 MiB); otherwise it says why it was skipped.
+Stage 1: ``veil.loadtest.defense_bench`` on those logits, on CPU and CUDA. Stage 2:
+``veil.loadtest.gpu_pipeline``, the defended and the undefended computation per request with the
+classifier on the GPU, interleaved, and the served ratios projected from them. Stage 3
+(``--with-triton``, only if it fits in 64 MiB, which it does not beside the weights) adds the
+nvidia-pytriton wheel and times ``mia_defense`` (``nvidia`` platform, KIND_GPU, fed logits) against
+``softmax`` in tritonserver; it runs only when the device's numpy is < 2 (the 2.51 python backend
+needs it); otherwise it says why it was skipped.
 """
 
 from __future__ import annotations
@@ -53,8 +55,43 @@ def _download(spec: str, dest: Path) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
 
 
-def prepare(bundle: Path, build_dir: Path, *, rows: int, with_triton: bool) -> dict:
-    """Host side: logits of the build's evaluation rows, the artifact, wheels; checks the 64 MiB cap."""
+def _classifier_fp16(build: BuildDir, dest: Path) -> None:
+    """The fine-tuned model's config, tokenizer and weights, the weights stored in float16 (half the
+    bytes; the device computes in float32 like the exported graph)."""
+    from safetensors.torch import load_file, save_file
+
+    dest.mkdir(parents=True)
+    for f in build.hf.iterdir():
+        if f.is_file() and f.suffix != ".safetensors" and not f.name.startswith("training"):
+            shutil.copy2(f, dest / f.name)
+    for f in build.hf.glob("*.safetensors"):
+        tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(f).items()}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, dest / f.name, metadata={"format": "pt"})
+
+
+def _triton_repository(build: BuildDir, dest: Path) -> None:
+    """``mia_defense`` (nvidia platform, fed logits: the ensemble layout) and ``softmax``, rendered by
+    the spec like every served config."""
+    import dataclasses
+
+    from veil.model_repository.spec import describe, render
+    from veil.model_repository.writer import MODEL_PY
+
+    opts = dataclasses.replace(build.options(), defense_layout="ensemble", mode="benchmark", variants=("veil",))
+    for model in describe(opts, "nvidia"):
+        if model.name not in ("mia_defense", "softmax"):
+            continue
+        version = dest / model.name / "1"
+        version.mkdir(parents=True)
+        (dest / model.name / "config.pbtxt").write_text(render(model))
+        (version / "model.py").write_text(MODEL_PY.format(module=model.adapter))
+        if "defense" in model.assets:
+            shutil.copytree(build.defense, version / "defense")
+
+
+def prepare(bundle: Path, build_dir: Path, *, rows: int, with_triton: bool, wheels: bool = True) -> dict:
+    """Host side: logits of the build's evaluation rows, the artifact, the float16 classifier, texts,
+    wheels; checks the 64 MiB cap."""
     from veil.loadtest.defense_bench import eval_inputs
 
     if bundle.exists():
@@ -65,19 +102,20 @@ def prepare(bundle: Path, build_dir: Path, *, rows: int, with_triton: bool) -> d
     build = BuildDir(build_dir)
     shutil.copytree(build.defense, bundle / "defense")
     shutil.copy2(build.summary_file, bundle / "build.json")
-    for spec in SMALL_WHEELS:
+    shutil.copy2(build.repository / "options.json", bundle / "options.json")
+    _classifier_fp16(build, bundle / "classifier")
+    (bundle / "texts.json").write_text(json.dumps(build.texts("nonmember_eval", limit=512)))
+    for spec in SMALL_WHEELS if wheels else ():
         _download(spec, bundle / "wheels")
     notes = []
     if with_triton:
-        repo = build.repository
-        shutil.copytree(repo / "nvidia" / "mia_defense", bundle / "repo" / "mia_defense")
-        shutil.copytree(repo / "common" / "softmax", bundle / "repo" / "softmax")
+        _triton_repository(build, bundle / "repo")
         _download(PYTRITON, bundle / "wheels")
         if _size(bundle) > CAP_BYTES:
             for w in (bundle / "wheels").glob("nvidia_pytriton-*.whl"):
                 w.unlink()
             shutil.rmtree(bundle / "repo")
-            notes.append("nvidia-pytriton does not fit in 64 MiB next to the rest: stage 2 left out")
+            notes.append("nvidia-pytriton does not fit in 64 MiB next to the rest: stage 3 left out")
     manifest = {"build": str(build_dir), "rows": rows, "bytes": _size(bundle), "notes": notes}
     (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
@@ -124,16 +162,16 @@ def _compute_infer(url: str, model: str) -> tuple[int, int]:
 def stage_triton(bundle: Path, *, kind: str, requests_per_batch: int) -> int:
     """tritonserver with mia_defense (KIND_GPU as built) and softmax, timed over HTTP with logits."""
     if not (bundle / "repo").is_dir():
-        print("[gpu-check] stage 2 skipped: bundle prepared without --with-triton (or it did not fit)")
+        print("[gpu-check] stage 3 skipped: bundle prepared without --with-triton (or it did not fit)")
         return 0
     if int(np.__version__.split(".")[0]) >= 2:
-        print(f"[gpu-check] stage 2 skipped: numpy {np.__version__} here; Triton 2.51's python backend needs < 2")
+        print(f"[gpu-check] stage 3 skipped: numpy {np.__version__} here; Triton 2.51's python backend needs < 2")
         return 0
     # The launcher only needs pytriton's folder (binary, backend, stubs); importing the package would
     # pull its client stack (tritonclient, zmq, ...), which the device lacks. Register it unexecuted.
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.origin:
-        print("[gpu-check] stage 2 skipped: nvidia-pytriton is not unpacked here")
+        print("[gpu-check] stage 3 skipped: nvidia-pytriton is not unpacked here")
         return 0
     if "pytriton" not in sys.modules:
         shell = types.ModuleType("pytriton")
@@ -143,7 +181,7 @@ def stage_triton(bundle: Path, *, kind: str, requests_per_batch: int) -> int:
     try:
         from veil.serving.launcher import TritonServer
     except ImportError as exc:
-        print(f"[gpu-check] stage 2 skipped: {exc}")
+        print(f"[gpu-check] stage 3 skipped: {exc}")
         return 0
     repo = Path("/tmp/veil-gpu-check-repo")
     shutil.rmtree(repo, ignore_errors=True)
@@ -177,7 +215,17 @@ def stage_triton(bundle: Path, *, kind: str, requests_per_batch: int) -> int:
     return 0
 
 
-def run(bundle: Path, *, repeats: int, kind: str, requests_per_batch: int, skip_triton: bool) -> int:
+def stage_pipeline(bundle: Path, *, hop_ms: float) -> int:
+    """``python -m veil.loadtest.gpu_pipeline``: defended vs undefended with the classifier on the GPU."""
+    from veil.loadtest import gpu_pipeline
+
+    if not (bundle / "classifier").is_dir():
+        print("[gpu-check] stage 2 skipped: the bundle has no classifier (prepare it again)")
+        return 0
+    return gpu_pipeline.main(["--bundle", str(bundle), "--hop-ms", str(hop_ms)])
+
+
+def run(bundle: Path, *, repeats: int, kind: str, requests_per_batch: int, skip_triton: bool, hop_ms: float) -> int:
     import torch
 
     cuda = torch.cuda.is_available()
@@ -187,6 +235,13 @@ def run(bundle: Path, *, repeats: int, kind: str, requests_per_batch: int, skip_
     t = time.perf_counter()
     rc = stage_defense_bench(bundle, repeats=repeats)
     print(f"[gpu-check] stage 1 (defense step) done in {time.perf_counter() - t:.0f}s")
+    t = time.perf_counter()
+    try:
+        rc = stage_pipeline(bundle, hop_ms=hop_ms) or rc
+    except Exception as exc:  # report, do not hide stage 1's numbers
+        print(f"[gpu-check] stage 2 failed: {type(exc).__name__}: {exc}")
+        rc = rc or 1
+    print(f"[gpu-check] stage 2 (defended vs undefended pipelines) done in {time.perf_counter() - t:.0f}s")
     if not skip_triton:
         try:
             rc = (
@@ -198,7 +253,7 @@ def run(bundle: Path, *, repeats: int, kind: str, requests_per_batch: int, skip_
                 or rc
             )
         except Exception as exc:  # report, do not hide stage 1's numbers
-            print(f"[gpu-check] stage 2 failed: {type(exc).__name__}: {exc}")
+            print(f"[gpu-check] stage 3 failed: {type(exc).__name__}: {exc}")
             rc = rc or 1
     return rc
 
@@ -215,14 +270,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     pr.add_argument("--bundle", default="build/gpu-bundle")
     pr.add_argument("--repeats", type=int, default=50)
     pr.add_argument("--kind", choices=("auto", "gpu", "cpu"), default="auto")
-    pr.add_argument("--requests", type=int, default=200, help="timed requests per model and batch size (stage 2)")
+    pr.add_argument("--requests", type=int, default=200, help="timed requests per model and batch size (stage 3)")
     pr.add_argument("--skip-triton", action="store_true")
+    pr.add_argument("--hop-ms", type=float, default=1.5, help="python-backend crossings per request (stage 2)")
     a = p.parse_args(argv)
     if a.cmd == "prepare":
         manifest = prepare(Path(a.bundle), Path(a.build_dir), rows=a.rows, with_triton=a.with_triton)
         print(json.dumps(manifest, indent=2))
         return 0 if manifest["bytes"] <= CAP_BYTES else 1
-    return run(Path(a.bundle), repeats=a.repeats, kind=a.kind, requests_per_batch=a.requests, skip_triton=a.skip_triton)
+    return run(
+        Path(a.bundle),
+        repeats=a.repeats,
+        kind=a.kind,
+        requests_per_batch=a.requests,
+        skip_triton=a.skip_triton,
+        hop_ms=a.hop_ms,
+    )
 
 
 if __name__ == "__main__":

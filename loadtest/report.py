@@ -36,13 +36,28 @@ def _by_level(report: dict) -> Levels:
     return {(e["protocol"], e["users"], e["model"]): e for e in report["levels"]}
 
 
+def comparisons(report: dict) -> list[dict]:
+    """Each reference the defended ensemble was compared with (a report.json written before the
+    undefended baseline existed has one, against veil_raw, at the top level)."""
+    if report.get("comparisons"):
+        return report["comparisons"]
+    raw = report["meta"]["config"]["raw"]
+    keys = ("ratios", "attribution", "summary")
+    return [{"reference": raw, "goals": True, **{k: report.get(k) for k in keys}}]
+
+
+def _models(report: dict) -> list[str]:
+    c = report["meta"]["config"]
+    return [*(x["reference"] for x in comparisons(report)), c["defended"]]
+
+
 def header(report: dict) -> list[str]:
     """Title, build, server and host, and how the load was generated."""
     m = report["meta"]
     c, b = m["config"], m["build"]
     where = "embedded, started by the runner" if m.get("embedded_server") else "external"
     return [
-        "# Latency under load: defended vs raw",
+        "# Latency under load: defended vs undefended",
         "",
         f"{m['created']} · build `{b.get('dir')}` ({b.get('dataset')}, {b.get('model')},"
         f" max_length {b.get('max_length')}) · Triton {m.get('server', {}).get('version', '?')} ({where})"
@@ -52,30 +67,40 @@ def header(report: dict) -> list[str]:
         f" client ids {c['client_ids']}; {c['rounds']} round(s) of {c['round_seconds']:g} s per ensemble and user count"
         f" after {c['warmup_seconds']:g} s warm-up, ensembles alternating ABBA"
         + (f", at most {c['max_requests']} requests per round" if c["max_requests"] else "")
-        + ". Latencies from the users' own perf_counter samples (µs resolution).",
+        + ". Latencies from the users' own perf_counter samples (µs resolution)."
+        + (f" Served: the build's repository rewritten with {c['serving']}." if c.get("serving") else ""),
     ]
 
 
 def summary_table(report: dict) -> list[str]:
-    """Concurrency 1 and saturation per protocol against the goals, then peak throughput."""
+    """Per reference: concurrency 1 and saturation per protocol against the goals, then peak throughput."""
+    lines = ["## Summary", ""]
+    for comp in comparisons(report):
+        lines += [*_summary_of(report, comp), ""]
+    return lines[:-1]
+
+
+def _summary_of(report: dict, comp: dict) -> list[str]:
     c = report["meta"]["config"]
     by = _by_level(report)
+    ref = comp["reference"]
+    what = "the goals" if comp["goals"] else "for reference (same goals shown)"
     lines = [
-        "## Summary",
+        f"### {c['defended']} against {ref}: {what}",
         "",
-        f"Goals (issue #5): defended/raw p50 <= {GOALS['p50']}, p99 <= {GOALS['p99']},"
+        f"Goals: defended/{ref} p50 <= {GOALS['p50']}, p99 <= {GOALS['p99']},"
         f" throughput >= {GOALS['throughput']}. Saturation: {report['meta']['saturation_rule']}.",
         "",
-        "| protocol | point | users | p50 raw / defended ms | p95 raw / defended ms | p99 raw / defended ms"
-        " | req/s raw / defended | p50 ratio | p95 ratio | p99 ratio | throughput ratio |",
+        f"| protocol | point | users | p50 {ref} / defended ms | p95 ms | p99 ms"
+        " | req/s | p50 ratio | p95 ratio | p99 ratio | throughput ratio |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for protocol, s in report["summary"].items():
+    for protocol, s in comp["summary"].items():
         for point in ("concurrency_1", "saturation"):
             p = s[point]
             if point == "saturation" and p["users"] == s["concurrency_1"]["users"]:
                 continue  # one level only, or saturated at once: the row above says it all
-            r, d = by[(protocol, p["users"], c["raw"])], by[(protocol, p["users"], c["defended"])]
+            r, d = by[(protocol, p["users"], ref)], by[(protocol, p["users"], c["defended"])]
             pair = [f"{_f(r[k])} / {_f(d[k])}" for k in ("p50_ms", "p95_ms", "p99_ms")]
             rps = f"{_f(r['throughput_rps'], '{:.1f}')} / {_f(d['throughput_rps'], '{:.1f}')}"
             goals = (
@@ -86,11 +111,11 @@ def summary_table(report: dict) -> list[str]:
             )
             lines.append(_row(protocol, point.replace("_", " "), p["users"], *pair, rps, *goals))
     lines += ["", "Peak throughput (best user count of each ensemble):", ""]
-    for protocol, s in report["summary"].items():
+    for protocol, s in comp["summary"].items():
         pk = s["peak_throughput_rps"]
         lines.append(
-            f"- {protocol}: raw {pk['raw']:.1f} req/s, defended {pk['defended']:.1f} req/s,"
-            f" ratio {_goal(pk['ratio'], GOALS['throughput'], False)}; raw saturates from {s['knee_users']} user(s)"
+            f"- {protocol}: {ref} {pk['raw']:.1f} req/s, defended {pk['defended']:.1f} req/s,"
+            f" ratio {_goal(pk['ratio'], GOALS['throughput'], False)}; {ref} saturates from {s['knee_users']} user(s)"
         )
     return lines
 
@@ -101,8 +126,8 @@ def levels_table(report: dict) -> list[str]:
         "## Every level",
         "",
         "| protocol | users | ensemble | requests | errors | req/s | p50 ms | p95 ms | p99 ms | mean ms"
-        " | per-round p50 ms | client CPU | server CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " | per-round p50 ms | client CPU | server CPU | server CPU ms per request |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in report["levels"]:
         latency = [_f(e[k]) for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms")]
@@ -115,6 +140,7 @@ def levels_table(report: dict) -> list[str]:
                 rounds,
                 _f(e["client_cpu"]),
                 _f(e["server_cpu"]),
+                _f(e.get("server_cpu_ms_per_request")),
             )
         )
     lines += [
@@ -126,21 +152,30 @@ def levels_table(report: dict) -> list[str]:
 
 
 def ratios_table(report: dict) -> list[str]:
-    """Defended/raw ratios at every user count, and per round pair (how much the rounds agree)."""
+    """Defended/reference ratios at every user count, and per round pair (how much the rounds agree)."""
     lines = [
-        "| protocol | users | p50 ratio | p95 ratio | p99 ratio | mean ratio | throughput ratio"
-        " | p50 ratio per round pair |",
-        "|---|---|---|---|---|---|---|---|",
+        "| reference | protocol | users | p50 ratio | p95 ratio | p99 ratio | mean ratio | throughput ratio"
+        " | server CPU per request ratio | p50 ratio per round pair |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in report["ratios"]:
-        ratios = [_f(r[k], "{:.3f}") for k in ("p50", "p95", "p99", "mean", "throughput")]
-        lines.append(_row(r["protocol"], r["users"], *ratios, ", ".join(_f(x, "{:.3f}") for x in r["round_p50"])))
+    for comp in comparisons(report):
+        for r in comp["ratios"]:
+            ratios = [
+                _f(r.get(k), "{:.3f}") for k in ("p50", "p95", "p99", "mean", "throughput", "server_cpu_per_request")
+            ]
+            per_round = ", ".join(_f(x, "{:.3f}") for x in r["round_p50"])
+            lines.append(_row(comp["reference"], r["protocol"], r["users"], *ratios, per_round))
+    lines += [
+        "",
+        "Server CPU per request: CPU milliseconds of tritonserver and its stubs per request, defended over the"
+        " reference; it does not depend on how much of the machine other jobs took, so on a shared machine it is"
+        " the steadier measure of what the defense adds where the server is CPU-bound.",
+    ]
     return lines
 
 
 def server_time_table(report: dict) -> list[str]:
     """Triton's statistics per composing model at the summary points, and the client-server gap."""
-    c = report["meta"]["config"]
     by = _by_level(report)
     lines = [
         "## Where the time goes (Triton statistics, µs per request)",
@@ -158,7 +193,7 @@ def server_time_table(report: dict) -> list[str]:
         key=lambda k: (k[0] != "grpc", k[1]),
     )
     for protocol, users in points:
-        for model in (c["raw"], c["defended"]):
+        for model in _models(report):
             e = by[(protocol, users, model)]
             sv = e["server"]
             for name, s in sv["models"].items():
@@ -177,9 +212,16 @@ def server_time_table(report: dict) -> list[str]:
 
 
 def defense_cost_table(report: dict) -> list[str]:
-    """The defense step's own server time per level, with the shared steps as a noise check."""
+    """Per reference: the defense step's own server time per level, with the shared steps as a noise check."""
+    lines: list[str] = []
+    for comp in comparisons(report):
+        lines += [*_defense_cost_of(report, comp), ""]
+    return lines[:-1]
+
+
+def _defense_cost_of(report: dict, comp: dict) -> list[str]:
     m = report["meta"]
-    raw, dfd = m["config"]["raw"], m["config"]["defended"]
+    raw, dfd = comp["reference"], m["config"]["defended"]
     shared, only_def, only_raw = step_groups(m["composing"], raw, dfd)
     lines = [
         f"Cost of the defense step on the server: time in {'+'.join(only_def)} minus time in {'+'.join(only_raw)},"
@@ -192,7 +234,7 @@ def defense_cost_table(report: dict) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     # reports saved before attribution existed are re-derived from their levels
-    for att in report.get("attribution") or attribution(report["levels"], raw, dfd, m["composing"]):
+    for att in comp.get("attribution") or attribution(report["levels"], raw, dfd, m["composing"]):
         us = [_f(att[k], "{:.0f}") for k in ("defended_only_us", "raw_only_us", "extra_us")]
         share, noise = _f(att["extra_vs_raw_server"], "{:.1%}"), _f(att["shared_compute_ratio"], "{:.2f}")
         lines.append(_row(att["protocol"], att["users"], *us, share, noise))
@@ -277,13 +319,13 @@ def plot(report: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    c = report["meta"]["config"]
     protocols = list(dict.fromkeys(e["protocol"] for e in report["levels"]))
     fig, axes = plt.subplots(2, len(protocols), figsize=(5.5 * len(protocols), 7), squeeze=False)
-    colors = {c["raw"]: "tab:blue", c["defended"]: "tab:orange"}
+    models = _models(report)
+    colors = dict(zip(models, ("tab:green", "tab:blue", "tab:orange", "tab:red"), strict=False))
     for j, protocol in enumerate(protocols):
         lat, thr = axes[0][j], axes[1][j]
-        for model in (c["raw"], c["defended"]):
+        for model in models:
             es = sorted(
                 (e for e in report["levels"] if e["protocol"] == protocol and e["model"] == model),
                 key=lambda e: e["users"],
@@ -307,7 +349,8 @@ def plot(report: dict, path: Path) -> Path:
         lat.legend(fontsize=8)
         thr.legend(fontsize=8)
     fig.suptitle(
-        f"Veil defended vs raw ({report['meta']['build'].get('model')}, {report['meta']['host']['cpus']} CPUs)"
+        f"Veil defended vs {' and '.join(models[:-1])} ({report['meta']['build'].get('model')},"
+        f" {report['meta']['host']['cpus']} CPUs)"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)

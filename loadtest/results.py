@@ -1,4 +1,8 @@
-"""The load test's numbers: per-round results, percentiles, defended/raw ratios, server-time attribution.
+"""The load test's numbers: per-round results, percentiles, defended/reference ratios, server-time attribution.
+
+Every comparison has the same shape: the defended ensemble against one reference, the undefended
+baseline first (the goals are judged there), then ``veil_raw`` (same hops as the three-step
+defended path, a python softmax in place of the defense).
 
 Pure functions of what ``veil.loadtest.runner`` measured; nothing here imports gevent or Locust, so
 tests (and anyone re-reading a saved ``report.json``) can use them without patching the process.
@@ -123,12 +127,13 @@ def _summed_us(models: dict, names: Sequence[str], fields: Sequence[str]) -> flo
 
 
 def attribution(levels: Sequence[dict], raw: str, defended: str, composing: dict[str, list[str]]) -> list[dict]:
-    """Server-side cost of the defense per level, less exposed to machine noise than end-to-end ratios.
+    """Server-side cost of the defense per level against one reference (``raw``), less exposed to
+    machine noise than end-to-end ratios.
 
-    ``extra_us`` is what the defended-only steps (mia_defense) cost beyond the raw-only ones
-    (softmax), per request. ``shared_compute_ratio`` compares the steps both ensembles share
-    (tokenizer, classifier): the same models on the same inputs, so a value far from 1 means the
-    machine, not the defense, moved the numbers of that level.
+    ``extra_us`` is what the defended-only steps (mia_defense) cost beyond the reference-only ones
+    (softmax, or the baseline's classifier), per request. ``shared_compute_ratio`` compares the steps
+    both ensembles share (the tokenizer, the classifier): the same models on the same inputs, so a
+    value far from 1 means the machine, not the defense, moved the numbers of that level.
     """
     by = {(e["protocol"], e["users"], e["model"]): e for e in levels}
     shared, only_def, only_raw = step_groups(composing, raw, defended)
@@ -182,18 +187,31 @@ def level_entry(
         "round_throughput_rps": [len(r.latencies_us) / r.seconds if r.seconds else 0.0 for r in rs],
         "client_cpu": float(np.mean([r.client_cpu for r in rs])) if rs else None,
         "server_cpu": float(np.mean([r.server_cpu for r in rs])) if rs and rs[0].server_cpu is not None else None,
+        "server_cpu_ms_per_request": _cpu_per_request(rs),
         "server": server_split(summed([r.stats for r in rs]), model, composing),
     }
 
 
+def _cpu_per_request(rs: Sequence[RoundResult]) -> float | None:
+    """Server CPU milliseconds per request over a level's rounds (tritonserver and its stubs): what a
+    request costs the machine, whatever share of the cores the other jobs on it left the server."""
+    if not rs or any(r.server_cpu is None for r in rs):
+        return None
+    cpu_s = sum(r.server_cpu * r.seconds for r in rs)
+    n = sum(len(r.latencies_us) for r in rs)
+    return 1e3 * cpu_s / n if n else None
+
+
 def level_ratio(raw: dict, dfd: dict) -> dict:
-    """Defended over raw for one (protocol, users): percentiles, throughput, and per round pair."""
+    """Defended over a reference for one (protocol, users): percentiles, throughput, per round pair."""
     return {
         "protocol": raw["protocol"],
         "users": raw["users"],
+        "reference": raw["model"],
         **{k: ratio(dfd[f"{k}_ms"], raw[f"{k}_ms"]) for k in ("p50", "p95", "p99", "mean")},
         "throughput": ratio(dfd["throughput_rps"], raw["throughput_rps"]),
         "round_p50": [ratio(d, r) for d, r in zip(dfd["round_p50_ms"], raw["round_p50_ms"], strict=False)],
+        "server_cpu_per_request": ratio(dfd.get("server_cpu_ms_per_request"), raw.get("server_cpu_ms_per_request")),
     }
 
 
@@ -204,10 +222,11 @@ def protocol_summary(
     *,
     protocol: str,
     users: Sequence[int],
+    reference: str,
 ) -> dict:
     """The headline points of one protocol: concurrency 1, saturation, peak throughput and the knee."""
     lv = sorted(users)
-    raw_thr = {u: by_level[(protocol, u, cfg.raw)]["throughput_rps"] for u in lv}
+    raw_thr = {u: by_level[(protocol, u, reference)]["throughput_rps"] for u in lv}
     best = max(raw_thr.values())
     peak_def = max(by_level[(protocol, u, cfg.defended)]["throughput_rps"] for u in lv)
     points = {"concurrency_1": lv[0], "saturation": lv[-1]}
@@ -241,28 +260,46 @@ def run_meta(cfg: RunConfig, composing: dict[str, list[str]]) -> dict:
     }
 
 
-def summarize(cfg: RunConfig, rounds: Sequence[RoundResult], composing: dict[str, list[str]]) -> dict:
-    """The whole report as JSON-ready data: every level, the ratios, attribution and the summary points."""
-    keys = sorted({(r.protocol, r.users) for r in rounds}, key=lambda k: (k[0] != "grpc", k[1]))
-    levels = [
-        level_entry(cfg, rounds, protocol=protocol, users=users, model=model, composing=composing[model])
-        for protocol, users in keys
-        for model in (cfg.raw, cfg.defended)
-    ]
+def comparison(
+    cfg: RunConfig, levels: Sequence[dict], composing: dict[str, list[str]], reference: str, *, goals: bool
+) -> dict:
+    """The defended ensemble against one reference: ratios per level, attribution, summary points."""
+    keys = list(dict.fromkeys((e["protocol"], e["users"]) for e in levels))
     by_level = {(e["protocol"], e["users"], e["model"]): e for e in levels}
-    ratios = [level_ratio(by_level[(p, u, cfg.raw)], by_level[(p, u, cfg.defended)]) for p, u in keys]
+    ratios = [level_ratio(by_level[(p, u, reference)], by_level[(p, u, cfg.defended)]) for p, u in keys]
     summary = {
         protocol: protocol_summary(
-            cfg, by_level, ratios, protocol=protocol, users=[u for p, u in keys if p == protocol]
+            cfg, by_level, ratios, protocol=protocol, users=[u for p, u in keys if p == protocol], reference=reference
         )
         for protocol in dict.fromkeys(p for p, _ in keys)
     }
     return {
+        "reference": reference,
+        "goals": goals,
+        "ratios": ratios,
+        "attribution": attribution(levels, reference, cfg.defended, composing),
+        "summary": summary,
+    }
+
+
+def summarize(cfg: RunConfig, rounds: Sequence[RoundResult], composing: dict[str, list[str]]) -> dict:
+    """The whole report as JSON-ready data: every level and one comparison per reference; the
+    top-level ``ratios``, ``attribution`` and ``summary`` are the first (goal) comparison's."""
+    keys = sorted({(r.protocol, r.users) for r in rounds}, key=lambda k: (k[0] != "grpc", k[1]))
+    levels = [
+        level_entry(cfg, rounds, protocol=protocol, users=users, model=model, composing=composing[model])
+        for protocol, users in keys
+        for model in cfg.models
+    ]
+    comparisons = [comparison(cfg, levels, composing, ref, goals=i == 0) for i, ref in enumerate(cfg.references)]
+    first = comparisons[0]
+    return {
         "meta": run_meta(cfg, composing),
         "levels": levels,
-        "ratios": ratios,
-        "attribution": attribution(levels, cfg.raw, cfg.defended, composing),
-        "summary": summary,
+        "comparisons": comparisons,
+        "ratios": first["ratios"],
+        "attribution": first["attribution"],
+        "summary": first["summary"],
         "errors": int(sum(e["errors"] for e in levels)),
     }
 

@@ -1,13 +1,15 @@
-"""Latency and throughput under load: the defended ensemble against the raw one, on the real server.
+"""Latency and throughput under load: the defended ensemble against the undefended one, on the real server.
 
     python -m veil.loadtest.runner --build-dir build/sst2-minilm          # about 3 minutes
     python -m veil.loadtest.runner --build-dir build/sst2-minilm --quick  # seconds (CI size)
 
 Starts the embedded tritonserver once on loopback ports (or uses ``--grpc-url``/``--http-url``),
-then drives ``veil_raw`` and ``veil_defended`` with the Locust users of ``locustfile.py`` (Locust
-as a library: one Environment and local runner per round, no web UI). For every protocol and user
-count it runs alternating rounds, raw/defended then defended/raw (ABBA), so slow drift and noise on
-the shared machine hit both ensembles alike. Latency percentiles come from the users' own
+then drives ``veil_undefended`` (the goals' reference: tokenizer -> classifier with softmax in its
+graph), ``veil_raw`` (for reference: the three-step shape with a python softmax) and
+``veil_defended`` with the Locust users of ``locustfile.py`` (Locust as a library: one Environment
+and local runner per round, no web UI). For every protocol and user count it runs alternating
+rounds, the models forwards then backwards (ABC CBA), so slow drift and noise on the shared machine
+hit every ensemble alike. Latency percentiles come from the users' own
 microsecond perf_counter samples; Triton's statistics endpoint, read before and after each round,
 says where the server's time went (queue and compute of every composing model). perf_analyzer
 cross-checks the gRPC numbers when its binary is available. Writes ``report.md``, ``report.json``
@@ -43,7 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from veil.export.build_dir import BuildDir
 from veil.loadtest import locustfile as lf
 from veil.loadtest import perf_analyzer as pa
-from veil.loadtest.config import DEFENDED, RAW, RunConfig, plan
+from veil.loadtest.config import DEFENDED, RAW, UNDEFENDED, RunConfig, plan, serving_changes
 from veil.loadtest.report import to_markdown, write_reports
 from veil.loadtest.results import RoundResult, stats_delta, summarize
 from veil.loadtest.server import defense_counters, ensemble_steps, model_stats, process_cpu, serving
@@ -140,8 +142,8 @@ def measure(cfg: RunConfig, console: Console) -> dict:
     lf.set_texts(texts)
     steps = plan(cfg)
     with serving(cfg, console) as (grpc_url, http_url, metrics_url, pid):
-        composing = {m: ensemble_steps(http_url, m) for m in (cfg.raw, cfg.defended)}
-        stat_models = sorted({cfg.raw, cfg.defended, *composing[cfg.raw], *composing[cfg.defended]})
+        composing = {m: ensemble_steps(http_url, m) for m in cfg.models}
+        stat_models = sorted({*cfg.models, *(step for m in cfg.models for step in composing[m])})
         urls = {"grpc": grpc_url, "http": http_url}
         server_info = requests.get(f"http://{http_url}/v2", timeout=5).json()
         defense_model = composing[cfg.defended][-1]
@@ -151,7 +153,7 @@ def measure(cfg: RunConfig, console: Console) -> dict:
         with progress_for(console, len(steps)) as (advance, tick):
             # warm-up: connections, lazy imports in the python stubs, first-call allocations
             for protocol in dict.fromkeys(p for p, *_ in steps):
-                for model in (cfg.raw, cfg.defended):
+                for model in cfg.models:
                     on_server(
                         protocol=protocol,
                         model=model,
@@ -213,7 +215,7 @@ def progress_for(console: Console, total: int) -> Iterator[tuple[Callable[[str],
 
 
 def cross_check(cfg: RunConfig, report: dict, grpc_url: str, texts: Sequence[str], console: Console) -> dict:
-    """perf_analyzer on both ensembles over gRPC at concurrency 1 and at saturation, alternating."""
+    """perf_analyzer on every compared ensemble over gRPC at concurrency 1 and at saturation, alternating."""
     if not cfg.perf_analyzer:
         return {"status": "skipped (--quick or --no-perf-analyzer)"}
     try:
@@ -226,8 +228,8 @@ def cross_check(cfg: RunConfig, report: dict, grpc_url: str, texts: Sequence[str
     data = pa.write_input_data(texts, out / "input.json")
     sat = report["summary"].get("grpc", {}).get("saturation", {}).get("users", 1)
     runs = []
-    for concurrency in sorted({1, sat}):
-        for model in (cfg.raw, cfg.defended):
+    for i, concurrency in enumerate(sorted({1, sat})):
+        for model in cfg.models if i % 2 == 0 else cfg.models[::-1]:
             console.print(f"perf_analyzer: {model} over gRPC at concurrency {concurrency}")
             runs.append(
                 pa.run(
@@ -258,6 +260,13 @@ def _users(text: str) -> tuple[int, ...]:
     return values
 
 
+def _serving_changes(p: argparse.ArgumentParser, pairs: Sequence[str]) -> dict[str, object]:
+    try:
+        return serving_changes(pairs)
+    except ValueError as err:
+        p.error(str(err))
+
+
 def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
     """The command line as a RunConfig; unset flags keep the full or the --quick defaults."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -276,7 +285,18 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
     p.add_argument("--client-ids", choices=lf.CLIENT_ID_MODES, default="per-user")
     p.add_argument("--split", default="nonmember_eval", help="which split of the build the sentences come from")
     p.add_argument("--defended", default=DEFENDED, help="defended ensemble (e.g. veil_fixed_intensity)")
-    p.add_argument("--raw", default=RAW)
+    p.add_argument("--raw", default=RAW, help="reported for reference ('' to leave out)")
+    p.add_argument(
+        "--baseline", default=UNDEFENDED, help="the undefended ensemble the goals are judged against ('' to leave out)"
+    )
+    p.add_argument(
+        "--serving",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="serve the build's repository rewritten with this ServingOptions change (repeatable), e.g."
+        " defense_layout=ensemble, max_queue_delay_us=500, classifier_threads=1",
+    )
     p.add_argument("--no-perf-analyzer", action="store_true")
     p.add_argument("--fetch-perf-analyzer", action="store_true", help="download the tritonclient wheel that has it")
     p.add_argument("--grpc-url", default=None, help="use a running server instead of starting one")
@@ -293,9 +313,11 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
         "split": a.split,
         "defended": a.defended,
         "raw": a.raw,
+        "baseline": a.baseline,
         "grpc_url": a.grpc_url,
         "http_url": a.http_url,
         "metrics_url": a.metrics_url,
+        "serving": _serving_changes(p, a.serving),
     }
     for name in ("grpc_users", "http_users", "rounds", "round_seconds", "warmup_seconds", "max_requests"):
         if getattr(a, name) is not None:
@@ -305,6 +327,10 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
     cfg = RunConfig.quick_defaults(**overrides) if a.quick else RunConfig(**overrides)
     if not cfg.grpc_users and not cfg.http_users:
         p.error("no user counts to run")
+    if cfg.serving and (cfg.grpc_url or cfg.http_url):
+        p.error("--serving rewrites the repository of a server this run starts; not with --grpc-url/--http-url")
+    if not cfg.references:
+        p.error("nothing to compare the defended ensemble with (--baseline and --raw both empty)")
     if cfg.rounds < 1 or cfg.round_seconds <= 0 or cfg.batch < 1:
         p.error("--rounds, --round-seconds and --batch must be positive")
     return cfg

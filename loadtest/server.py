@@ -97,6 +97,11 @@ def serving(cfg: RunConfig, console: Console) -> Iterator[tuple[str, str, str | 
     out = cfg.output_dir()
     out.mkdir(parents=True, exist_ok=True)
     repo = BuildDir(cfg.build_dir).repository
+    if cfg.serving:
+        from veil.model_repository.writer import rewrite_repository
+
+        repo = rewrite_repository(cfg.build_dir, out / "model_repository", **cfg.serving)
+        console.print(f"serving {repo} (the build's repository with {cfg.serving})")
     t = time.perf_counter()
     server = TritonServer(repositories_for(repo), log_file=out / "tritonserver.log", extra_args=CLIENT_ID_FORWARDING)
     with server:

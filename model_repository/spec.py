@@ -3,13 +3,21 @@
 Layout (several ``--model-repository`` flags, one source of truth):
 
 - ``common/``: ``tokenizer``, the ensembles (``veil_defended``, one per ablation variant, and in
-  benchmark mode ``veil_raw`` with its ``softmax`` step).
+  benchmark mode ``veil_raw`` with its ``softmax`` step and ``veil_undefended``).
 - ``embedded/``: ``classifier`` as a python-backend model running the ONNX file with
   onnxruntime, and ``mia_defense*`` on KIND_CPU (the pip-installed tritonserver).
 - ``nvidia/``: ``classifier`` with ``backend: "onnxruntime"`` and ``mia_defense*`` on KIND_GPU
   (NVIDIA's tritonserver container on a GPU host).
 
 Serve ``common`` plus exactly one platform folder.
+
+Defense layouts (:data:`LAYOUTS`): ``hosted`` (default) gives each defense step its own onnxruntime
+session of the classifier, so ``veil_defended`` is tokenizer -> mia_defense, as many python-backend
+hops as an undefended deployment; ``ensemble`` is tokenizer -> classifier -> mia_defense (logits
+cross one more process boundary). Benchmark mode adds the references the load test compares
+against: ``veil_undefended`` (tokenizer -> ``classifier_softmax``, the exported graph with softmax
+and argmax inside it: what a user without Veil serves) and ``veil_raw`` (tokenizer -> classifier ->
+a python softmax step, the defended path's shape without the defense).
 """
 
 from __future__ import annotations
@@ -24,8 +32,11 @@ from veil.python_backend.fingerprint import SIGNATURE_SIZE
 
 PLATFORMS = ("embedded", "nvidia")
 MODES = ("production", "benchmark")
+LAYOUTS = ("hosted", "ensemble")
 DEFENDED = variants.get("veil").ensemble
 RAW = "veil_raw"
+UNDEFENDED = "veil_undefended"
+BASELINE_CLASSIFIER = "classifier_softmax"
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,9 @@ class Model:
     max_queue_delay_us: int = 0
     parameters: dict[str, str] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
+    assets: tuple[str, ...] = ()
+    """What the writer puts in the version folder: ``tokenizer``, ``classifier`` (model.onnx),
+    ``classifier_softmax`` (model.onnx with softmax and argmax appended), ``defense``."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,13 @@ class ServingOptions:
     max_queue_delay_us: int = 0
     tokenizer_instances: int = 1
     classifier_instances: int = 1
+    classifier_threads: int = 1
+    """onnxruntime intra-op threads of every python-hosted classifier session (0: onnxruntime's default,
+    one per core). One, because the sessions share the cores with the tokenizer, the defense and the
+    server's own threads: on the 2-core host it halved the CPU per request (docs/load-testing.md);
+    scale with ``classifier_instances`` instead."""
+    classifier_spin: int = 0
+    """1: idle onnxruntime pool threads busy-wait (onnxruntime's default); 0: they sleep."""
     max_clients: int = 10_000
     defense_instances: int = 1
     """``mia_defense*`` instances; more than one needs a shared state backend."""
@@ -88,6 +109,7 @@ class ServingOptions:
     """Past this the batch is served at threat 1 (the store is down or slow)."""
     adaptive: str = ""
     """JSON object of :class:`~veil.python_backend.adaptive.AdaptiveConfig` overrides (empty: defaults)."""
+    defense_layout: str = "hosted"
 
 
 def defense_model_name(variant: str) -> str:
@@ -124,6 +146,8 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
         raise ValueError(f"platform must be one of {PLATFORMS}")
     if opts.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
+    if opts.defense_layout not in LAYOUTS:
+        raise ValueError(f"defense_layout must be one of {LAYOUTS}")
     if "veil" not in opts.variants:
         raise ValueError("the served variants must include 'veil'")
     unknown = [v for v in opts.variants if v not in variants.SERVED]
@@ -150,6 +174,7 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
             "common",
             adapter="veil.python_backend.triton.tokenizer",
             instance_count=opts.tokenizer_instances,
+            assets=("tokenizer",),
             max_queue_delay_us=delay,
             parameters={
                 "input_names": ",".join(opts.input_names),
@@ -158,43 +183,22 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
             },
         ),
     ]
-    if gpu:
-        models.append(
-            Model(
-                "classifier",
-                "onnxruntime",
-                token_tensors,
-                [logits],
-                mbs,
-                platform,
-                instance_kind="KIND_GPU",
-                instance_count=opts.classifier_instances,
-                max_queue_delay_us=delay,
-            )
-        )
-    else:
-        models.append(
-            Model(
-                "classifier",
-                "python",
-                token_tensors,
-                [logits],
-                mbs,
-                platform,
-                adapter="veil.python_backend.triton.classifier",
-                instance_count=opts.classifier_instances,
-                max_queue_delay_us=delay,
-                parameters={"classifier_sha256": opts.classifier_sha256},
-            )
-        )
-
+    hosted = opts.defense_layout == "hosted"
+    if not hosted or opts.mode == "benchmark":  # hosted production: no step needs a classifier of its own
+        models.append(_classifier("classifier", token_tensors, [logits], opts, platform, asset="classifier"))
+    # Hosted: the step takes the token tensors (and runs the classifier) or logits sent directly.
+    step_inputs = [
+        Tensor(wire.LOGITS, "TYPE_FP32", (c,), optional=hosted),
+        *([Tensor(t.name, t.dtype, t.dims, optional=True) for t in token_tensors] if hosted else []),
+        Tensor(wire.FINGERPRINT, "TYPE_INT32", (SIGNATURE_SIZE,), optional=True),
+    ]
     for variant in opts.variants:
         name = defense_model_name(variant)
         models.append(
             Model(
                 name,
                 "python",
-                [logits, Tensor(wire.FINGERPRINT, "TYPE_INT32", (SIGNATURE_SIZE,), optional=True)],
+                step_inputs,
                 outputs,
                 mbs,
                 platform,
@@ -208,10 +212,13 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
                     "classifier_sha256": opts.classifier_sha256,
                     "max_clients": str(opts.max_clients),
                     **state,
+                    "hosts_classifier": "1" if hosted else "0",
+                    **(_session_parameters(opts) if hosted else {}),
                 },
+                assets=("defense", "classifier") if hosted else ("defense",),
             )
         )
-        models.append(_ensemble(ensemble_name(variant), name, text, outputs, opts, fingerprint=True))
+        models.append(_ensemble(ensemble_name(variant), name, opts, hosted=hosted, fingerprint=True))
     if opts.mode == "benchmark":
         models.append(
             Model(
@@ -225,38 +232,70 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
                 max_queue_delay_us=delay,
             )
         )
-        models.append(_ensemble(RAW, "softmax", text, outputs, opts))
+        models.append(_ensemble(RAW, "softmax", opts, hosted=False))
+        models.append(
+            _classifier(BASELINE_CLASSIFIER, token_tensors, outputs, opts, platform, asset="classifier_softmax")
+        )
+        models.append(_ensemble(UNDEFENDED, BASELINE_CLASSIFIER, opts, hosted=True))
     return models
 
 
-def _ensemble(
-    name: str,
-    last: str,
-    text: Tensor,
-    outputs: list[Tensor],
-    opts: ServingOptions,
-    *,
-    fingerprint: bool = False,
+def _session_parameters(opts: ServingOptions) -> dict[str, str]:
+    """onnxruntime settings of a python-hosted classifier session."""
+    return {"threads": str(opts.classifier_threads), "spin": str(opts.classifier_spin)}
+
+
+def _classifier(
+    name: str, inputs: list[Tensor], outputs: list[Tensor], opts: ServingOptions, platform: str, *, asset: str
 ) -> Model:
+    """An ONNX classifier: onnxruntime backend on GPU (NVIDIA's server), a python-backend onnxruntime
+    session on the embedded server (no onnxruntime backend there). The file's hash is checked on the
+    embedded server only for the exported graph itself (``classifier``)."""
+    shared = {
+        "instance_count": opts.classifier_instances,
+        "max_queue_delay_us": opts.max_queue_delay_us,
+        "assets": (asset,),
+    }
+    if platform == "nvidia":
+        return Model(
+            name, "onnxruntime", inputs, outputs, opts.max_batch_size, platform, instance_kind="KIND_GPU", **shared
+        )
+    parameters = {"classifier_sha256": opts.classifier_sha256} if asset == "classifier" else {}
+    return Model(
+        name,
+        "python",
+        inputs,
+        outputs,
+        opts.max_batch_size,
+        platform,
+        adapter="veil.python_backend.triton.classifier",
+        parameters=parameters | _session_parameters(opts),
+        **shared,
+    )
+
+
+def _ensemble(name: str, last: str, opts: ServingOptions, *, hosted: bool, fingerprint: bool = False) -> Model:
+    """TEXT -> tokenizer -> [classifier ->] ``last`` -> PROBABILITIES, LABEL. ``hosted``: ``last``
+    takes the token tensors itself (it runs the classifier)."""
     tokens_map = {n: n for n in opts.input_names}
     extra = {wire.FINGERPRINT: wire.FINGERPRINT} if fingerprint else {}
+    served = {wire.PROBABILITIES: wire.PROBABILITIES, wire.LABEL: wire.LABEL}
+    steps = [Step("tokenizer", {wire.TEXT: wire.TEXT}, {**tokens_map, **extra})]
+    if hosted:
+        steps.append(Step(last, {**tokens_map, **extra}, served))
+    else:
+        steps.append(Step("classifier", tokens_map, {wire.LOGITS: wire.LOGITS}))
+        steps.append(Step(last, {wire.LOGITS: wire.LOGITS, **extra}, served))
+    c = opts.num_classes
     return Model(
         name,
         "ensemble",
-        [text],
-        outputs,
+        [Tensor(wire.TEXT, "TYPE_STRING", (1,))],
+        [Tensor(wire.PROBABILITIES, "TYPE_FP32", (c,)), Tensor(wire.LABEL, "TYPE_INT64", (1,))],
         opts.max_batch_size,
         "common",
         parameters={wire.LABEL_NAMES_PARAMETER: json.dumps(list(opts.label_names))},
-        steps=[
-            Step("tokenizer", {wire.TEXT: wire.TEXT}, {**tokens_map, **extra}),
-            Step("classifier", tokens_map, {wire.LOGITS: wire.LOGITS}),
-            Step(
-                last,
-                {wire.LOGITS: wire.LOGITS, **extra},
-                {wire.PROBABILITIES: wire.PROBABILITIES, wire.LABEL: wire.LABEL},
-            ),
-        ],
+        steps=steps,
     )
 
 

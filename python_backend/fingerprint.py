@@ -43,13 +43,21 @@ def logit_signature(logits: np.ndarray, *, cell: float = 1e-3) -> np.ndarray:
     return np.repeat(sig[:, None], SIGNATURE_SIZE, axis=1)
 
 
+def _matches(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[len(a), len(b)] bool: the rows agree in >= NEAR_MATCH places. One uint8 count per pair,
+    added column by column (a [n, m, S] comparison summed as int64 costs several times more)."""
+    count = np.zeros((len(a), len(b)), dtype=np.uint8)
+    for k in range(a.shape[1]):
+        count += a[:, None, k] == b[None, :, k]
+    return count >= NEAR_MATCH
+
+
 def near_duplicates(signatures: np.ndarray, recent: np.ndarray) -> np.ndarray:
     """[n] bool: row matches a ``recent`` signature or an earlier row, in >= NEAR_MATCH places."""
     n = len(signatures)
     hits = np.zeros(n, dtype=bool)
     if len(recent):
-        hits |= ((signatures[:, None, :] == recent[None, :, :]).sum(-1) >= NEAR_MATCH).any(1)
+        hits |= _matches(signatures, recent).any(1)
     if n > 1:
-        same = (signatures[:, None, :] == signatures[None, :, :]).sum(-1) >= NEAR_MATCH
-        hits |= np.tril(same, k=-1).any(1)
+        hits |= np.tril(_matches(signatures, signatures), k=-1).any(1)
     return hits

@@ -73,7 +73,11 @@ def _monotone(q: np.ndarray) -> np.ndarray:
 def quantile_map(s: np.ndarray, member_q: np.ndarray, nonmember_q: np.ndarray) -> np.ndarray:
     """Member score -> the non-member score at the same quantile, linear beyond the tables' ends
     (slope of the outer 5%, clipped to [0, 1] so the map never sharpens)."""
-    qm, qn = _monotone(member_q), _monotone(nonmember_q)
+    return _map_monotone(s, _monotone(member_q), _monotone(nonmember_q))
+
+
+def _map_monotone(s: np.ndarray, qm: np.ndarray, qn: np.ndarray) -> np.ndarray:
+    """:func:`quantile_map` on tables already made strictly increasing (cached per group)."""
     out = np.interp(np.interp(s, qm, LEVELS), LEVELS, qn)
     k = 5
     hi, lo = s > qm[-1], s < qm[0]
@@ -108,6 +112,10 @@ class SelectiveTables:
         if self.coarse_levels < 1 or self.coarse_levels & (self.coarse_levels - 1):
             raise ValueError(f"coarse_levels must be a power of two, got {self.coarse_levels}")
         self._bins: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        # The fitted lists as the arrays each batch needs, made once (a batch of one row otherwise
+        # spends most of its time converting 201-entry lists).
+        self._maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray] | None] = {}
+        self._tail = np.asarray(self.tail_profile, dtype=np.float64)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -173,13 +181,21 @@ class SelectiveTables:
         lo, hi = self.gate
         return np.clip((np.asarray(similarity, dtype=np.float64) - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
 
+    def _map(self, c: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Group (class ``c``, 0 correct / 1 wrong): its monotone quantile tables, None if too few rows."""
+        if (c, k) not in self._maps:
+            fitted = self.member_q[c][k] and self.nonmember_q[c][k]
+            self._maps[(c, k)] = (_monotone(self.member_q[c][k]), _monotone(self.nonmember_q[c][k])) if fitted else None
+        return self._maps[(c, k)]
+
     def map_members(self, s: np.ndarray, label: np.ndarray, correct: np.ndarray) -> np.ndarray:
         out = s.copy()
-        for c in range(self.num_classes):
-            for k, sel_k in ((0, correct), (1, ~correct)):
-                sel = (label == c) & sel_k
-                if sel.any() and self.member_q[c][k] and self.nonmember_q[c][k]:
-                    out[sel] = quantile_map(s[sel], np.asarray(self.member_q[c][k]), np.asarray(self.nonmember_q[c][k]))
+        wrong = ~np.asarray(correct, dtype=bool)
+        for c, k in sorted(set(zip(label.tolist(), wrong.astype(np.int64).tolist(), strict=True))):
+            tables = self._map(c, k)
+            if tables is not None:  # only the groups present in the batch
+                sel = (label == c) & (wrong if k else ~wrong)
+                out[sel] = _map_monotone(s[sel], *tables)
         return out
 
     def bin_count(self, level: np.ndarray) -> np.ndarray:
@@ -194,17 +210,16 @@ class SelectiveTables:
         """Each row's served confidence: its score's finest bin, at its level's row of the table."""
         halvings = np.log2(self.coarse_levels).astype(int) - np.log2(self.bin_count(level)).astype(int)
         out = np.empty(len(s))
-        for c in range(self.num_classes):
+        for c in sorted(set(label.tolist())):  # the classes present in the batch
             sel = label == c
-            if sel.any():
-                edges, table = self.bins(c)
-                out[sel] = table[halvings[sel], np.searchsorted(edges, s[sel], side="right")]
+            edges, table = self.bins(c)
+            out[sel] = table[halvings[sel], np.searchsorted(edges, s[sel], side="right")]
         return out
 
     def probabilities(self, label: np.ndarray, top: np.ndarray, order: np.ndarray) -> np.ndarray:
         """The served vector from (label, confidence, class order): float64 construction, one cast."""
         b, c = len(label), self.num_classes
-        tail = np.asarray(self.tail_profile, dtype=np.float64)
+        tail = self._tail
         # The label keeps the largest share: p_label > (1 - p_label) * tail[0], with a margin.
         top = np.maximum(np.asarray(top, dtype=np.float64), tail[0] / (1.0 + tail[0]) + 1e-3)
         p = np.empty((b, c))

@@ -1,8 +1,14 @@
-"""Triton model ``mia_defense``: logits in, defended probabilities and label out.
+"""Triton model ``mia_defense``: logits (or the classifier's token inputs) in, defended probabilities and label out.
 
-Fails closed: a missing, corrupt or foreign artifact raises in ``initialize`` (the model never
-becomes ready), and any failure of the defense at run time is an error response for the
-affected requests, never the raw softmax.
+In the ``hosted`` layout (the default, :mod:`veil.model_repository.spec`) the step runs the ONNX
+classifier itself, so the defended ensemble is tokenizer -> mia_defense: the same number of
+python-backend hops as an undefended tokenizer -> classifier deployment, and the defense adds only
+its own compute. Logits sent directly (benchmarks, tests, the ``ensemble`` layout) are served as
+before.
+
+Fails closed: a missing, corrupt or foreign artifact (or classifier file) raises in ``initialize``
+(the model never becomes ready), and any failure of the classifier or the defense at run time is an
+error response for the affected requests, never the raw softmax.
 
 Adaptive state comes from the configured backend (:mod:`veil.python_backend.threat_state`):
 ``state_backend`` ``memory`` (per process: refused with more than one instance, the state would
@@ -25,10 +31,10 @@ from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.defense import Defense, DefenseConfig
 from veil.python_backend.fingerprint import SIGNATURE_SIZE
 from veil.python_backend.threat_state import StateConfig, ThreatState, make_state
+from veil.python_backend.triton.classifier import load_classifier, run_grouped, token_feed
 from veil.python_backend.triton.common import (
     CLIENT_ID_KEY,
     device_of,
-    input_array,
     internal,
     invalid,
     optional_input,
@@ -47,15 +53,18 @@ class TritonPythonModel:
             version_dir(args) / "defense", expected_classifier_sha256=params["classifier_sha256"]
         )
         device = device_of(args)
-        if device.startswith("cuda"):
-            import torch
+        import torch
 
+        if device.startswith("cuda"):
             if not torch.cuda.is_available():
                 raise RuntimeError("mia_defense instance is KIND_GPU but torch sees no CUDA device")
         else:
-            import torch
-
             torch.set_num_threads(int(params.get("torch_threads", "1")))
+        self.classifier = None
+        if params.get("hosts_classifier") == "1":
+            self.classifier = load_classifier(
+                args, version_dir(args) / "model.onnx", expected_sha256=params["classifier_sha256"]
+            )
         self.defense = Defense(artifact, config=DefenseConfig(variant=params["variant"]), device=device)
         adaptive = AdaptiveConfig(
             **{"max_clients": int(params.get("max_clients", "10000")), **json.loads(params.get("adaptive", "{}"))}
@@ -72,13 +81,37 @@ class TritonPythonModel:
         self.telemetry.close()
         self.state.close()
 
+    def _logits(self, requests: list, responses: list) -> dict[int, np.ndarray]:
+        """Each request's logits: sent, or computed by the hosted classifier (grouped by length)."""
+        logits: dict[int, np.ndarray] = {}
+        feeds = {}
+        for i, request in enumerate(requests):
+            try:
+                sent = optional_input(request, wire.LOGITS)
+                if sent is not None:
+                    logits[i] = np.asarray(sent, dtype=np.float32)
+                elif self.classifier is not None:
+                    feeds[i] = token_feed(self.classifier, request)
+                else:
+                    raise ValueError(f"missing input {wire.LOGITS!r}")
+            except ValueError as err:
+                responses[i] = invalid(str(err))
+                self.telemetry.error()
+        for i, result in run_grouped(self.classifier, feeds).items() if feeds else ():
+            if isinstance(result, Exception):
+                responses[i] = internal(f"classifier failed; no output returned: {result}")
+                self.telemetry.error()
+            else:
+                logits[i] = np.asarray(result[self.classifier.output_name], dtype=np.float32)
+        return logits
+
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
         batch: list[tuple[int, np.ndarray, str, np.ndarray | None]] = []
         max_bytes = self.max_client_id_bytes
-        for i, request in enumerate(requests):
+        for i, logits in sorted(self._logits(requests, responses).items()):
+            request = requests[i]
             try:
-                logits = np.asarray(input_array(request, wire.LOGITS), dtype=np.float32)
                 self.defense.check(logits)  # per request, so one bad request fails alone
                 client = normalise_client_id(request_parameters(request).get(CLIENT_ID_KEY), max_bytes=max_bytes)
                 signature = optional_input(request, wire.FINGERPRINT)

@@ -1,8 +1,8 @@
 """The defense step's Triton custom metrics: one table names each metric, its kind and its source.
 
-Every metric update is a call into the Triton process, a dozen per request; so requests only add
-to local totals and a background thread sends the changes every ``flush_every_s`` (0 sends them
-with every request). Scraped values lag by at most that interval. Means are sum / count on the
+Every metric update is a call into the Triton process, a dozen per request; so requests only note
+their result and a background thread adds them up and sends the changes every ``flush_every_s``
+(0 does both with every request). Scraped values lag by at most that interval. Means are sum / count on the
 Prometheus side; running means are also exported as gauges for a quick look.
 """
 
@@ -73,6 +73,7 @@ class Telemetry:
         self.totals = dict.fromkeys(TOTALS, 0.0)
         self.sent = dict(self.totals)
         self.tracked = {"tracked": 0.0, "tracked_bytes": 0.0, "degraded": 0.0}
+        self.pending: list[DefenseResult] = []
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.flusher = None
@@ -93,6 +94,16 @@ class Telemetry:
     def record(
         self, out: DefenseResult, tracked: int, tracked_bytes: int, *, fallback_rows: int = 0, degraded: bool = False
     ) -> None:
+        """Note one batch's result; with a flusher its sums are taken there, off the request's path."""
+        with self.lock:
+            self.pending.append(out)
+            self.totals["fallback"] += fallback_rows
+            self.tracked = {"tracked": float(tracked), "tracked_bytes": float(tracked_bytes)}
+            self.tracked["degraded"] = float(degraded)
+        if self.flusher is None:
+            self.flush()
+
+    def _add(self, out: DefenseResult) -> None:
         moved = out.perturbed
         with self.lock:
             t = self.totals
@@ -103,14 +114,6 @@ class Telemetry:
             t["risk_before"] += float(out.risk_before.sum())
             t["risk_after"] += float(out.risk_after.sum())
             t["delta"] += float(np.abs(out.delta[moved]).mean(1).sum()) if moved.any() else 0.0
-            t["fallback"] += fallback_rows
-            self.tracked = {
-                "tracked": float(tracked),
-                "tracked_bytes": float(tracked_bytes),
-                "degraded": float(degraded),
-            }
-        if self.flusher is None:
-            self.flush()
 
     def error(self, count: int = 1) -> None:
         with self.lock:
@@ -119,7 +122,11 @@ class Telemetry:
             self.flush()
 
     def flush(self) -> None:
-        """Send what changed since the last flush to Triton's metrics."""
+        """Add up the batches recorded since the last flush and send what changed to Triton's metrics."""
+        with self.lock:
+            pending, self.pending = self.pending, []
+        for out in pending:
+            self._add(out)
         with self.lock:
             values = dict(self.totals) | self.tracked
         for m in METRICS:

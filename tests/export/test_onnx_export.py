@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from veil.export.onnx_export import Parity, ParityError, check_parity, export_onnx
+from veil.export.onnx_export import Parity, ParityError, check_parity, export_onnx, with_softmax
 from veil.export.train import TINY, load_model, model_input_names
 
 TEXTS = ["a good film", "the plot was awful and far too long for anyone", "ok", "fine " * 60]
@@ -38,3 +38,25 @@ def test_dynamic_axes(tmp_path):
 def test_parity_failure_prints_both_numbers():
     with pytest.raises(ParityError, match=r"max \|logit difference\| = 0.01 .* identical argmax: False"):
         Parity(rows=4, max_abs_diff=0.01, argmax_equal=False).check()
+
+
+def test_softmax_graph_serves_what_the_python_softmax_serves(tmp_path):
+    """The undefended baseline's graph: same inputs, probabilities = softmax(logits) and label =
+    argmax (first on ties, [batch, 1] int64), for several batch and sequence sizes."""
+    from veil.python_backend.onnx_classifier import OnnxClassifier
+    from veil.python_backend.probabilities import softmax
+
+    model, tokenizer = load_model("tiny-bert", num_labels=3)
+    export_onnx(model, tokenizer, tmp_path / "m.onnx")
+    with_softmax(tmp_path / "m.onnx", tmp_path / "sm.onnx")
+    logits, baseline = OnnxClassifier(tmp_path / "m.onnx"), OnnxClassifier(tmp_path / "sm.onnx")
+    assert baseline.input_names == logits.input_names and baseline.output_names == ["probabilities", "label"]
+    rng = np.random.default_rng(0)
+    for batch, seq in ((1, 5), (6, 33)):
+        feed = {n: np.zeros((batch, seq), np.int64) for n in logits.input_names}  # token types 0
+        feed["input_ids"] = rng.integers(1, 100, (batch, seq))
+        feed["attention_mask"] = np.ones((batch, seq), np.int64)
+        z, out = logits(feed), baseline.outputs(feed)
+        np.testing.assert_allclose(out["probabilities"], softmax(z), atol=1e-6)
+        assert out["label"].dtype == np.int64 and out["label"].shape == (batch, 1)
+        np.testing.assert_array_equal(out["label"][:, 0], z.argmax(1))

@@ -1,9 +1,10 @@
 """A test-only repository whose models misbehave on purpose, served as in production.
 
 The classifier and the defense step are the real adapters, subclassed in the repository's own
-``model.py`` (production code has no test hooks): the classifier returns NaN, Inf or a sentinel
-row of logits for texts containing a trigger word, and the defense raises when it meets the
-sentinel, as a bug or a bad device would make it raise at run time.
+``model.py`` (production code has no test hooks): the classifier (the model, and the session the
+defense step hosts) returns NaN, Inf or a sentinel row of logits for texts containing a trigger
+word, and the defense raises when it meets the sentinel, as a bug or a bad device would make it
+raise at run time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,23 @@ from ..conftest import tiny_repository
 TRIGGERS = {"nan": "zebra", "inf": "penguin", "raise": "volcano"}
 SENTINEL = 777.0
 
+POISONED = """
+class Poisoned:
+    \"\"\"The real session, with the logits of trigger-word rows replaced.\"\"\"
+
+    def __init__(self, model):
+        self.model = model
+        self.input_names = model.input_names
+        self.output_name = model.output_name
+
+    def outputs(self, feed):
+        out = self.model.outputs(feed)
+        logits = np.array(out[self.output_name], dtype=np.float32, copy=True)
+        for token, row in REPLACE.items():
+            logits[(feed["input_ids"] == token).any(1)] = row
+        return {**out, self.output_name: logits}
+"""
+
 CLASSIFIER_PY = '''"""Test-only: the real classifier, with the logits of trigger-word rows replaced."""
 
 import json
@@ -27,19 +45,7 @@ import numpy as np
 from veil.python_backend.triton.classifier import TritonPythonModel as RealClassifier
 
 REPLACE = {{int(token): row for token, row in json.loads({payload!r}).items()}}
-
-
-class Poisoned:
-    def __init__(self, model):
-        self.model = model
-        self.input_names = model.input_names
-
-    def __call__(self, feed):
-        logits = np.array(self.model(feed), dtype=np.float32, copy=True)
-        for token, row in REPLACE.items():
-            logits[(feed["input_ids"] == token).any(1)] = row
-        return logits
-
+{poisoned}
 
 class TritonPythonModel(RealClassifier):
     def initialize(self, args):
@@ -47,12 +53,17 @@ class TritonPythonModel(RealClassifier):
         self.model = Poisoned(self.model)
 '''
 
-DEFENSE_PY = '''"""Test-only: the real defense step, whose defense raises on the sentinel logits."""
+DEFENSE_PY = '''"""Test-only: the real defense step, whose defense raises on the sentinel logits (and whose
+hosted classifier, in the hosted layout, is poisoned like the classifier model)."""
+
+import json
 
 import numpy as np
 
 from veil.python_backend.triton.mia_defense import TritonPythonModel as RealDefense
 
+REPLACE = {{int(token): row for token, row in json.loads({payload!r}).items()}}
+{poisoned}
 
 class Faulty:
     def __init__(self, defense):
@@ -71,6 +82,8 @@ class TritonPythonModel(RealDefense):
     def initialize(self, args):
         super().initialize(args)
         self.defense = Faulty(self.defense)
+        if self.classifier is not None:
+            self.classifier = Poisoned(self.classifier)
 '''
 
 
@@ -97,8 +110,10 @@ def fault_stack(tiny_build, tmp_path_factory):
     nan, inf = float("nan"), float("inf")
     replace = {ids["nan"]: [nan, nan], ids["inf"]: [inf, -inf], ids["raise"]: [SENTINEL, -SENTINEL]}
     payload = json.dumps(replace)  # json writes NaN / Infinity and reads them back
-    (repo / "embedded" / "classifier" / "1" / "model.py").write_text(CLASSIFIER_PY.format(payload=payload))
+    classifier = repo / "embedded" / "classifier" / "1" / "model.py"
+    if classifier.exists():  # the ensemble layout's classifier (hosted: the defense steps run it)
+        classifier.write_text(CLASSIFIER_PY.format(payload=payload, poisoned=POISONED))
     for folder in (repo / "embedded").glob("mia_defense*"):
-        (folder / "1" / "model.py").write_text(DEFENSE_PY.format(sentinel=SENTINEL))
+        (folder / "1" / "model.py").write_text(DEFENSE_PY.format(payload=payload, poisoned=POISONED, sentinel=SENTINEL))
     with ProductionServer(repo, log_file=root / "tritonserver.log") as stack:
         yield stack

@@ -15,7 +15,7 @@ import tritonclient.http as httpclient
 from veil.client.triton import InferenceServerException, VeilClient
 from veil.export.data import dedupe, load_file
 from veil.export.pipeline import load_splits
-from veil.model_repository.spec import DEFENDED, RAW
+from veil.model_repository.spec import DEFENDED, RAW, UNDEFENDED
 from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.defense import Defense, DefenseConfig
 from veil.python_backend.probabilities import softmax
@@ -67,6 +67,22 @@ def test_defended_labels_equal_raw_and_outputs_are_probabilities(server, eval_te
         assert p.dtype == np.float32 and np.isfinite(p).all()
         np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
     assert (def_p != raw_p).any(axis=1).mean() > 0.5  # the tiny model is overfit: most rows are risky
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_undefended_baseline_serves_the_raw_model(server, eval_texts, protocol):
+    """``veil_undefended`` (tokenizer -> classifier with softmax and argmax inside its ONNX graph, no
+    python step after it) answers what the python softmax step of ``veil_raw`` answers, and its
+    two steps are the tokenizer and that graph."""
+    texts, _ = eval_texts
+    with client_for(server, protocol) as c:
+        raw_p, raw_l = c.classify(texts, model=RAW)
+        base_p, base_l = c.classify(texts, model=UNDEFENDED)
+    assert base_p.dtype == np.float32 and base_p.shape == raw_p.shape
+    np.testing.assert_allclose(base_p, raw_p, atol=1e-6)
+    assert (base_l == raw_l).all()
+    config = requests.get(f"http://{server.http_url}/v2/models/{UNDEFENDED}/config", timeout=10).json()
+    assert [s["model_name"] for s in config["ensemble_scheduling"]["step"]] == ["tokenizer", "classifier_softmax"]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

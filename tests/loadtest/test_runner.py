@@ -28,11 +28,14 @@ def check_reports(out, *, protocols: set[str]) -> dict:
             assert math.isfinite(e[key]) and e[key] > 0
         assert e["p50_ms"] <= e["p95_ms"] <= e["p99_ms"]
         models = e["server"]["models"]
-        assert "tokenizer" in models and "classifier" in models
-        assert ("mia_defense" if e["model"] == "veil_defended" else "softmax") in models
+        assert "tokenizer" in models
+        last = {"veil_defended": "mia_defense", "veil_raw": "softmax", "veil_undefended": "classifier_softmax"}
+        assert last[e["model"]] in models
         assert e["server"]["ensemble"]["requests"] >= e["requests"]
     for r in report["ratios"]:
         assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("p50", "p95", "p99", "throughput"))
+    assert {e["model"] for e in report["levels"]} == {"veil_undefended", "veil_raw", "veil_defended"}
+    assert [c["reference"] for c in report["comparisons"]] == ["veil_undefended", "veil_raw"]
     for protocol in protocols:
         assert {"concurrency_1", "saturation", "peak_throughput_rps"} <= set(report["summary"][protocol])
     for heading in ("## Summary", "## Every level", "## Where the time goes", "## perf_analyzer cross-check"):

@@ -1,8 +1,16 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from veil.python_backend.fingerprint import SIGNATURE_SIZE, logit_signature, near_duplicates, text_signature
+from veil.python_backend.fingerprint import (
+    NEAR_MATCH,
+    SIGNATURE_SIZE,
+    logit_signature,
+    near_duplicates,
+    text_signature,
+)
 
 
 def sig(*token_lists: list[int]) -> np.ndarray:
@@ -38,3 +46,18 @@ def test_logit_fallback_catches_exact_repeats_up_to_shift():
     z = np.array([[1.0, 2.0], [1.5, 2.5], [0.0, 3.0]], np.float32)
     s = logit_signature(z)
     assert (s[0] == s[1]).all() and not (s[0] == s[2]).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 80), st.integers(0, 40), st.integers(1, 4), st.integers(0, 2**31 - 1))
+def test_near_duplicates_equals_the_summed_comparison(n, m, alphabet, seed):
+    """The uint8 column-by-column count flags exactly what the [n, m, S] comparison summed did."""
+    rng = np.random.default_rng(seed)
+    sig = rng.integers(0, alphabet, (n, SIGNATURE_SIZE)).astype(np.int32)
+    recent = rng.integers(0, alphabet, (m, SIGNATURE_SIZE)).astype(np.int32)
+    want = np.zeros(n, dtype=bool)
+    if m:
+        want |= ((sig[:, None, :] == recent[None, :, :]).sum(-1) >= NEAR_MATCH).any(1)
+    if n > 1:
+        want |= np.tril((sig[:, None, :] == sig[None, :, :]).sum(-1) >= NEAR_MATCH, k=-1).any(1)
+    np.testing.assert_array_equal(near_duplicates(sig, recent), want)

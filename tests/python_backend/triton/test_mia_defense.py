@@ -86,3 +86,85 @@ def test_missing_artifact_refuses_to_initialize(pb_utils, tmp_path):
         m.initialize(
             model_args(tmp_path, name="mia_defense", parameters={"variant": "veil", "classifier_sha256": "0" * 64})
         )
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    from veil.export.onnx_export import export_onnx
+    from veil.export.train import load_model
+
+    model, tokenizer = load_model("tiny-bert", num_labels=2)
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(model, tokenizer, path)
+    return path
+
+
+def hosted_model(tmp_path, onnx_path, *, variant: str = "fixed_intensity"):
+    import dataclasses
+    import shutil
+
+    from veil.python_backend.artifact import sha256_file
+
+    sha = sha256_file(onnx_path)
+    dataclasses.replace(make_artifact(2), classifier_sha256=sha).save(tmp_path / "1" / "defense")
+    shutil.copy(onnx_path, tmp_path / "1" / "model.onnx")
+    m = load_adapter("mia_defense").TritonPythonModel()
+    params = {"variant": variant, "classifier_sha256": sha, "metrics_flush_s": "0", "hosts_classifier": "1"}
+    m.initialize(model_args(tmp_path, name="mia_defense", parameters=params))
+    return m
+
+
+def test_hosted_classifier_serves_what_logits_sent_directly_get(pb_utils, tmp_path, tiny_onnx):
+    """The hosted layout: token tensors in, the step's own onnxruntime session computes the logits;
+    the answer equals sending those logits (and the same fingerprint) to the step. Requests of two
+    sequence lengths in one batch, a malformed one and one with neither input fail alone."""
+    from veil.python_backend.onnx_classifier import OnnxClassifier
+
+    m = hosted_model(tmp_path, tiny_onnx)
+    rng = np.random.default_rng(1)
+
+    def tokens(batch: int, seq: int) -> dict[str, np.ndarray]:
+        return {
+            "input_ids": rng.integers(1, 200, (batch, seq)),
+            "attention_mask": np.ones((batch, seq), np.int64),
+            "token_type_ids": np.zeros((batch, seq), np.int64),
+            "fingerprint": rng.integers(0, 2**31 - 1, (batch, 8)).astype(np.int32),
+        }
+
+    feeds = [tokens(2, 8), tokens(1, 16), tokens(3, 8)]
+    bad = {**tokens(1, 8), "attention_mask": np.ones((1, 9), np.int64)}
+    responses = m.execute([FakeRequest(f) for f in (feeds[0], bad, feeds[1], {}, feeds[2])])
+    assert [r.error is None for r in responses] == [True, False, True, False, True]
+    assert "share one [batch, sequence] shape" in responses[1].error.message()
+    assert "missing input(s)" in responses[3].error.message()
+    assert responses[1].error.code == responses[3].error.code == "INVALID_ARG"
+    session = OnnxClassifier(tiny_onnx)
+    direct = m.execute([FakeRequest({"logits": session(f), "fingerprint": f["fingerprint"]}) for f in feeds])
+    for hosted, sent in zip([responses[0], responses[2], responses[4]], direct, strict=True):
+        np.testing.assert_array_equal(hosted.tensors["probabilities"], sent.tensors["probabilities"])
+        np.testing.assert_array_equal(hosted.tensors["label"], sent.tensors["label"])
+
+
+def test_hosted_classifier_failure_fails_closed(pb_utils, tmp_path, tiny_onnx, monkeypatch):
+    m = hosted_model(tmp_path, tiny_onnx)
+
+    def boom(feed):
+        raise RuntimeError("session lost")
+
+    monkeypatch.setattr(m.classifier, "outputs", boom)
+    feed = {n: np.ones((1, 8), np.int64) for n in m.classifier.input_names}
+    (response,) = m.execute([FakeRequest(feed)])
+    assert response.error.code == "INTERNAL" and response.tensors == {}
+    assert "classifier failed; no output returned: session lost" in response.error.message()
+    assert FakeFamily.registry["veil_request_errors_total"].value == 1
+
+
+def test_hosted_classifier_must_be_the_artifacts(pb_utils, tmp_path, tiny_onnx):
+    import shutil
+
+    make_artifact(2).save(tmp_path / "1" / "defense")  # calibrated for classifier "00...0"
+    shutil.copy(tiny_onnx, tmp_path / "1" / "model.onnx")
+    m = load_adapter("mia_defense").TritonPythonModel()
+    params = {"variant": "veil", "classifier_sha256": "0" * 64, "hosts_classifier": "1"}
+    with pytest.raises(RuntimeError, match="does not match the classifier"):
+        m.initialize(model_args(tmp_path, name="mia_defense", parameters=params))
