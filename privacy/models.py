@@ -256,19 +256,7 @@ def dp_learning_rates(
         for lr in cfg.dp_lr_grid:
             console().print(f"[bold]DP-SGD learning rate[/bold] eps={eps:g} lr={lr:g} (dev seed {cfg.dev_seed})")
             model, tok = load_model(cfg.model, num_labels=ds.num_classes, seed=cfg.dev_seed)
-            dp_fine_tune(
-                model,
-                tok,
-                members,
-                target_epsilon=eps,
-                epochs=cfg.dp_epochs,
-                lr=lr,
-                batch_size=cfg.dp_batch_size,
-                max_length=cfg.max_length,
-                train_layers=cfg.dp_train_layers,
-                seed=cfg.dev_seed,
-                progress=cfg.progress,
-            )
+            dp_trainer(cfg, eps=eps, lr=lr, seed=cfg.dev_seed)(model, tok, members)
             z = predict_logits(model, tok, calib.texts, max_length=cfg.max_length)
             accuracy[f"{eps:g}"][f"{lr:g}"] = float((z.argmax(1) == calib.labels).mean())
     chosen = {e: float(max(sorted(cfg.dp_lr_grid), key=lambda lr: acc[f"{lr:g}"])) for e, acc in accuracy.items()}
@@ -277,10 +265,9 @@ def dp_learning_rates(
     return {float(e): lr for e, lr in chosen.items()}
 
 
-def build_dp(cfg: EvalConfig, splits: Splits, seed: int, eps: float, out: Path, *, lr: float) -> dict:
-    """A DP-SGD target (Opacus) on the same members, served without a defense step, at the
-    learning rate :func:`dp_learning_rates` chose for ``eps`` on the development seed."""
-    trainer = partial(
+def dp_trainer(cfg: EvalConfig, *, eps: float, lr: float, seed: int) -> partial:
+    """``trainer(model, tokenizer, data)``: DP-SGD (Opacus) with the evaluation's settings."""
+    return partial(
         dp_fine_tune,
         target_epsilon=eps,
         epochs=cfg.dp_epochs,
@@ -291,6 +278,12 @@ def build_dp(cfg: EvalConfig, splits: Splits, seed: int, eps: float, out: Path, 
         seed=seed,
         progress=cfg.progress,
     )
+
+
+def build_dp(cfg: EvalConfig, splits: Splits, seed: int, eps: float, out: Path, *, lr: float) -> dict:
+    """A DP-SGD target (Opacus) on the same members, served without a defense step, at the
+    learning rate :func:`dp_learning_rates` chose for ``eps`` on the development seed."""
+    trainer = dp_trainer(cfg, eps=eps, lr=lr, seed=seed)
     trainer.key = (
         f"dp-sgd eps={eps} epochs={cfg.dp_epochs} sgd-momentum lr={lr} batch={cfg.dp_batch_size} "
         f"layers={cfg.dp_train_layers}"
