@@ -170,7 +170,7 @@ class Gateway:
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=limits.timeout_s), auto_decompress=False
         )
-        self.http = HttpProxy(self, self.admission)
+        self.http = HttpProxy(self)
         self._runner = web.AppRunner(
             self.http.app(),
             access_log=None,
@@ -201,7 +201,7 @@ class Gateway:
             # A backstop under the gateway's own caps (which answer first, with a reason).
             maximum_concurrent_rpcs=2 * limits.max_concurrent,
         )
-        self._grpc_server.add_generic_rpc_handlers((GrpcProxy(self, self.admission).handlers(),))
+        self._grpc_server.add_generic_rpc_handlers((GrpcProxy(self).handlers(),))
         address = f"{self.host}:{self.grpc_port}"
         if self.tls is not None:
             self.grpc_port = self._grpc_server.add_secure_port(address, self.tls.grpc_credentials())

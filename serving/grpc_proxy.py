@@ -17,7 +17,6 @@ from tritonclient.grpc import service_pb2
 
 from veil.serving import validation
 from veil.serving.auth import Identity
-from veil.serving.guards import Admission
 from veil.serving.limits import RETRY_AFTER, grpc_rows
 from veil.serving.policy import ALLOWED_RPCS, DENIED_RPCS, scrub
 from veil.serving.tls import grpc_subject
@@ -42,10 +41,9 @@ def _authorization(context) -> str | None:
 class GrpcProxy:
     """grpc.aio handlers over a :class:`Gateway` (its upstream stub, key, limits and readiness)."""
 
-    def __init__(self, gateway: Gateway, admission: Admission) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.limits = gateway.limits
-        self.admission = admission
 
     def handlers(self) -> grpc.GenericRpcHandler:
         table = {}

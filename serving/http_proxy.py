@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from veil.serving import validation
-from veil.serving.guards import Admission, ConnectionGuard
+from veil.serving.guards import ConnectionGuard
 from veil.serving.limits import http_rows
 from veil.serving.policy import HEALTH_PATHS, http_route, scrub
 from veil.serving.tls import http_subject
@@ -47,10 +47,9 @@ def error(status: int, message: str, *, retry_after: int | None = None) -> web.R
 class HttpProxy:
     """aiohttp handlers over a :class:`Gateway` (its upstream session, key, limits and readiness)."""
 
-    def __init__(self, gateway: Gateway, admission: Admission) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.limits = gateway.limits
-        self.admission = admission
         self.guard: ConnectionGuard | None = None
 
     def app(self) -> web.Application:
