@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from veil.privacy.experiment import EvalConfig, evaluate, quick, saved_results
+from veil.privacy.experiment import EvalConfig, evaluate, quick, reassess, saved_results
 from veil.privacy.models import VARIANTS
 from veil.privacy.report import write_report
 
@@ -57,7 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="write the report from the per-seed results an earlier run saved in --work-dir (same settings)",
     )
+    p.add_argument(
+        "--reassess",
+        action="store_true",
+        help="with --report-only: first re-run the attacks and utility on the outputs each seed saved",
+    )
     a = p.parse_args(argv)
+    if a.reassess and not a.report_only:
+        p.error("--reassess re-assesses saved outputs: use it with --report-only")
     results = {}
     t0 = time.perf_counter()
     command = ("python -m veil.privacy " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))).strip()
@@ -87,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if a.quick:
             cfg = quick(cfg)
+        if a.reassess:
+            reassess(cfg)
         results[dataset] = saved_results(cfg) if a.report_only else evaluate(cfg)
         # Written after every dataset, so a long run leaves a report of what it has finished.
         path = write_report(results, a.out, command=command)

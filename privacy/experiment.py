@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import pickle
 import time
 from dataclasses import asdict
 
@@ -26,6 +27,7 @@ from veil.privacy.assess import QueryView, View, assess
 from veil.privacy.attacks import Outputs, loss_score, phi
 from veil.privacy.baselines import FEW_KNOBS, KNOBS, baselines, class_precision
 from veil.privacy.models import (
+    ADAPTIVE,
     EvalConfig,
     ReferenceModels,
     attacker_pool,
@@ -41,8 +43,10 @@ from veil.privacy.query_attacks import augmentation_features, expand, repeat_fea
 from veil.privacy.utility import utility
 from veil.serving.launcher import TritonServer, repositories_for
 
-__all__ = ["EvalConfig", "evaluate", "quick", "saved_results"]
+__all__ = ["EvalConfig", "evaluate", "quick", "reassess", "saved_results"]
 MAIN_MODE = "long_lived/full"
+VIEWS_FILE = "views.pkl"
+ALL_MODES = [f"{m}/{s}" for s in SPEEDS for m in MODES]
 OFFLINE = "veil.python_backend.offline"
 VEIL_KNOBS = (None, 0.0, 1 / 6, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1.0)
 """Veil's intensity level (None: the calibrated floor): 64, 32, ..., 1 confidence levels per class."""
@@ -115,17 +119,26 @@ def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int, *, dp_l
         calib_raw = classify(url, RAW, calib.texts, tag="calibration")
         for v in served_names:
             model = RAW if v == "none" else ensemble_name(v)
-            modes = [f"{m}/{s}" for s in SPEEDS for m in MODES] if v in cfg.query_variants else [MAIN_MODE]
+            every_mode = v in cfg.query_variants
+            # Only an adaptive variant is queried in each mode; any other returns the same bytes in
+            # every mode (a function of the raw output alone), so its main-mode answers stand for all.
+            modes = ALL_MODES if every_mode and v in ADAPTIVE else [MAIN_MODE]
             aug, rep = {}, {}
             for ms in modes:
                 mode, speed = ms.split("/")
                 kw = {"mode": mode, "speed": speed, "tag": f"eval-{v}", "benign": benign}
                 aug[ms] = classify(url, model, aug_texts, group=aug_group, seed=seed, **kw)
                 rep[ms] = classify(url, model, rep_texts, group=rep_group, seed=seed + 1, **kw)
+            if every_mode and v not in ADAPTIVE:
+                aug, rep = dict.fromkeys(ALL_MODES, aug[MAIN_MODE]), dict.fromkeys(ALL_MODES, rep[MAIN_MODE])
             probs = classify(url, model, texts, tag=f"eval-{v}", seed=seed)
             target[v] = Side(probs, [], aug, rep)
-            if v in cfg.query_variants:  # benign traffic: distinct rows, paced (adaptive intensity idle)
-                benign_out[v] = classify(url, model, texts, speed="paced", tag=f"benign-{v}", seed=seed, benign=benign)
+            if every_mode:  # benign traffic: distinct rows, paced (adaptive intensity idle)
+                benign_out[v] = (
+                    classify(url, model, texts, speed="paced", tag=f"benign-{v}", seed=seed, benign=benign)
+                    if v in ADAPTIVE
+                    else probs
+                )
             dv = None if v == "none" else v
 
             def sim(z: np.ndarray, dv=dv, v=v) -> np.ndarray:
@@ -168,18 +181,18 @@ def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int, *, dp_l
                 b.name, b.family, b.knob, "baseline", target["none"].map(b.transform), attacker["none"].map(b.transform)
             )
         )
-    tx = {"target": texts, "aug": aug_texts, "rep": rep_texts, "shadow": sh_texts, "shadow_aug": sh_aug_texts}
+    tx = {"target": texts, "aug": aug_texts, "rep": rep_texts}
     views += _veil_offline(cfg, seed_dir / "target", tx, target["none"], attacker["none"], view)
     views += _dp_views(cfg, splits, seed, seed_dir, tx, target["none"], attacker["none"], view, dp_lr)
 
-    results = {}
     for v in views:
         v.target.texts, v.shadow.texts = texts, sh_texts
-        blind = v.name == "none"  # the split check: text features only
-        results[v.name] = assess(v, member, sh_member, raw=raw, lira=lira, seed=seed, boots=cfg.bootstrap, blind=blind)
-        if v.name in benign_out:
-            b, ref = benign_out[v.name][~member], benign_out.get("none", raw)[~member]
-            results[v.name]["utility_benign"] = utility(b, labels[~member], ref)
+    measured = {"views": views, "member": member, "shadow_member": sh_member, "raw": raw, "lira": lira}
+    measured |= {"benign": benign_out, "labels": labels}
+    # Every output the attacks read, so a revised instrument can re-assess without re-querying.
+    with open(seed_dir / VIEWS_FILE, "wb") as fh:
+        pickle.dump(measured, fh)
+    results = _assess_all(cfg, seed, **measured)
     roc = {v.name: {"loss": loss_score(v.target).tolist()} for v in views if v.source in ("served", "dp")}
     console().print(f"  seed {seed}: {len(views)} defenses measured in {time.perf_counter() - t0:.0f}s")
     return {
@@ -194,9 +207,42 @@ def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int, *, dp_l
     }
 
 
+def _assess_all(cfg: EvalConfig, seed: int, *, views, member, shadow_member, raw, lira, benign, labels) -> dict:
+    results = {}
+    for v in views:
+        blind = v.name == "none"  # the split check: text features only
+        results[v.name] = assess(
+            v, member, shadow_member, raw=raw, lira=lira, seed=seed, boots=cfg.bootstrap, blind=blind
+        )
+        if v.name in benign:
+            b, ref = benign[v.name][~member], benign.get("none", raw)[~member]
+            results[v.name]["utility_benign"] = utility(b, labels[~member], ref)
+    return results
+
+
+def reassess(cfg: EvalConfig) -> None:
+    """Re-run every attack and utility measure on the outputs a finished seed saved (its
+    ``views.pkl``), rewriting that seed's ``result.json``: no model is trained or queried."""
+    for seed in cfg.seeds:
+        seed_dir = cfg.root / f"seed{seed}"
+        with open(seed_dir / VIEWS_FILE, "rb") as fh:
+            measured = pickle.load(fh)  # our own file, written by evaluate_seed
+        t0 = time.perf_counter()
+        result = json.loads((seed_dir / "result.json").read_text())
+        result["defenses"] = _assess_all(cfg, seed, **measured)
+        (seed_dir / "result.json").write_text(json.dumps(result))
+        console().print(f"  seed {seed}: re-assessed in {time.perf_counter() - t0:.0f}s")
+
+
 def _veil_offline(cfg, build_dir, tx: dict[str, list[str]], raw_t: Side, raw_a: Side, view) -> list[View]:
     """Veil's knob sweep through the lead's offline entry point, if it exists (no stand-in). The
-    logits handed to it are log(raw served probabilities): softmax-equivalent to the model's."""
+    logits handed to it are log(raw served probabilities): softmax-equivalent to the model's.
+
+    Only the target's own queries carry their texts (the served tokenizer fingerprints them). Every
+    output the attacker simulates with its own models (the target rows' reference outputs, the
+    shadow side) is defended *ungated*, as the served step defends logits sent without a
+    fingerprint: the attacker never learns the defender's member index through them.
+    """
     if importlib.util.find_spec(OFFLINE) is None:
         console().print(f"  note: {OFFLINE} not found; Veil's knob sweep skipped (the served 'veil' row stays)")
         return []
@@ -205,20 +251,21 @@ def _veil_offline(cfg, build_dir, tx: dict[str, list[str]], raw_t: Side, raw_a: 
     out = []
     for knob in VEIL_KNOBS:
 
-        def f(p: np.ndarray, texts: list[str], knob=knob) -> np.ndarray:
+        def f(p: np.ndarray, texts: list[str] | None, knob=knob) -> np.ndarray:
             z = np.log(np.maximum(np.asarray(p, np.float64), tiny))
-            return np.asarray(defend(build_dir, texts, z, knob=knob), np.float32)
+            gated = texts is not None
+            return np.asarray(defend(build_dir, texts or [], z, knob=knob, gated=gated), np.float32)
 
         t = Side(
             f(raw_t.probs, tx["target"]),
-            [f(r, tx["target"]) for r in raw_t.refs],
+            [f(r, None) for r in raw_t.refs],
             {MAIN_MODE: f(raw_t.aug[MAIN_MODE], tx["aug"])},
             {MAIN_MODE: f(raw_t.rep[MAIN_MODE], tx["rep"])},
         )
         a = Side(
-            f(raw_a.probs, tx["shadow"]),
-            [f(r, tx["shadow"]) for r in raw_a.refs],
-            {MAIN_MODE: f(raw_a.aug[MAIN_MODE], tx["shadow_aug"])},
+            f(raw_a.probs, None),
+            [f(r, None) for r in raw_a.refs],
+            {MAIN_MODE: f(raw_a.aug[MAIN_MODE], None)},
             {},
         )
         name = "veil_offline" if knob is None else f"veil_offline_{knob:g}"

@@ -19,9 +19,12 @@ from veil.export.data import SPLIT_NAMES, Splits, TextDataset, make_splits
 from veil.export.dp import dp_fine_tune
 from veil.export.pipeline import BuildConfig, build, split_sizes
 from veil.export.train import fine_tune, load_model, predict_logits
-from veil.python_backend.variants import SERVED  # the one import of the variant list
+from veil.python_backend.variants import REGISTRY, SERVED  # the one import of the variant list
 
 VARIANTS = SERVED  # "none" is served as veil_raw
+ADAPTIVE = frozenset(v for v in SERVED if REGISTRY[v].adaptive)
+"""Variants whose output depends on the caller (client id, query pattern); every other variant's
+output is a function of the raw output alone, the same bytes in every client-id mode and speed."""
 POOL_SEED = 10_000
 DEV_SEED = 7
 """The development seed: any tuning (DP learning rate, knob defaults) happens on it; never reported."""

@@ -15,6 +15,7 @@ import numpy as np
 from veil.export.build_dir import BuildDir
 from veil.python_backend.artifact import META_FILE, DefenseArtifact
 from veil.python_backend.defense import Defense, DefenseConfig
+from veil.python_backend.fingerprint import SIGNATURE_SIZE
 from veil.python_backend.tokens import text_signatures
 
 _CACHE: dict[tuple, object] = {}
@@ -37,19 +38,25 @@ def defend(
     knob: float | None = None,
     threat: float = 0.0,
     variant: str = "veil",
+    gated: bool = True,
 ) -> np.ndarray:
     """[N, C] float32 probabilities. ``knob``: Veil's intensity level in [0, 1] for every row
-    (None: the calibrated floor and ``threat`` as the caller's threat)."""
+    (None: the calibrated floor and ``threat`` as the caller's threat). ``gated=False``: the rows
+    carry no text signature, as the served step sees logits sent without a fingerprint (an
+    attacker's own model outputs): the member gate never fires on them."""
     build = BuildDir(build_dir)
     options = build.options()
     # Keyed on the artifact's modification time, so a recalibrated build is never served stale.
     stamp = (build.defense / META_FILE).stat().st_mtime_ns
     art = _cached(("artifact", str(build.defense), stamp), lambda: DefenseArtifact.load(build.defense))
     texts = list(texts)
-    sig = _cached(
-        ("signatures", str(build.hf), hash(tuple(texts))),
-        lambda: text_signatures(build.hf, list(options.input_names), texts, max_length=options.max_length),
-    )
+    if gated:
+        sig = _cached(
+            ("signatures", str(build.hf), hash(tuple(texts))),
+            lambda: text_signatures(build.hf, list(options.input_names), texts, max_length=options.max_length),
+        )
+    else:  # what the adapter fills in for a request without a fingerprint
+        sig = np.full((len(logits), SIGNATURE_SIZE), -1, np.int32)
     defense = Defense(art, config=DefenseConfig(variant=variant, intensity=knob))
     return defense(
         np.asarray(logits, dtype=np.float32), threat=np.full(len(logits), threat), signatures=sig

@@ -154,6 +154,28 @@ def test_the_selective_step_serves_exactly_the_core(server, tiny_build, eval_tex
     assert len({r.tobytes() for r in served}) <= 2 * art.selective.coarse_levels
 
 
+def test_ungated_replay_is_what_the_step_serves_for_bare_logits(server, tiny_build, eval_texts):
+    """The evaluation defends the attacker's own model outputs with ``gated=False``: those are the
+    bytes the served step returns for logits sent without a fingerprint, and on training texts they
+    differ from the gated answer (an attacker never reaches the member index through its own logits)."""
+    from veil.export.build_dir import BuildDir
+    from veil.export.pipeline import onnx_logits
+    from veil.privacy.query import defend_logits
+    from veil.python_backend import offline
+
+    texts, _ = eval_texts
+    opts = BuildDir(tiny_build).options()
+    logits = onnx_logits(
+        BuildDir(tiny_build).onnx, BuildDir(tiny_build).hf, list(opts.input_names), texts, max_length=opts.max_length
+    )
+    ungated = offline.defend(tiny_build, texts, logits, variant="fixed_intensity", gated=False)
+    bare = defend_logits(server.http_url, "fixed_intensity", logits, client_id=fresh_id("bare"))
+    assert (ungated == bare).all()
+    gated = offline.defend(tiny_build, texts, logits, variant="fixed_intensity")
+    moved = (gated != ungated).any(axis=1)
+    assert moved[:60].sum() > moved[60:].sum()  # the gate moves training texts, and only with their texts
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_every_variant_keeps_the_label(server, eval_texts, protocol):
     texts = eval_texts[0][:30]
