@@ -120,6 +120,7 @@ class AttackEval:
             "tpr_01": self.tpr_01,
             "accuracy_ci": list(self.accuracy_ci),
             "tpr_1_ci": list(self.tpr_1_ci) if self.tpr_1_ci is not None else None,
+            "fold_accuracy": [f["accuracy"] for f in self.folds],
         }
 
 
