@@ -201,7 +201,7 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
     artifact.save(layout.defense)
     m = artifact.metrics
     _log(
-        f"calibrated on {len(zm)}+{len(zn)} rows: risk AUC {m['risk_auc_holdout']:.3f} (holdout),"
+        f"calibrated on {len(zm)}+{len(zn)} rows: risk AUC {m['risk_auc_holdout']:.3f} (rows early stopping never saw),"
         f" tau {[round(t, 4) for t in artifact.tau]} (untouched share {m['untouched_share']:.2f}),"
         f" perturbed {m['perturbed_share']:.1%}, eps {artifact.eps:.2f},"
         f" slack met {m['slack_met']}"

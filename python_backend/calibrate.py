@@ -194,6 +194,7 @@ def calibrate(
         "rows": {"members": len(member_logits), "nonmembers": len(nonmember_logits)},
         "risk_auc_train": fit.train_auc,
         "risk_auc_holdout": fit.holdout_auc,
+        "risk_auc_early_stopping": fit.stopping_auc,
         "risk_fit_epochs": fit.epochs,
         "label_only_floor": floor,
         "label_only_reference": reference,

@@ -65,7 +65,14 @@ def logit(p: float) -> float:
 class FitReport:
     train_auc: float
     holdout_auc: float
+    """On held-out calibration rows that early stopping never saw (unbiased)."""
     epochs: int
+    stopping_auc: float = float("nan")
+    """The best AUC early stopping found on its own held-out rows (biased upwards: it chose it)."""
+
+
+def _auc(roc_auc_score, y: np.ndarray, scores: np.ndarray) -> float:
+    return float(roc_auc_score(y, scores)) if len(np.unique(y)) == 2 else float("nan")
 
 
 def class_means_from(logits: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -94,8 +101,9 @@ def fit_risk_evaluator(
 ) -> tuple[RiskEvaluator, FitReport]:
     """Fit on calibration outputs with class-balanced binary cross-entropy.
 
-    A seeded ``holdout`` share of the calibration rows is kept out of the fit for early stopping
-    and for the reported AUC; none of it comes from the attack evaluation sets.
+    A seeded ``holdout`` share of the calibration rows is kept out of the fit: one half picks the
+    early-stopping epoch, the other half, which that choice never saw, gives the reported AUC.
+    None of it comes from the attack evaluation sets.
     """
     from sklearn.metrics import roc_auc_score
 
@@ -106,7 +114,7 @@ def fit_risk_evaluator(
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(z))
     n_hold = int(len(z) * holdout)
-    hold, train = order[:n_hold], order[n_hold:]
+    hold, test, train = order[: n_hold // 2], order[n_hold // 2 : n_hold], order[n_hold:]
 
     model = RiskEvaluator(num_classes, hidden=hidden)
     model.class_means.copy_(class_means_from(z[train], num_classes))
@@ -128,7 +136,7 @@ def fit_risk_evaluator(
         loss = loss_fn(model.score(zt[train]), yt[train])
         loss.backward()
         opt.step()
-        if n_hold and (epoch % 5 == 4 or epoch == epochs - 1):
+        if len(hold) and (epoch % 5 == 4 or epoch == epochs - 1):
             with torch.no_grad():
                 auc = roc_auc_score(y[hold], model.score(zt[hold]).numpy())
             if auc > best_auc + 1e-4:
@@ -139,5 +147,5 @@ def fit_risk_evaluator(
     model.eval()
     with torch.no_grad():
         train_auc = roc_auc_score(y[train], model.score(zt[train]).numpy())
-        hold_auc = roc_auc_score(y[hold], model.score(zt[hold]).numpy()) if n_hold else float("nan")
-    return model, FitReport(float(train_auc), float(hold_auc), best_epoch or epochs)
+        test_auc = _auc(roc_auc_score, y[test], model.score(zt[test]).numpy())
+    return model, FitReport(float(train_auc), test_auc, best_epoch or epochs, stopping_auc=float(best_auc))

@@ -51,3 +51,23 @@ def test_risk_evaluator_separates_members_and_defense_hides_them():
     raw_attack = max(threshold_attack_suite(raw, y[ev], members[ev]).values())
     defended_attack = max(threshold_attack_suite(out.probabilities, y[ev], members[ev]).values())
     assert defended_attack < raw_attack - 0.05
+
+
+def test_reported_auc_comes_from_rows_early_stopping_never_saw():
+    """Members are easy to tell apart on every row except the ones the reported AUC must use (the
+    second half of the seeded holdout), where the logits are noise: early stopping's AUC is high,
+    the reported one is not. Reporting the early-stopping rows' AUC would fail this."""
+    from veil.python_backend.risk import fit_risk_evaluator
+
+    rng = np.random.default_rng(0)
+    n, seed = 800, 5
+    y = np.r_[np.ones(n // 2, bool), np.zeros(n // 2, bool)]
+    z = np.where(y[:, None], [[4.0, -4.0]], [[1.0, -1.0]]) + rng.normal(scale=0.3, size=(n, 2))
+    order = np.random.default_rng(seed).permutation(n)
+    n_hold = int(n * 0.25)
+    unseen = order[n_hold // 2 : n_hold]
+    z[unseen] = rng.normal(size=(len(unseen), 2)) + [2.5, -2.5]
+    z = z.astype(np.float32)
+    _, fit = fit_risk_evaluator(z[y], z[~y], epochs=100, holdout=0.25, seed=seed)
+    assert fit.stopping_auc > 0.9
+    assert fit.holdout_auc < 0.7
