@@ -66,7 +66,7 @@ def test_reported_auc_comes_from_rows_early_stopping_never_saw():
     order = np.random.default_rng(seed).permutation(n)
     n_hold = int(n * 0.25)
     unseen = order[n_hold // 2 : n_hold]
-    z[unseen] = rng.normal(size=(len(unseen), 2)) + [2.5, -2.5]
+    z[unseen] = rng.normal(size=(len(unseen), 2)) + np.array([2.5, -2.5])
     z = z.astype(np.float32)
     _, fit = fit_risk_evaluator(z[y], z[~y], epochs=100, holdout=0.25, seed=seed)
     assert fit.stopping_auc > 0.9
