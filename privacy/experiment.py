@@ -23,6 +23,7 @@ import torch
 
 from veil.export.data import dedupe, fingerprint, load_dataset
 from veil.model_repository.spec import RAW, ensemble_name
+from veil.model_repository.writer import rewrite_repository
 from veil.privacy.assess import QueryView, View, assess
 from veil.privacy.attacks import Outputs, loss_score, phi
 from veil.privacy.baselines import FEW_KNOBS, KNOBS, baselines, class_precision
@@ -114,7 +115,7 @@ def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int, *, dp_l
     attacker: dict[str, Side] = {}
     benign_out: dict[str, np.ndarray] = {}
     log = seed_dir / "target" / "tritonserver.log"
-    with TritonServer(repositories_for(seed_dir / "target" / "model_repository"), log_file=log) as server:
+    with TritonServer(_eval_repository(cfg, seed_dir / "target"), log_file=log) as server:
         url = server.http_url
         calib_raw = classify(url, RAW, calib.texts, tag="calibration")
         for v in served_names:
@@ -207,6 +208,15 @@ def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int, *, dp_l
     }
 
 
+def _eval_repository(cfg: EvalConfig, build_dir):
+    """The build's repository as the evaluation serves it: the same models and defense, the
+    classifier sessions with ``cfg.classifier_threads`` intra-op threads (the evaluation sends one
+    request at a time, so one thread would leave the other cores idle). Thread count changes no
+    output: the served outputs are checked for determinism on repeats."""
+    out = rewrite_repository(build_dir, build_dir / "eval_repository", classifier_threads=cfg.classifier_threads)
+    return repositories_for(out)
+
+
 def _assess_all(cfg: EvalConfig, seed: int, *, views, member, shadow_member, raw, lira, benign, labels) -> dict:
     results = {}
     for v in views:
@@ -282,7 +292,7 @@ def _dp_views(
     for eps in cfg.dp_epsilons:
         dp_dir = seed_dir / f"dp_eps{eps:g}"
         build_dp(cfg, splits, seed, eps, dp_dir, lr=dp_lr[eps])
-        with TritonServer(repositories_for(dp_dir / "model_repository"), log_file=dp_dir / "tritonserver.log") as s:
+        with TritonServer(_eval_repository(cfg, dp_dir), log_file=dp_dir / "tritonserver.log") as s:
             probs = classify(s.http_url, RAW, tx["target"], tag="eval-dp", seed=seed)
             aug = classify(s.http_url, RAW, tx["aug"], tag="eval-dp", seed=seed)
             rep = classify(s.http_url, RAW, tx["rep"], tag="eval-dp", seed=seed + 1)

@@ -68,6 +68,9 @@ class EvalConfig:
     query_variants: tuple[str, ...] = ("none", "label_only", "veil")
     """Served outputs attacked in every client-id mode and speed; the others in long_lived/full only."""
     bootstrap: int = 200
+    classifier_threads: int = 0
+    """onnxruntime intra-op threads of the served classifier sessions during the evaluation (0: one
+    per core); deployments default to 1 (docs/load-testing.md)."""
     few_knobs: bool = False
     """A CI-sized baseline sweep (two clamp values, one of each other knob)."""
     progress: bool = True
