@@ -27,6 +27,7 @@ def test_quick_evaluation(tmp_path):
     for family in ("clamp", "hamp", "temperature", "noise", "calibrated_label_only", "round_1dp"):
         assert any(r["family"] == family for r in summary.values()), family
     assert "development seed 7" in md and "Excess over label-only" in md
+    assert "### Headline: privacy and utility side by side" in md and "Veil, benign traffic |" in md
     # DP-SGD's learning rate was tuned per epsilon on the development seed's calibration rows only
     tuned = json.loads((tmp_path / "work" / "reviews-tiny-bert" / "dev" / "dp_lr.json").read_text())
     assert tuned["key"]["seed"] == 7 and set(tuned["accuracy"]["8"]) == {"0.05", "0.2"}
