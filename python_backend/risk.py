@@ -71,10 +71,6 @@ class FitReport:
     """The best AUC early stopping found on its own held-out rows (biased upwards: it chose it)."""
 
 
-def _auc(roc_auc_score, y: np.ndarray, scores: np.ndarray) -> float:
-    return float(roc_auc_score(y, scores)) if len(np.unique(y)) == 2 else float("nan")
-
-
 def class_means_from(logits: np.ndarray, num_classes: int) -> torch.Tensor:
     """Mean probability vector per predicted class (uniform where a class is never predicted)."""
     z = torch.as_tensor(logits, dtype=torch.float32)
@@ -147,5 +143,7 @@ def fit_risk_evaluator(
     model.eval()
     with torch.no_grad():
         train_auc = roc_auc_score(y[train], model.score(zt[train]).numpy())
-        test_auc = _auc(roc_auc_score, y[test], model.score(zt[test]).numpy())
-    return model, FitReport(float(train_auc), test_auc, best_epoch or epochs, stopping_auc=float(best_auc))
+        two_classes = len(np.unique(y[test])) == 2
+        test_auc = float(roc_auc_score(y[test], model.score(zt[test]).numpy())) if two_classes else float("nan")
+    stopping_auc = float(best_auc) if best_state is not None else float("nan")
+    return model, FitReport(float(train_auc), test_auc, best_epoch or epochs, stopping_auc=stopping_auc)
