@@ -48,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=EvalConfig.repeats)
     p.add_argument("--query-variants", default=",".join(EvalConfig.query_variants), help="attacked in every mode")
     p.add_argument("--bootstrap", type=int, default=EvalConfig.bootstrap)
+    p.add_argument(
+        "--crossfit-splits",
+        type=int,
+        default=EvalConfig.crossfit_splits,
+        help="random halvings the upper-bound attacker is cross-fitted over (averaged)",
+    )
     p.add_argument("--work-dir", default="build/privacy")
     p.add_argument("--out", default="reports/privacy")
     p.add_argument("--quick", action="store_true", help="tiny model, small data, one seed (for CI)")
@@ -81,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             repeats=a.repeats,
             query_variants=tuple(v.strip() for v in a.query_variants.split(",") if v.strip()),
             bootstrap=a.bootstrap,
+            crossfit_splits=a.crossfit_splits,
             members=a.members,
             nonmembers=a.nonmembers,
             pool=a.pool,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from veil.privacy.attacks import Outputs, floor, suite
-from veil.privacy.metrics import cross_fitted, realistic
+from veil.privacy.metrics import CROSSFIT_SPLITS, cross_fitted, realistic
 from veil.privacy.query_attacks import augmentation_suite, repeat_suite
 from veil.privacy.utility import utility
 
@@ -37,10 +37,10 @@ class View:
     query: dict[str, QueryView] = field(default_factory=dict)
 
 
-def _both(name: str, fit, target, member, shadow, shadow_member, seed: int, boots: int) -> dict:
+def _both(name: str, fit, target, member, shadow, shadow_member, seed: int, boots: int, splits: int) -> dict:
     return {
         "realistic": realistic(name, fit, shadow, shadow_member, target, member, seed=seed, boots=boots).row(),
-        "upper_bound": cross_fitted(name, fit, target, member, seed=seed, boots=boots).row(),
+        "upper_bound": cross_fitted(name, fit, target, member, seed=seed, boots=boots, splits=splits).row(),
     }
 
 
@@ -53,12 +53,14 @@ def assess(
     lira: bool,
     seed: int,
     boots: int,
+    splits: int = CROSSFIT_SPLITS,
     blind: bool = False,
 ) -> dict:
-    """Every measurement on one defense. ``raw``: the undefended outputs of the target rows."""
+    """Every measurement on one defense. ``raw``: the undefended outputs of the target rows;
+    ``splits``: halvings the upper-bound attacker is cross-fitted over."""
     t, s = view.target, view.shadow
     attacks = {
-        name: _both(name, fit, t, member, s, shadow_member, seed, boots)
+        name: _both(name, fit, t, member, s, shadow_member, seed, boots, splits)
         for name, fit in suite(lira=lira, blind=blind, seed=seed).items()
     }
     query = {}
@@ -66,7 +68,7 @@ def assess(
         fits = augmentation_suite(seed) | (repeat_suite(seed) if "rep_mean" in q.target.extra else {})
         query[mode] = {
             "attacks": {
-                name: _both(name, fit, q.target, q.target_member, q.shadow, q.shadow_member, seed, boots)
+                name: _both(name, fit, q.target, q.target_member, q.shadow, q.shadow_member, seed, boots, splits)
                 for name, fit in fits.items()
             },
             "nondeterministic": q.nondeterministic,

@@ -203,6 +203,7 @@ def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int, *, dp_l
         "calibration": target_build["calibration"],
         "calibration_precision": precision.tolist(),
         "defenses": results,
+        "crossfit_splits": cfg.crossfit_splits,
         "roc": roc,
         "seconds": time.perf_counter() - t0,
     }
@@ -222,7 +223,15 @@ def _assess_all(cfg: EvalConfig, seed: int, *, views, member, shadow_member, raw
     for v in views:
         blind = v.name == "none"  # the split check: text features only
         results[v.name] = assess(
-            v, member, shadow_member, raw=raw, lira=lira, seed=seed, boots=cfg.bootstrap, blind=blind
+            v,
+            member,
+            shadow_member,
+            raw=raw,
+            lira=lira,
+            seed=seed,
+            boots=cfg.bootstrap,
+            splits=cfg.crossfit_splits,
+            blind=blind,
         )
         if v.name in benign:
             b, ref = benign[v.name][~member], benign.get("none", raw)[~member]
@@ -240,6 +249,7 @@ def reassess(cfg: EvalConfig) -> None:
         t0 = time.perf_counter()
         result = json.loads((seed_dir / "result.json").read_text())
         result["defenses"] = _assess_all(cfg, seed, **measured)
+        result["crossfit_splits"] = cfg.crossfit_splits
         (seed_dir / "result.json").write_text(json.dumps(result))
         console().print(f"  seed {seed}: re-assessed in {time.perf_counter() - t0:.0f}s")
 

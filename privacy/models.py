@@ -19,6 +19,7 @@ from veil.export.data import SPLIT_NAMES, Splits, TextDataset, make_splits
 from veil.export.dp import dp_fine_tune
 from veil.export.pipeline import BuildConfig, build, split_sizes
 from veil.export.train import fine_tune, load_model, predict_logits
+from veil.privacy.metrics import CROSSFIT_SPLITS
 from veil.python_backend.variants import REGISTRY, SERVED  # the one import of the variant list
 
 VARIANTS = SERVED  # "none" is served as veil_raw
@@ -68,6 +69,8 @@ class EvalConfig:
     query_variants: tuple[str, ...] = ("none", "label_only", "veil")
     """Served outputs attacked in every client-id mode and speed; the others in long_lived/full only."""
     bootstrap: int = 200
+    crossfit_splits: int = CROSSFIT_SPLITS
+    """Random halvings the upper-bound attacker is cross-fitted over (averaged)."""
     classifier_threads: int = 0
     """onnxruntime intra-op threads of the served classifier sessions during the evaluation (0: one
     per core); deployments default to 1 (docs/load-testing.md)."""
@@ -114,6 +117,7 @@ def quick(cfg: EvalConfig) -> EvalConfig:
         dp_lr_grid=(0.05, 0.2),
         query_rows=60,
         bootstrap=50,
+        crossfit_splits=2,
         few_knobs=True,
     )
 

@@ -155,6 +155,13 @@ HEADLINE = (
 """The headline rows: (defense, which traffic its utility is read on)."""
 
 
+def _halvings(seeds: list[dict]) -> str:
+    """How many random halvings the seeds' upper-bound attackers averaged (results written before
+    the count was recorded used one)."""
+    n = sorted({s.get("crossfit_splits", 1) for s in seeds})
+    return " / ".join(map(str, n)) + (" halving" if n == [1] else " halvings")
+
+
 def headline_table(summary: dict) -> str:
     """Privacy and utility side by side, per seed: excess over label-only (upper bound: strongest
     attack, and chosen on the other half; realistic), TPR@1%FPR over label-only's, and utility on
@@ -273,7 +280,8 @@ def write_report(results: dict[str, dict], out_dir: str | Path, *, command: str)
             f"Report seeds {cfg['seeds']}; development seed {cfg['dev_seed']} (never reported). "
             f"{cfg['members'] // 2} members and {cfg['nonmembers'] // 2} non-members attacked per seed; "
             f"{cfg['pool']}-row attacker pool, {cfg['references']} reference models; query attacks on "
-            f"{cfg['query_rows']}+{cfg['query_rows']} rows x {cfg['edits']} edits and {cfg['repeats']} repeats. "
+            f"{cfg['query_rows']}+{cfg['query_rows']} rows x {cfg['edits']} edits and {cfg['repeats']} repeats; "
+            f"upper-bound attacker cross-fitted over {_halvings(seeds)} (averaged). "
             f"Target train accuracy {fmt([s['train_accuracy'] for s in seeds])}%. Wall time: {timing}.",
             "",
             f"DP-SGD learning rate per epsilon, tuned on the development seed's calibration non-members "
@@ -294,7 +302,7 @@ def write_report(results: dict[str, dict], out_dir: str | Path, *, command: str)
             "",
             "The strongest attack is the best of about 20 per-attack estimates, which biases it upwards, for "
             "label-only too. The last column chooses it on one cross-fitted half and reports it on the other "
-            "(both directions averaged): an unbiased pick.",
+            "(both directions of every halving averaged): an unbiased pick.",
             "",
             privacy_table(summary),
             "### Bootstrap intervals (per seed)",

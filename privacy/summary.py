@@ -28,16 +28,19 @@ def strongest(rows: dict[str, dict], strength: str, keys=None) -> tuple[str, dic
 
 def selected_strongest(rows: dict[str, dict], strength: str, keys) -> float | None:
     """The strongest attack chosen without looking at the rows it is reported on: chosen by its
-    accuracy on one cross-fitted half, reported on the other half, and the two directions
-    averaged. The maximum over ~20 estimates (:func:`strongest`) is biased upwards; this is not.
-    None where the rows carry no per-half accuracies (older results, the realistic attacker)."""
-    keys = [k for k in keys if k in rows and len(rows[k][strength].get("fold_accuracy", [])) == 2]
-    if not keys:
+    accuracy on one cross-fitted half, reported on the other half, both directions of every
+    halving averaged. The maximum over ~20 estimates (:func:`strongest`) is biased upwards; this is
+    not. None where the rows carry no per-half accuracies (older results, the realistic attacker)."""
+    folds = {k: rows[k][strength].get("fold_accuracy", []) for k in keys if k in rows}
+    sizes = {len(f) for f in folds.values()}
+    if not folds or len(sizes) != 1 or sizes == {0} or sizes.pop() % 2:
         return None
+    n = len(next(iter(folds.values())))
     picks = []
-    for chose_on in (0, 1):
-        best = max(keys, key=lambda k: rows[k][strength]["fold_accuracy"][chose_on])
-        picks.append(rows[best][strength]["fold_accuracy"][1 - chose_on])
+    for chose_on in range(n):
+        report_on = chose_on ^ 1  # the other half of the same halving
+        best = max(folds, key=lambda k: folds[k][chose_on])
+        picks.append(folds[best][report_on])
     return float(np.mean(picks))
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from veil.privacy.metrics import (
+    CROSSFIT_SPLITS,
     MIN_NONMEMBERS_FOR_01,
     Scored,
     auc,
@@ -101,4 +102,20 @@ def test_cross_fitted_finds_a_real_signal():
     member = np.r_[np.ones(300, bool), np.zeros(300, bool)]
     s = rng.normal(size=600) + 2 * member
     e = cross_fitted("c", threshold_fit(lambda r: r.s), Rows(s), member)
-    assert e.accuracy > 0.8 and e.auc > 0.9 and len(e.folds) == 2
+    assert e.accuracy > 0.8 and e.auc > 0.9 and len(e.folds) == 2 * CROSSFIT_SPLITS
+
+
+def test_repeated_halvings_average_out_the_choice_of_halves():
+    # The rows are fixed; only the halving (the seed) changes. With no signal, whatever one halving
+    # reports is the luck of that halving: the mean over 5 halvings varies far less across seeds.
+    rng = np.random.default_rng(9)
+    member = rng.permutation(np.r_[np.ones(150, bool), np.zeros(150, bool)])
+    rows, fit = Rows(rng.normal(size=300)), threshold_fit(lambda r: r.s)
+
+    def spread(splits: int) -> float:
+        return float(
+            np.std([cross_fitted("c", fit, rows, member, seed=k, boots=1, splits=splits).accuracy for k in range(30)])
+        )
+
+    one, five = spread(1), spread(5)
+    assert five < 0.7 * one, (one, five)
