@@ -33,9 +33,8 @@ def selected_strongest(rows: dict[str, dict], strength: str, keys) -> float | No
     not. None where the rows carry no per-half accuracies (older results, the realistic attacker)."""
     folds = {k: rows[k][strength].get("fold_accuracy", []) for k in keys if k in rows}
     sizes = {len(f) for f in folds.values()}
-    if not folds or len(sizes) != 1 or sizes == {0} or sizes.pop() % 2:
-        return None
-    n = len(next(iter(folds.values())))
+    if len(sizes) != 1 or (n := sizes.pop()) == 0 or n % 2:
+        return None  # no attacks, mixed fold counts, no folds, or folds not in halving pairs
     picks = []
     for chose_on in range(n):
         report_on = chose_on ^ 1  # the other half of the same halving
