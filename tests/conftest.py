@@ -23,15 +23,25 @@ NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "poor", "tedious", "flat",
 FILLER = "the film movie story cast plot scene it this was is very quite rather a an of and".split()  # noqa: SIM905
 
 
-def synthetic_rows(n: int, *, seed: int = 0, classes: int = 2, noise: float = 0.0) -> list[tuple[str, int]]:
+def synthetic_rows(
+    n: int, *, seed: int = 0, classes: int = 2, noise: float = 0.0, names: bool = False
+) -> list[tuple[str, int]]:
     """Distinct sentences whose label follows sentiment words; 20% carry contradicting words, and a
-    ``noise`` share gets a random label (only memorisation fits those: a strong membership signal)."""
+    ``noise`` share gets a random label (only memorisation fits those: a strong membership signal).
+
+    ``names``: each sentence also carries a made-up name (a few rare word pieces). A tiny model
+    memorises its members through them and is confident there, while a new name only adds noise:
+    membership leaks through the confidence, beyond what the label carries (the filler-only
+    sentences are too alike for a tiny model to memorise)."""
     rng = random.Random(seed)
     vocab = [POSITIVE, NEGATIVE] if classes == 2 else [[f"{w}{k}" for w in POSITIVE[:5]] for k in range(classes)]
     rows: dict[str, int] = {}
     while len(rows) < n:
         y = rng.randrange(classes)
         words = rng.choices(FILLER, k=rng.randint(3, 8)) + rng.choices(vocab[y], k=rng.randint(1, 2))
+        if names:
+            consonants = "bcdfghklmnprstvz"
+            words.append("".join([*rng.choices(consonants, k=3), rng.choice("aeiou"), *rng.choices(consonants, k=2)]))
         if rng.random() < 0.2:
             words += rng.choices(vocab[(y + 1) % classes], k=2)
         rng.shuffle(words)
