@@ -2,13 +2,45 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import roc_curve
 
 from veil.python_backend.leakage import (
     best_threshold_accuracy,
     classwise_threshold_accuracy,
     label_only_floor,
+    roc,
     threshold_attack_suite,
 )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.integers(-3, 3).map(float), st.floats(-1e30, 1e30), st.just(-np.inf)), st.booleans()),
+        min_size=2,
+        max_size=60,
+    )
+)
+def test_roc_is_sklearns_curve_with_every_tied_group(rows):
+    """The numpy ROC gives sklearn's points (drop_intermediate=False), ties included (few distinct
+    integer scores make large tied groups)."""
+    scores = np.array([r[0] for r in rows])
+    member = np.array([r[1] for r in rows])
+    fpr, tpr = roc(scores, member)
+    if member.all() or not member.any():
+        assert fpr.tolist() == [0.0, 1.0] and tpr.tolist() == [0.0, 1.0]
+        return
+    finite = np.where(np.isinf(scores), -1e300, scores)  # sklearn refuses infinities
+    ref_fpr, ref_tpr, _ = roc_curve(member, finite, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(tpr, ref_tpr, rtol=0, atol=1e-12)
+
+
+def test_roc_refuses_nan_scores():
+    with pytest.raises(ValueError, match="NaN"):
+        roc(np.array([0.1, np.nan]), np.array([True, False]))
 
 
 def test_perfectly_separable_scores():
