@@ -33,6 +33,8 @@ MODES = ("long_lived", "fresh", "anonymous")
 SPEEDS = ("full", "paced")
 PACED_ROWS_PER_ID = 48
 PACED_BATCH = 4
+PACED_MARGIN_S = 0.5
+"""Extra wait past ``young_s`` (the server's clock starts an id when its first request arrives)."""
 
 
 def defend_logits(url: str, variant: str | None, logits: np.ndarray, *, client_id: str, seed: int = 0) -> np.ndarray:
@@ -97,22 +99,29 @@ def _paced(c: VeilClient, model: str, texts, order, out, *, tag: str, benign, gr
     ids = [f"{tag}-paced-{uuid.uuid4().hex[:8]}-{k}" for k in range(n_ids)]
     benign = list(benign) or [f"a plain sentence number {k}" for k in range(cfg.young_rows)]
     gap = 1.0 / (0.8 * cfg.churn_low)  # new ids below the churn threshold
+    last_born = time.monotonic()
     for k, cid in enumerate(ids):  # warm-up: each id sends distinct benign rows until it is not young
         rows = [benign[(k * cfg.young_rows + j) % len(benign)] for j in range(cfg.young_rows)]
+        last_born = time.monotonic()
         c.infer(model, rows[: len(rows) // 2], client_id=cid)
         c.infer(model, rows[len(rows) // 2 :], client_id=cid)
         time.sleep(gap)
-    time.sleep(max(0.0, cfg.young_s - gap * n_ids))
-    # rows of one group to different ids: assign by the row's rank within its group
-    rank = np.zeros(len(texts), int)
-    if group is not None:
-        seen: dict[int, int] = {}
-        for i in order:
-            rank[i] = seen.get(int(group[i]), 0)
-            seen[int(group[i])] = rank[i] + 1
+    # Every id, the last-born included, must be older than young_s before the first attack row
+    # (until 2026-12-03 this waited young_s after the *first* id: later ids were still young).
+    time.sleep(max(0.0, cfg.young_s + PACED_MARGIN_S - (time.monotonic() - last_born)))
+    # Rows of one group go to consecutive ids from where the group first appears: different ids
+    # for up to n_ids rows of a group, and the groups' start positions spread the load.
     queues: list[list[int]] = [[] for _ in ids]
+    start: dict[int, int] = {}
+    rank: dict[int, int] = {}
     for pos, i in enumerate(order):
-        queues[(pos + rank[i] * 7) % n_ids if group is not None else pos % n_ids].append(int(i))
+        if group is None:
+            queues[pos % n_ids].append(int(i))
+            continue
+        g = int(group[i])
+        k = start.setdefault(g, pos) + rank.get(g, 0)
+        rank[g] = rank.get(g, 0) + 1
+        queues[k % n_ids].append(int(i))
     while any(queues):
         for k, q in enumerate(queues):
             if not q:
