@@ -99,7 +99,6 @@ def _paced(c: VeilClient, model: str, texts, order, out, *, tag: str, benign, gr
     ids = [f"{tag}-paced-{uuid.uuid4().hex[:8]}-{k}" for k in range(n_ids)]
     benign = list(benign) or [f"a plain sentence number {k}" for k in range(cfg.young_rows)]
     gap = 1.0 / (0.8 * cfg.churn_low)  # new ids below the churn threshold
-    last_born = time.monotonic()
     for k, cid in enumerate(ids):  # warm-up: each id sends distinct benign rows until it is not young
         rows = [benign[(k * cfg.young_rows + j) % len(benign)] for j in range(cfg.young_rows)]
         last_born = time.monotonic()
@@ -112,15 +111,11 @@ def _paced(c: VeilClient, model: str, texts, order, out, *, tag: str, benign, gr
     # Rows of one group go to consecutive ids from where the group first appears: different ids
     # for up to n_ids rows of a group, and the groups' start positions spread the load.
     queues: list[list[int]] = [[] for _ in ids]
-    start: dict[int, int] = {}
-    rank: dict[int, int] = {}
+    slot: dict[int, int] = {}  # group -> the id its next row goes to
     for pos, i in enumerate(order):
-        if group is None:
-            queues[pos % n_ids].append(int(i))
-            continue
-        g = int(group[i])
-        k = start.setdefault(g, pos) + rank.get(g, 0)
-        rank[g] = rank.get(g, 0) + 1
+        g = pos if group is None else int(group[i])
+        k = slot.get(g, pos)
+        slot[g] = k + 1
         queues[k % n_ids].append(int(i))
     while any(queues):
         for k, q in enumerate(queues):

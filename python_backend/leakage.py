@@ -31,13 +31,9 @@ def classwise_threshold_accuracy(scores: np.ndarray, is_member: np.ndarray, grou
     total = 0.0
     for g in np.unique(groups):
         sel = groups == g
-        s, m = scores[sel], is_member[sel]
-        order = np.argsort(-s, kind="stable")
-        s, m = s[order], m[order]
-        gain = np.cumsum(np.where(m, 1.0 / n_m, -1.0 / n_n))
-        # Only cut between distinct scores (ties must share a decision).
-        last_of_run = np.r_[s[1:] != s[:-1], True]
-        total += max(0.0, float(gain[last_of_run].max()))
+        m = is_member[sel]
+        fpr, tpr = roc(scores[sel], m)  # cuts only between distinct scores: ties share a decision
+        total += max(0.0, float(np.max(tpr * m.sum() / n_m - fpr * (~m).sum() / n_n)))
     return float(0.5 + total / 2)
 
 
