@@ -24,11 +24,13 @@ import numpy as np
 from veil.export.build_dir import BuildDir
 from veil.export.data import dedupe, load_dataset
 from veil.privacy.attacks import Outputs
+from veil.privacy.baselines import label_only
 from veil.privacy.metrics import cross_fitted
 from veil.privacy.models import EvalConfig, attacker_pool, build_target, splits_for_seed
 from veil.privacy.query_attacks import augmentation_features, augmentation_suite, expand
 from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.offline import defend
+from veil.python_backend.probabilities import softmax64
 from veil.python_backend.tokens import text_signatures
 
 KINDS = (("edit", None), ("subset", 0.7), ("subset", 0.5), ("window", 0.5), ("subset", 0.3))
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
     build = BuildDir(target)
     opts = build.options()
-    index = DefenseArtifact.load(build.defense).member_index()
+    artifact = DefenseArtifact.load(build.defense)
+    index, gate_from = artifact.member_index(), artifact.selective.gate[0]
     tok = AutoTokenizer.from_pretrained(build.hf)
     model = AutoModelForSequenceClassification.from_pretrained(build.hf).eval()
 
@@ -97,11 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             k, flat = args.crops, [c for t in texts for c in crops(t, args.crops, keep, kind)]
         z = np.asarray(predict_logits(model, tok, flat, max_length=cfg.max_length), np.float64)
         sig = text_signatures(build.hf, list(opts.input_names), flat, max_length=opts.max_length)
-        gated = (index.nearest(sig)[0] > 0.5).reshape(len(texts), k)
-        raw = np.exp(z - z.max(1, keepdims=True))
-        raw /= raw.sum(1, keepdims=True)
-        one_hot = np.eye(z.shape[1])[z.argmax(1)]
-        row: dict = {"raw": attack(raw.astype(np.float32), k), "label_only": attack(one_hot.astype(np.float32), k)}
+        gated = (index.nearest(sig)[0] > gate_from).reshape(len(texts), k)
+        raw = softmax64(z)
+        row: dict = {"raw": attack(raw, k), "label_only": attack(label_only(raw), k)}
         for t in (0.0, 0.5, 1.0):
             row[f"veil_threat_{t:g}"] = attack(defend(target, flat, z, threat=t), k)
         row["gated_share"] = {"members": float(gated[member].mean()), "nonmembers": float(gated[~member].mean())}
