@@ -28,7 +28,7 @@ from veil.model_repository.writer import write_repository
 from veil.python_backend.artifact import sha256_file
 from veil.python_backend.calibrate import CalibrationConfig, calibrate
 from veil.python_backend.onnx_classifier import OnnxClassifier
-from veil.python_backend.tokens import TextEncoder, text_signatures
+from veil.python_backend.tokens import TextEncoder, text_signatures, write_common_tokens
 from veil.python_backend.variants import REGISTRY
 
 
@@ -180,6 +180,7 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
     parity.check()
     digest = sha256_file(onnx_path)
 
+    write_common_tokens(hf_dir, members.texts, max_length=cfg.max_length)  # before any signature
     calib_m, calib_n = splits.take(ds, "member_calib"), splits.take(ds, "nonmember_calib")
     # Every training text once: the member index's side of the map; member_calib is its tail.
     zt = onnx_logits(onnx_path, hf_dir, names, members.texts, max_length=cfg.max_length, progress=cfg.progress)

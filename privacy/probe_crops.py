@@ -1,13 +1,19 @@
-"""Development-seed probe: do gate-evading query attacks (heavy crops of a text) leak through Veil?
+"""Development-seed probe: do gate-evading query attacks (crops of a text) leak through Veil, and
+does adaptive intensity stop them where the fixed intensity cannot?
 
 The member gate recognises a query whose token set is close to a training text's (estimated
-Jaccard >= 0.5). An attacker who knows that sends *crops* (a random half of the words, or a
-window) that the gate does not recognise, and aggregates the served outputs over K crops per text.
-This probe trains (or reuses) the development seed's target, scores K crops per evaluation text
-in-process, replays the served step on them (:func:`veil.python_backend.offline.defend`, the
-served bytes) at threat 0 (the floor, what the fixed-intensity variant serves), 0.5 and 1, and
-runs the augmentation attacks under the upper-bound attacker (5 halvings). Development seed
-only: nothing here is reported as a result of a report seed.
+Jaccard >= 0.5). An attacker who knows that sends *crops* (a random half or third of the words,
+or a window) that the gate does not recognise, and aggregates the served outputs over K crops per
+text. This probe trains (or reuses) the development seed's target, scores K crops per text
+in-process and replays the served step on them (:func:`veil.python_backend.offline.defend`, the
+served bytes): at threat 0 (the floor: what the fixed-intensity variant serves), at threat 1, and
+*adaptive*: the crops sent by one long-lived caller at a benign rate (2 rows/s, one row a request),
+text after text or interleaved over 30 texts, through the served threat tracker
+(:class:`~veil.python_backend.adaptive.ThreatTracker`), each row served at the threat it got.
+The same caller sending each text once (benign traffic) is replayed too, with its utility.
+Augmentation attacks under the upper-bound attacker (5 halvings). Members: training texts;
+non-members: evaluation non-members, then rows outside every split. Development seed only:
+nothing here is reported as a result of a report seed.
 
     python -m veil.privacy.probe_crops --dataset sst2 --out build/privacy/probe_crops_sst2.json
 """
@@ -28,12 +34,38 @@ from veil.privacy.baselines import label_only
 from veil.privacy.metrics import cross_fitted
 from veil.privacy.models import EvalConfig, attacker_pool, build_target, splits_for_seed
 from veil.privacy.query_attacks import augmentation_features, augmentation_suite, expand
+from veil.privacy.utility import ece, error_detection_auroc
+from veil.python_backend.adaptive import ThreatTracker
 from veil.python_backend.artifact import DefenseArtifact
+from veil.python_backend.fingerprint import minhash
 from veil.python_backend.offline import defend
 from veil.python_backend.probabilities import softmax64
 from veil.python_backend.tokens import text_signatures
 
-KINDS = (("edit", None), ("subset", 0.7), ("subset", 0.5), ("window", 0.5), ("subset", 0.3))
+KINDS = (("edit", None), ("subset", 0.5), ("window", 0.5), ("subset", 0.3))
+PACE_S = 0.5
+"""Seconds between the probing caller's rows: 2 rows/s, far below the rate threat's 20."""
+INTERLEAVE = 30
+
+
+def stream_order(n_texts: int, k: int, *, interleave: int, seed: int) -> np.ndarray:
+    """Indices into the flat [text, query] array in the order one caller sends them: texts in a
+    seeded order, each block of ``interleave`` texts round-robin (1 = text after text)."""
+    texts = np.random.default_rng(seed).permutation(n_texts)
+    order = []
+    for b in range(0, n_texts, interleave):
+        block = texts[b : b + interleave]
+        order += [t * k + j for j in range(k) for t in block]
+    return np.asarray(order)
+
+
+def replay_threats(signatures: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Per flat row: the threat one long-lived caller gets sending the rows in ``order``, one a request."""
+    tracker = ThreatTracker(clock=lambda: 0.0)
+    threat = np.empty(len(order))
+    for step, row in enumerate(order):
+        threat[row] = tracker.observe("prober", np.zeros((1, 2)), signatures[row : row + 1], now=step * PACE_S)
+    return threat
 
 
 def crops(text: str, k: int, keep: float, kind: str) -> list[str]:
@@ -56,7 +88,7 @@ def crops(text: str, k: int, keep: float, kind: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="sst2")
-    ap.add_argument("--rows", type=int, default=300, help="rows per side")
+    ap.add_argument("--rows", type=int, default=1000, help="rows per side (at most the training set)")
     ap.add_argument("--crops", type=int, default=8)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -70,13 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     splits = splits_for_seed(cfg, ds, attacker_pool(ds, cfg.pool), seed)
     target = cfg.root / "dev" / f"seed{seed}" / "target"
     build_target(cfg, splits, seed, target)
-    members, nonmembers = splits.take(ds, "member_eval"), splits.take(ds, "nonmember_eval")
+    used = np.concatenate([np.asarray(v, dtype=np.int64) for v in splits.indices.values()])
+    outside = np.setdiff1d(np.arange(len(ds)), used)
     rng = np.random.default_rng(0)
-    mi = rng.choice(len(members), args.rows, replace=False)
-    ni = rng.choice(len(nonmembers), args.rows, replace=False)
-    texts = [members.texts[i] for i in mi] + [nonmembers.texts[i] for i in ni]
-    labels = np.r_[members.labels[mi], nonmembers.labels[ni]]
-    member = np.r_[np.ones(args.rows, bool), np.zeros(args.rows, bool)]
+    member_rows = rng.choice(splits.members, args.rows, replace=False)
+    fresh = rng.permutation(outside)[: max(0, args.rows - len(splits.indices["nonmember_eval"]))]
+    nonmember_rows = np.r_[np.asarray(splits.indices["nonmember_eval"], dtype=np.int64), fresh][: args.rows]
+    rows = np.r_[member_rows, nonmember_rows]
+    texts, labels = [ds.texts[i] for i in rows], ds.labels[rows]
+    member = np.r_[np.ones(len(member_rows), bool), np.zeros(len(nonmember_rows), bool)]
 
     build = BuildDir(target)
     opts = build.options()
@@ -85,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     tok = AutoTokenizer.from_pretrained(build.hf)
     model = AutoModelForSequenceClassification.from_pretrained(build.hf).eval()
 
+    def score(flat: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        z = np.asarray(predict_logits(model, tok, flat, max_length=cfg.max_length), np.float64)
+        return z, text_signatures(build.hf, list(opts.input_names), flat, max_length=opts.max_length)
+
     def attack(probs: np.ndarray, k: int) -> dict[str, float]:
         o = Outputs(probs, labels, augmentation_features(probs, labels, k))
         return {
@@ -92,26 +130,71 @@ def main(argv: list[str] | None = None) -> int:
             for name, fit in augmentation_suite(seed).items()
         }
 
-    results = {}
+    tables = artifact.selective
+    floor_bins = tables.bin_count(tables.level(None, adaptive=False))
+
+    def bins(threat: np.ndarray) -> np.ndarray:
+        """Confidence levels per class each row is served at (1 = calibrated label-only)."""
+        return tables.bin_count(tables.level(threat, adaptive=True))
+
+    # Benign traffic: the same caller sends each text once, in a seeded order.
+    z, sig = score(texts)
+    threat = replay_threats(sig, stream_order(len(texts), 1, interleave=1, seed=seed))
+    held_out = ~member
+    served = {"fixed": defend(target, texts, z, threat=0.0), "adaptive": defend(target, texts, z, threat=threat)}
+    results: dict = {
+        "rows": {"members": int(member.sum()), "nonmembers": int((~member).sum())},
+        "benign": {
+            "mean_threat": float(threat.mean()),
+            "share_coarser_than_floor": float((bins(threat) < floor_bins).mean()),
+            **{
+                f"{name}_{metric}": round(fn(p[held_out], labels[held_out]), 3)
+                for name, p in served.items()
+                for metric, fn in (("auroc", error_detection_auroc), ("ece", ece))
+            },
+            "identical_bytes": bool(np.array_equal(served["fixed"], served["adaptive"])),
+        },
+    }
+    print("benign", json.dumps(results["benign"]), flush=True)
     for kind, keep in KINDS:
         if kind == "edit":
             k, flat = 6, expand(texts, 6, seed)[0]
         else:
             k, flat = args.crops, [c for t in texts for c in crops(t, args.crops, keep, kind)]
-        z = np.asarray(predict_logits(model, tok, flat, max_length=cfg.max_length), np.float64)
-        sig = text_signatures(build.hf, list(opts.input_names), flat, max_length=opts.max_length)
-        gated = (index.nearest(sig)[0] > gate_from).reshape(len(texts), k)
+        z, sig = score(flat)
+        gated = (index.nearest(minhash(sig))[0] > gate_from).reshape(len(texts), k)
         raw = softmax64(z)
         row: dict = {"raw": attack(raw, k), "label_only": attack(label_only(raw), k)}
-        for t in (0.0, 0.5, 1.0):
+        for t in (0.0, 1.0):
             row[f"veil_threat_{t:g}"] = attack(defend(target, flat, z, threat=t), k)
+        threats = {}
+        for name, inter in (("adaptive", 1), ("adaptive_interleaved", INTERLEAVE)):
+            threats[name] = replay_threats(sig, stream_order(len(texts), k, interleave=inter, seed=seed))
+            row[name] = attack(defend(target, flat, z, threat=threats[name]), k)
         row["gated_share"] = {"members": float(gated[member].mean()), "nonmembers": float(gated[~member].mean())}
+        row["threat"] = {
+            name: {
+                "mean": round(float(t.mean()), 3),
+                "coarser_than_floor": float((bins(t) < floor_bins).mean()),
+                "label_only": float((bins(t) == 1).mean()),
+            }
+            for name, t in threats.items()
+        }
         best_lo = max(row["label_only"].values())
         row["excess_over_label_only"] = {
-            name: round(max(v.values()) - best_lo, 1) for name, v in row.items() if name not in ("gated_share",)
+            name: round(max(v.values()) - best_lo, 1)
+            for name, v in row.items()
+            if name not in ("gated_share", "threat")
         }
         results[f"{kind}{'' if keep is None else f'_{keep:g}'}"] = row
-        print(kind, keep, json.dumps(row["excess_over_label_only"]), json.dumps(row["gated_share"]), flush=True)
+        print(
+            kind,
+            keep,
+            json.dumps(row["excess_over_label_only"]),
+            json.dumps(row["gated_share"]),
+            json.dumps(row["threat"]),
+            flush=True,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     return 0

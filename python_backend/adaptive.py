@@ -2,8 +2,9 @@
 
 Membership attacks need many queries, often bursts of near-identical ones (the same text, or
 small edits of it, probed repeatedly). Each client's recent row rate and its share of
-near-duplicate queries (MinHash signatures of the token set, see :mod:`fingerprint`, matching one
-of its recent queries) raise a threat score in [0, 1]; the defense maps it to an intensity
+repeated queries (a near-duplicate of one of its recent queries by MinHash, or a query whose content
+tokens are mostly contained in its recent queries: crops of one text; see :mod:`fingerprint`)
+raise a threat score in [0, 1]; the defense maps it to an intensity
 multiplier on epsilon and a lower risk target.
 
 State is bounded: at most ``max_clients`` entries (least recently seen evicted first), and
@@ -37,7 +38,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from veil.python_backend.fingerprint import SIGNATURE_SIZE, logit_signature, near_duplicates
+from veil.python_backend.fingerprint import SIGNATURE_SIZE, logit_signature, repeats
 from veil.wire import canonical_client_id
 
 ANONYMOUS = ""
@@ -169,7 +170,7 @@ class ThreatTracker:
                 # in the shared near-duplicate ring, so probing one text under rotating ids is
                 # caught, while another caller's rate or probing of other texts changes nothing.
                 shared = self.unattributed
-                hits = near_duplicates(sig, shared.ring)[: len(sig)].mean() if len(sig) else 0.0
+                hits = repeats(sig, shared.ring).mean() if len(sig) else 0.0
                 shared.ring = np.concatenate([shared.ring, sig])[-shared.slots :]
                 threat = max(threat, _ramp(float(hits), cfg.duplicate_low, cfg.duplicate_high))
         return float(threat)
@@ -182,11 +183,12 @@ class ThreatTracker:
         n = len(sig)
         state.rows += n
         state.rate = self._decay(state.rate, dt) + n / cfg.rate_window_s
-        repeats = int(near_duplicates(sig, state.ring).sum()) if n else 0
+        repeated = int(repeats(sig, state.ring).sum()) if n else 0
         state.ring = np.concatenate([state.ring, sig])[-state.slots :]
-        # Near-duplicate share: exponential average over recent rows, fading while idle.
+        # Repeat share: exponential average over recent rows, fading while idle.
         keep = (1.0 - 1.0 / cfg.duplicate_span_rows) ** n
-        state.dup = self._decay(state.dup, dt, cfg.duplicate_window_s) * keep + (1 - keep) * (repeats / n if n else 0.0)
+        share = repeated / n if n else 0.0
+        state.dup = self._decay(state.dup, dt, cfg.duplicate_window_s) * keep + (1 - keep) * share
         return max(
             _ramp(state.rate, cfg.rate_low, cfg.rate_high),
             _ramp(state.dup, cfg.duplicate_low, cfg.duplicate_high),
@@ -240,7 +242,9 @@ def _state_from_dict(v: dict, slots: int) -> ClientState:
     s = ClientState(float(v["last"]), float(v["initial"]), slots)
     s.rate, s.dup, s.born = float(v["rate"]), float(v["dup"]), float(v["born"])
     s.rows = int(v.get("rows", 0))
-    s.ring = np.asarray(v["ring"], dtype=np.int32).reshape(-1, SIGNATURE_SIZE)
+    ring = np.asarray(v["ring"], dtype=np.int32)
+    # A ring saved with another signature width (an older release) is dropped, not misread.
+    s.ring = ring if ring.ndim == 2 and ring.shape[1] == SIGNATURE_SIZE else np.zeros((0, SIGNATURE_SIZE), np.int32)
     return s
 
 

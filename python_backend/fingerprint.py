@@ -1,11 +1,23 @@
-"""Query fingerprints for adaptive intensity: MinHash signatures of the token set.
+"""Query fingerprints for adaptive intensity and the member gate: two parts in one int32 row.
 
-Probing attacks repeat a text or send small edits of it (a word added, swapped or reordered).
-Two texts whose token sets have Jaccard similarity J share each MinHash value with probability J,
-so "at least ``NEAR_MATCH`` of ``SIGNATURE_SIZE`` values equal" flags near-duplicates (J >= ~0.8
-mostly flagged, J <= ~0.3 almost never). The tokenizer computes the signature; the defense step
-only compares integers. Without a signature (``mia_defense`` called directly with logits) the
-logits quantised to a fine grid stand in, which catches exact repeats only.
+Columns ``[:MINHASH_SIZE]``, MinHash of the token set: probing attacks repeat a text or send small
+edits of it (a word added, swapped or reordered). Two texts whose token sets have Jaccard
+similarity J share each MinHash value with probability J, so "at least ``NEAR_MATCH`` of
+``MINHASH_SIZE`` values equal" flags near-duplicates (J >= ~0.8 mostly flagged, J <= ~0.3 almost
+never). The member gate indexes these columns too.
+
+Columns ``[MINHASH_SIZE:]``, the content sketch: the ``SKETCH_SIZE`` smallest hashes of the text's
+*content* tokens (every real token except the ``common`` ones: the defender's most frequent tokens
+in its own training texts), ascending, padded with -1. Crops of one text (a random third of its
+words, a window) are not near-duplicates of each other (J ~ 1/3), but each is mostly *contained*
+in what the caller sent just before: :func:`contained` flags a row when at least
+``CONTAINED_SHARE`` of its sketch appeared in recent rows. Common tokens are left out so that
+distinct texts on one topic do not look contained (docs/evaluation.md: a benign caller's rows are
+not coarsened, a crop-probing caller's are).
+
+The tokenizer computes both; the defense step only compares integers. Without a signature
+(``mia_defense`` called directly with logits) the logits quantised to a fine grid stand in for the
+MinHash, which catches exact repeats only, with an empty sketch.
 """
 
 from __future__ import annotations
@@ -14,22 +26,47 @@ from collections.abc import Iterable
 
 import numpy as np
 
-SIGNATURE_SIZE = 8
+MINHASH_SIZE = 8
 NEAR_MATCH = 6
+SKETCH_SIZE = 16
+SIGNATURE_SIZE = MINHASH_SIZE + SKETCH_SIZE
+CONTAINED_SHARE = 0.5
+COMMON_TOKENS = 50
+"""How many of the training texts' most frequent tokens the content sketch leaves out."""
+EMPTY = -1
 _PRIME = np.int64((1 << 31) - 1)
 _RNG = np.random.default_rng(20251128)
-_A = _RNG.integers(1, _PRIME, SIGNATURE_SIZE, dtype=np.int64)
-_B = _RNG.integers(0, _PRIME, SIGNATURE_SIZE, dtype=np.int64)
-_EMPTY = np.int64(_PRIME)
+_A = _RNG.integers(1, _PRIME, MINHASH_SIZE + 1, dtype=np.int64)
+_B = _RNG.integers(0, _PRIME, MINHASH_SIZE + 1, dtype=np.int64)
+"""One (a, b) per MinHash value, the last pair for the content sketch."""
+_NONE = np.int64(_PRIME)
 
 
-def text_signature(input_ids: np.ndarray, attention_mask: np.ndarray, *, special_ids: Iterable[int]) -> np.ndarray:
-    """[n, L] token ids -> [n, SIGNATURE_SIZE] int32 MinHash of each row's set of real tokens."""
+def text_signature(
+    input_ids: np.ndarray, attention_mask: np.ndarray, *, special_ids: Iterable[int], common_ids: Iterable[int] = ()
+) -> np.ndarray:
+    """[n, L] token ids -> [n, SIGNATURE_SIZE] int32: MinHash of each row's set of real tokens, then
+    the content sketch (the smallest hashes of its real tokens not in ``common_ids``)."""
     ids = np.asarray(input_ids, dtype=np.int64)
-    keep = np.asarray(attention_mask, dtype=bool) & ~np.isin(ids, list(special_ids))
-    hashed = (ids[:, :, None] * _A + _B) % _PRIME  # [n, L, k]; ids < 2^31 so no overflow
-    hashed = np.where(keep[:, :, None], hashed, _EMPTY)
-    return hashed.min(axis=1).astype(np.int32)
+    real = np.asarray(attention_mask, dtype=bool) & ~np.isin(ids, list(special_ids))
+    hashed = (ids[:, :, None] * _A + _B) % _PRIME  # [n, L, k + 1]; ids < 2^31 so no overflow
+    minhash = np.where(real[:, :, None], hashed[:, :, :MINHASH_SIZE], _NONE).min(axis=1)
+    content = np.where(real & ~np.isin(ids, list(common_ids)), hashed[:, :, MINHASH_SIZE], _NONE)
+    content = np.sort(content, axis=1)
+    content[:, 1:][content[:, 1:] == content[:, :-1]] = _NONE  # a repeated token is one element of the set
+    content = np.sort(content, axis=1)[:, :SKETCH_SIZE]
+    sketch = np.full((len(ids), SKETCH_SIZE), EMPTY, dtype=np.int64)
+    sketch[:, : content.shape[1]] = np.where(content < _NONE, content, EMPTY)
+    return np.concatenate([minhash, sketch], axis=1).astype(np.int32)
+
+
+def common_tokens(token_sets: Iterable[Iterable[int]], *, count: int = COMMON_TOKENS) -> list[int]:
+    """The ``count`` tokens in most texts (document frequency; ties: lower id), for the sketch."""
+    df: dict[int, int] = {}
+    for tokens in token_sets:
+        for t in set(tokens):
+            df[t] = df.get(t, 0) + 1
+    return sorted(sorted(df, key=lambda t: (-df[t], t))[:count])
 
 
 def logit_signature(logits: np.ndarray, *, cell: float = 1e-3) -> np.ndarray:
@@ -40,14 +77,16 @@ def logit_signature(logits: np.ndarray, *, cell: float = 1e-3) -> np.ndarray:
         for col in q.T.astype(np.uint64):
             h = (h ^ col) * np.uint64(1099511628211)
     sig = (h % np.uint64(_PRIME)).astype(np.int32)
-    return np.repeat(sig[:, None], SIGNATURE_SIZE, axis=1)
+    out = np.full((len(q), SIGNATURE_SIZE), EMPTY, dtype=np.int32)
+    out[:, :MINHASH_SIZE] = sig[:, None]
+    return out
 
 
 def _matches(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[len(a), len(b)] bool: the rows agree in >= NEAR_MATCH places. One uint8 count per pair,
-    added column by column (a [n, m, S] comparison summed as int64 costs several times more)."""
+    """[len(a), len(b)] bool: the MinHash parts agree in >= NEAR_MATCH places. One uint8 count per
+    pair, added column by column (a [n, m, S] comparison summed as int64 costs several times more)."""
     count = np.zeros((len(a), len(b)), dtype=np.uint8)
-    for k in range(a.shape[1]):
+    for k in range(MINHASH_SIZE):
         count += a[:, None, k] == b[None, :, k]
     return count >= NEAR_MATCH
 
@@ -61,3 +100,32 @@ def near_duplicates(signatures: np.ndarray, recent: np.ndarray) -> np.ndarray:
     if n > 1:
         hits |= np.tril(_matches(signatures, signatures), k=-1).any(1)
     return hits
+
+
+def contained(signatures: np.ndarray, recent: np.ndarray) -> np.ndarray:
+    """[n] bool: at least ``CONTAINED_SHARE`` of the row's sketch values are in a ``recent`` row's
+    sketch or an earlier row's (an empty sketch is never contained). One ``np.unique`` for the
+    batch: a value counts as seen at row i when its first row (the recent ones count as -1) is < i."""
+    n = len(signatures)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    sketch = np.asarray(signatures, dtype=np.int64)[:, MINHASH_SIZE:]
+    ring = np.asarray(recent, dtype=np.int64)[:, MINHASH_SIZE:].ravel()
+    ring = ring[ring != EMPTY]
+    values, inverse = np.unique(np.concatenate([ring, sketch.ravel()]), return_inverse=True)
+    first = np.full(len(values), n, dtype=np.int64)
+    np.minimum.at(first, inverse, np.r_[np.full(len(ring), -1), np.repeat(np.arange(n), sketch.shape[1])])
+    valid = sketch != EMPTY
+    seen = (first[inverse[len(ring) :].reshape(sketch.shape)] < np.arange(n)[:, None]) & valid
+    size = valid.sum(1)
+    return (size > 0) & (seen.sum(1) / np.maximum(size, 1) >= CONTAINED_SHARE)
+
+
+def repeats(signatures: np.ndarray, recent: np.ndarray) -> np.ndarray:
+    """[n] bool: what adaptive intensity counts as probing: a near-duplicate or a contained row."""
+    return near_duplicates(signatures, recent) | contained(signatures, recent)
+
+
+def minhash(signatures: np.ndarray) -> np.ndarray:
+    """The MinHash part (what the member index keys on)."""
+    return np.asarray(signatures)[:, :MINHASH_SIZE]

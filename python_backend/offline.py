@@ -36,12 +36,13 @@ def defend(
     logits: np.ndarray,
     *,
     knob: float | None = None,
-    threat: float = 0.0,
+    threat: float | np.ndarray = 0.0,
     variant: str = "veil",
     gated: bool = True,
 ) -> np.ndarray:
     """[N, C] float32 probabilities. ``knob``: Veil's intensity level in [0, 1] for every row
-    (None: the calibrated floor and ``threat`` as the caller's threat). ``gated=False``: the rows
+    (None: the calibrated floor and ``threat`` as the caller's threat, one for all rows or one per
+    row). ``gated=False``: the rows
     carry no text signature, as the served step sees logits sent without a fingerprint (an
     attacker's own model outputs): the member gate never fires on them."""
     build = BuildDir(build_dir)
@@ -59,5 +60,7 @@ def defend(
         sig = np.full((len(logits), SIGNATURE_SIZE), -1, np.int32)
     defense = Defense(art, config=DefenseConfig(variant=variant, intensity=knob))
     return defense(
-        np.asarray(logits, dtype=np.float32), threat=np.full(len(logits), threat), signatures=sig
+        np.asarray(logits, dtype=np.float32),
+        threat=np.broadcast_to(np.asarray(threat, dtype=np.float64), (len(logits),)).copy(),
+        signatures=sig,
     ).probabilities

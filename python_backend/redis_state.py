@@ -9,7 +9,7 @@ Keys (``<prefix>`` is ``veil:`` by default; use a database of its own):
 
 - ``<prefix>c:<client id>``: one string, six little-endian doubles (rate, dup, last, born, initial,
   rows; exact, no decimal round trip) then the ring: the client's last ``fingerprints`` signatures
-  as little-endian int32 (``MEMORY USAGE`` 1336 bytes with a full ring). Native expiry ``ttl_s``
+  as little-endian int32 (``MEMORY USAGE`` 3640 bytes with a full ring). Native expiry ``ttl_s``
   after the last request (the in-process TTL sweep); the script also treats an entry idle for
   longer than ``ttl_s`` as absent, exactly as the sweep does.
 - ``<prefix>anon``: anonymous rows' shared state and the unattributed signature ring;
@@ -39,16 +39,16 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from veil.python_backend.adaptive import ANONYMOUS, AdaptiveConfig
-from veil.python_backend.fingerprint import NEAR_MATCH, SIGNATURE_SIZE
+from veil.python_backend.fingerprint import CONTAINED_SHARE, EMPTY, MINHASH_SIZE, NEAR_MATCH, SIGNATURE_SIZE
 from veil.python_backend.threat_state import FALLBACK_THREAT, Observed, StateConfig, register
 
-ENTRY_BYTES = 1400
+ENTRY_BYTES = 3700
 """Approximate Redis memory of one client entry with a full ring (``MEMORY USAGE``, measured by
 ``tests/python_backend/test_threat_state.py``), for the ``veil_tracked_clients_bytes`` gauge."""
 SHARED_KEYS = 2
 HEAD_FIELDS = ("rate", "dup", "last", "born", "initial", "rows")
 
-# Mirrors ThreatTracker.observe / _update line by line; keep the two in step (the equivalence test
+# Mirrors ThreatTracker.observe / _update and fingerprint.repeats line by line; keep them in step (the equivalence test
 # compares them on random streams). KEYS[1] churn, KEYS[2] anon, KEYS[2 + r] request r's client
 # (KEYS[2] again for anonymous rows); ARGV[1] now ('' = the server's clock), ARGV[1 + r] request
 # r's signatures. Returns each request's threat (%.17g: exact) and DBSIZE.
@@ -57,7 +57,8 @@ local RATE_W, DUP_W, SPAN, TTL = {rate_window_s!r}, {duplicate_window_s!r}, {dup
 local RATE_LO, RATE_HI, DUP_LO, DUP_HI = {rate_low!r}, {rate_high!r}, {duplicate_low!r}, {duplicate_high!r}
 local CHURN_LO, CHURN_HI = {churn_low!r}, {churn_high!r}
 local SLOTS, YOUNG_ROWS, YOUNG_S, YOUNG_T = {fingerprints!r}, {young_rows!r}, {young_s!r}, {young_threat!r}
-local SIG, NEAR, TTL_MS = {signature_size}, {near_match}, {ttl_ms}
+local SIG, MINHASH, NEAR, TTL_MS = {signature_size}, {minhash_size}, {near_match}, {ttl_ms}
+local SHARE, EMPTY = {contained_share!r}, {empty}
 local W = 4 * SIG
 
 local now
@@ -87,17 +88,36 @@ local function split(bytes)
 end
 local function near(a, b)
   local same = 0
-  for j = 1, SIG do if a[j] == b[j] then same = same + 1 end end
+  for j = 1, MINHASH do if a[j] == b[j] then same = same + 1 end end
   return same >= NEAR
 end
--- fingerprint.near_duplicates(sig, ring).sum(): rows matching a ring row or an earlier row
-local function near_count(sig, ring)
+-- the sketch values of a row (EMPTY left out) into the set `seen`
+local function add(seen, row)
+  for j = MINHASH + 1, SIG do if row[j] ~= EMPTY then seen[row[j]] = true end end
+end
+-- fingerprint.repeats(sig, ring).sum(): rows that are a near-duplicate of a ring row or an
+-- earlier row, or whose sketch is contained (share >= SHARE) in theirs
+local function repeat_count(sig, ring)
   local count = 0
+  local seen = {{}}
+  for _, r in ipairs(ring) do add(seen, r) end
   for i = 1, #sig do
     local hit = false
     for _, r in ipairs(ring) do if near(sig[i], r) then hit = true break end end
     if not hit then for j = 1, i - 1 do if near(sig[i], sig[j]) then hit = true break end end end
+    if not hit then
+      local size, found = 0, 0
+      for j = MINHASH + 1, SIG do
+        local v = sig[i][j]
+        if v ~= EMPTY then
+          size = size + 1
+          if seen[v] then found = found + 1 end
+        end
+      end
+      hit = size > 0 and found / size >= SHARE
+    end
     if hit then count = count + 1 end
+    add(seen, sig[i])
   end
   return count
 end
@@ -130,7 +150,7 @@ local function update(s, sig)
   s.rows = s.rows + n
   s.rate = decay(s.rate, dt, RATE_W) + n / RATE_W
   local repeats = 0
-  if n > 0 then repeats = near_count(sig, s.ring) end
+  if n > 0 then repeats = repeat_count(sig, s.ring) end
   push(s.ring, sig)
   local keep = (1.0 - 1.0 / SPAN) ^ n
   local share = 0.0
@@ -172,7 +192,7 @@ for r = 3, #KEYS do
     if s ~= anon then
       anon_used = true
       local hits = 0.0
-      if #sig > 0 then hits = near_count(sig, anon.ring) / #sig end
+      if #sig > 0 then hits = repeat_count(sig, anon.ring) / #sig end
       push(anon.ring, sig)
       threat = math.max(threat, ramp(hits, DUP_LO, DUP_HI))
     end
@@ -195,7 +215,10 @@ def lua_source(adaptive: AdaptiveConfig) -> str:
     return _SCRIPT.format(
         **numbers,
         signature_size=SIGNATURE_SIZE,
+        minhash_size=MINHASH_SIZE,
         near_match=NEAR_MATCH,
+        contained_share=float(CONTAINED_SHARE),
+        empty=EMPTY,
         ttl_ms=max(1, int(np.ceil(adaptive.ttl_s * 1000))),
     )
 

@@ -8,13 +8,14 @@ Triton's dynamic batcher can merge requests of similar length into one classifie
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from veil import wire
-from veil.python_backend.fingerprint import text_signature
+from veil.python_backend.fingerprint import common_tokens, text_signature
 
 
 class InputError(ValueError):
@@ -52,9 +53,16 @@ def bucket_length(n: int, *, max_length: int, minimum: int = 8) -> int:
     return min(length, max_length)
 
 
+COMMON_TOKENS_FILE = "veil_common_tokens.json"
+"""In the tokenizer folder: the training texts' most frequent token ids, left out of the content
+sketch (:func:`write_common_tokens`). A folder without it sketches every token: more distinct
+texts look contained, so callers get more protection and less useful outputs, never less."""
+
+
 class TextEncoder:
     """A Hugging Face fast tokenizer loaded from a local folder, producing the model's inputs
-    plus ``fingerprint`` (a MinHash signature of each text's tokens, for adaptive intensity)."""
+    plus ``fingerprint`` (MinHash and content sketch of each text's tokens: the member gate and
+    adaptive intensity, :mod:`fingerprint`)."""
 
     def __init__(self, tokenizer_dir: str | Path, *, input_names: Sequence[str], max_length: int) -> None:
         from transformers import AutoTokenizer
@@ -62,6 +70,8 @@ class TextEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
         self.input_names = list(input_names)
         self.max_length = int(max_length)
+        common = Path(tokenizer_dir) / COMMON_TOKENS_FILE
+        self.common_ids = [int(t) for t in json.loads(common.read_text())] if common.exists() else []
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
         enc = self.tokenizer(
@@ -83,9 +93,24 @@ class TextEncoder:
                 arr[r, : len(seq)] = seq
             out[name] = arr
         out[wire.FINGERPRINT] = text_signature(
-            out["input_ids"], out["attention_mask"], special_ids=self.tokenizer.all_special_ids
+            out["input_ids"],
+            out["attention_mask"],
+            special_ids=self.tokenizer.all_special_ids,
+            common_ids=self.common_ids,
         )
         return out
+
+
+def write_common_tokens(tokenizer_dir: str | Path, texts: Sequence[str], *, max_length: int) -> list[int]:
+    """Write the :data:`COMMON_TOKENS_FILE` of ``texts`` (the training texts) into the tokenizer folder."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    special = set(tokenizer.all_special_ids)
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    common = common_tokens([t for t in row if t not in special] for row in ids)
+    (Path(tokenizer_dir) / COMMON_TOKENS_FILE).write_text(json.dumps(common))
+    return common
 
 
 def text_signatures(

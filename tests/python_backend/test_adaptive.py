@@ -88,7 +88,7 @@ def test_table_is_bounded_and_lru():
     assert len(tr) == 100
     assert "id-9999" in tr.clients and "id-0" not in tr.clients
     assert tr.evicted == 9_900
-    assert tr.measure_bytes() < 100 * 2_000
+    assert tr.measure_bytes() < 100 * 4_000  # a full ring: 32 signatures of 24 int32
 
 
 def test_rotating_ids_start_suspicious():
@@ -206,3 +206,38 @@ def test_bad_client_ids(raw, message):
 
 def test_missing_client_id_is_anonymous():
     assert normalise_client_id(None, max_bytes=256) == ANONYMOUS
+
+
+def test_crops_of_one_text_raise_the_threat_and_distinct_texts_do_not(tmp_path):
+    """Crops (a third of a text's words) are not near-duplicates of each other, but each is mostly
+    contained in the crops before it: a caller sending them at 1 row/s is pushed to threat ~1. The
+    same caller sending distinct texts on one topic (sharing only common words) stays at 0 once
+    it is no longer young."""
+    import shutil
+
+    from veil.privacy.probe_crops import crops
+    from veil.python_backend.tokens import write_common_tokens
+
+    tok = tmp_path / "tok"
+    shutil.copytree(packaged_minilm(), tok)
+    words = [w for w in packaged_minilm().joinpath("vocab.txt").read_text().split() if w.isalpha() and len(w) > 3]
+    rng = np.random.default_rng(1)
+    glue = ["the", "a", "of", "and", "is", "to", "in", "that", "it", "with", "as", "for", "this"]
+    texts = [" ".join(rng.permutation([*rng.choice(words[:4000], 12), *glue])) for _ in range(120)]
+    write_common_tokens(tok, texts[60:], max_length=64)  # the "training texts": the glue words come out on top
+    enc = TextEncoder(tok, input_names=["input_ids", "attention_mask"], max_length=64)
+    clock = Clock()
+    prober, reader = ThreatTracker(clock=clock), ThreatTracker(clock=clock)
+    probing = [c for t in texts[:8] for c in crops(t, 8, 0.3, "subset")]
+    sig = enc(probing)["fingerprint"]
+    threats = []
+    for i in range(len(probing)):
+        clock.t += 1.0
+        threats.append(prober.observe("prober", rows(1, i), sig[i : i + 1]))
+    assert threats[-1] > 0.9
+    sig = enc(texts[:60])["fingerprint"]
+    calm = []
+    for i in range(60):
+        clock.t += 1.0
+        calm.append(reader.observe("reader", rows(1, i), sig[i : i + 1]))
+    assert max(calm[40:]) == 0.0

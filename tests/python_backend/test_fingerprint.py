@@ -5,21 +5,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veil.python_backend.fingerprint import (
+    EMPTY,
+    MINHASH_SIZE,
     NEAR_MATCH,
     SIGNATURE_SIZE,
+    SKETCH_SIZE,
+    common_tokens,
+    contained,
     logit_signature,
+    minhash,
     near_duplicates,
+    repeats,
     text_signature,
 )
 
 
-def sig(*token_lists: list[int]) -> np.ndarray:
+def sig(*token_lists: list[int], common: tuple[int, ...] = ()) -> np.ndarray:
     length = max(len(t) for t in token_lists)
     ids = np.zeros((len(token_lists), length), np.int64)
     mask = np.zeros_like(ids)
     for r, toks in enumerate(token_lists):
         ids[r, : len(toks)], mask[r, : len(toks)] = toks, 1
-    return text_signature(ids, mask, special_ids=[101, 102])
+    return text_signature(ids, mask, special_ids=[101, 102], common_ids=common)
 
 
 def test_same_token_set_same_signature_whatever_the_padding_and_specials():
@@ -56,8 +63,86 @@ def test_near_duplicates_equals_the_summed_comparison(n, m, alphabet, seed):
     sig = rng.integers(0, alphabet, (n, SIGNATURE_SIZE)).astype(np.int32)
     recent = rng.integers(0, alphabet, (m, SIGNATURE_SIZE)).astype(np.int32)
     want = np.zeros(n, dtype=bool)
+    a, b = sig[:, :MINHASH_SIZE], recent[:, :MINHASH_SIZE]
     if m:
-        want |= ((sig[:, None, :] == recent[None, :, :]).sum(-1) >= NEAR_MATCH).any(1)
+        want |= ((a[:, None, :] == b[None, :, :]).sum(-1) >= NEAR_MATCH).any(1)
     if n > 1:
-        want |= np.tril((sig[:, None, :] == sig[None, :, :]).sum(-1) >= NEAR_MATCH, k=-1).any(1)
+        want |= np.tril((a[:, None, :] == a[None, :, :]).sum(-1) >= NEAR_MATCH, k=-1).any(1)
     np.testing.assert_array_equal(near_duplicates(sig, recent), want)
+
+
+NONE = np.zeros((0, SIGNATURE_SIZE), np.int32)
+
+
+def test_sketch_is_the_smallest_content_hashes_of_the_set():
+    """Order, repeats and padding do not matter; common and special tokens are left out; a text
+    with more content tokens than the sketch keeps the smallest hashes (a prefix-closed sample)."""
+    a = sig([101, 5, 6, 7, 102], common=(7,))
+    b = sig([101, 7, 6, 5, 5, 6, 102], [3] * 9, common=(7,))
+    assert (a[0] == b[0]).all()
+    sketch = a[0, MINHASH_SIZE:]
+    assert (sketch[:2] >= 0).all() and (sketch[2:] == EMPTY).all() and sketch[0] < sketch[1]
+    assert (minhash(a) == minhash(sig([5, 6, 7]))).all()  # the MinHash part ignores ``common``
+    long = sig(list(range(1000, 1040)))[0, MINHASH_SIZE:]
+    assert (long >= 0).all() and (np.diff(long) > 0).all() and len(long) == SKETCH_SIZE
+    # Each token alone: the 40 hashes; the sketch is the 16 smallest of them.
+    each = sig(*[[t] for t in range(1000, 1040)])[:, MINHASH_SIZE]
+    assert (long == np.sort(each)[:SKETCH_SIZE]).all()
+
+
+def test_crops_of_one_text_are_contained_and_distinct_texts_are_not():
+    text = list(range(1000, 1030))
+    rng = np.random.default_rng(0)
+    crops = [sorted(rng.choice(text, 10, replace=False).tolist()) for _ in range(8)]
+    s = sig(*crops)
+    flags = contained(s, NONE)
+    assert not flags[0] and flags[4:].all()  # the first crop has nothing before it; later ones do
+    assert not near_duplicates(s, NONE)[1:].all()  # crops are not near-duplicates of each other
+    others = sig(*[list(range(2000 + 40 * i, 2030 + 40 * i)) for i in range(8)])
+    assert not contained(others, s).any() and not repeats(others, s).any()
+    # Common tokens shared by every text do not make distinct texts look contained.
+    shared = [1, 2, 3, 4, 5, 6]
+    topical = [shared + list(range(3000 + 10 * i, 3004 + 10 * i)) for i in range(8)]
+    assert contained(sig(*topical), NONE)[1:].all()
+    assert not contained(sig(*topical, common=tuple(shared)), NONE).any()
+
+
+def test_empty_sketch_and_logit_fallback_are_never_contained():
+    only_common = sig([1, 2], [1, 2], common=(1, 2))
+    assert not contained(only_common, only_common).any()
+    assert near_duplicates(only_common, NONE).tolist() == [False, True]  # the MinHash part still matches
+    z = np.array([[1.0, 2.0], [1.5, 2.5]], np.float32)
+    assert (logit_signature(z)[:, MINHASH_SIZE:] == EMPTY).all()
+    assert not contained(logit_signature(z), logit_signature(z)).any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 40), st.integers(0, 40), st.integers(1, 30), st.integers(0, 2**31 - 1))
+def test_contained_equals_the_row_by_row_definition(n, m, alphabet, seed):
+    """The one-``np.unique`` batch form equals: share of the row's sketch seen in the recent rows or
+    an earlier row of the batch is >= CONTAINED_SHARE."""
+    rng = np.random.default_rng(seed)
+
+    def rows(k: int) -> np.ndarray:
+        out = np.full((k, SIGNATURE_SIZE), EMPTY, np.int32)
+        for r in range(k):
+            size = int(rng.integers(0, SKETCH_SIZE + 1))
+            out[r, MINHASH_SIZE : MINHASH_SIZE + size] = np.sort(
+                rng.choice(alphabet * 4, size, replace=size > alphabet * 4)
+            )
+        return out
+
+    s, recent = rows(n), rows(m)
+    want = []
+    seen = {int(v) for v in recent[:, MINHASH_SIZE:].ravel() if v != EMPTY}
+    for row in s:
+        values = [int(v) for v in row[MINHASH_SIZE:] if v != EMPTY]
+        want.append(bool(values) and sum(v in seen for v in values) / len(values) >= 0.5)
+        seen |= set(values)
+    np.testing.assert_array_equal(contained(s, recent), np.array(want, dtype=bool))
+
+
+def test_common_tokens_by_document_frequency():
+    texts = [[1, 1, 1, 2], [2, 3], [2, 3, 4], [5]]
+    assert common_tokens(texts, count=2) == [2, 3]  # token 1 is frequent in one text only
+    assert common_tokens(texts, count=10) == [1, 2, 3, 4, 5]

@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veil.export.train import packaged_minilm
+from veil.python_backend.fingerprint import minhash
 from veil.python_backend.member_index import SMALL_BATCH, MemberIndex, _band_keys
 from veil.python_backend.tokens import text_signatures
 
@@ -116,13 +117,13 @@ def test_exact_and_edited_training_texts_are_found():
         "an unforgettable portrait of a city in decline",
     ]
     enc = dict(tokenizer_dir=packaged_minilm(), input_names=["input_ids", "attention_mask"], max_length=64)
-    idx = MemberIndex(text_signatures(texts=texts, **enc), np.array([1, 0, 1]))
+    idx = MemberIndex(minhash(text_signatures(texts=texts, **enc)), np.array([1, 0, 1]))
     queries = [
         texts[1],
         "the plot is thin and the acting is even worse",
         "a completely unrelated sentence about cooking pasta tonight",
     ]
-    sim, lab = idx.nearest(text_signatures(texts=queries, **enc))
+    sim, lab = idx.nearest(minhash(text_signatures(texts=queries, **enc)))
     assert sim[0] == 1.0 and lab[0] == 0
     assert sim[1] >= 0.5 and lab[1] == 0
     assert sim[2] < 0.5

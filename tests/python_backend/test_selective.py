@@ -12,6 +12,7 @@ from scipy.stats import ks_2samp
 from veil.python_backend import selective
 from veil.python_backend.calibrate import CalibrationConfig, calibrate_selective
 from veil.python_backend.defense import Defense, DefenseConfig
+from veil.python_backend.fingerprint import minhash
 from veil.python_backend.leakage import threshold_attack_suite
 from veil.python_backend.member_index import MemberIndex
 
@@ -100,7 +101,7 @@ def test_members_are_served_what_non_members_get():
         config=CalibrationConfig(floor_grid=(0.0,)),
     )
     sig = member_signatures(2000, seed=5)
-    index = MemberIndex(sig, y_m)
+    index = MemberIndex(minhash(sig), y_m)
     z = np.concatenate([members[1500:], eval_n])
     y = np.r_[y_m[1500:], y_n[1500:]]
     is_member = np.r_[np.ones(500, bool), np.zeros(500, bool)]

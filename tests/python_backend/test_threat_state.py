@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veil.python_backend.adaptive import ANONYMOUS, AdaptiveConfig
-from veil.python_backend.fingerprint import SIGNATURE_SIZE
+from veil.python_backend.fingerprint import EMPTY, MINHASH_SIZE, SIGNATURE_SIZE, SKETCH_SIZE
 from veil.python_backend.redis_state import ENTRY_BYTES
 from veil.python_backend.threat_state import FALLBACK_THREAT, StateConfig, make_state
 from veil.serving.launcher import free_port
@@ -31,17 +31,27 @@ def redis_state(url: str, prefix: str, *, config: AdaptiveConfig = CONFIG, timeo
     )
 
 
-row = st.tuples(st.integers(0, len(BASE) - 1), st.integers(0, SIGNATURE_SIZE - 1), st.integers(0, 3))
+KEEP = (0, 0, 0xFFFF, 0x00FF, 0x0F0F, 0x0003, 0xF000, 0x5555)
+"""Sketch values a row keeps (bit j: the base's j-th), 0 = the whole base signature: crops of it."""
+row = st.tuples(
+    st.integers(0, len(BASE) - 1), st.integers(0, SIGNATURE_SIZE - 1), st.integers(0, 3), st.sampled_from(KEEP)
+)
 request = st.tuples(st.sampled_from([ANONYMOUS, "alice", "bob", "carol", "dave"]), st.lists(row, max_size=4))
 step = st.tuples(st.sampled_from([0.0, 1e-3, 0.05, 0.4, 2.0, 30.0, 30.5]), st.lists(request, min_size=1, max_size=4))
 
 
-def signatures(rows: list[tuple[int, int, int]]) -> np.ndarray:
-    """Rows of near-duplicates: a base signature with one position changed by ``delta``."""
+def signatures(rows: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """Rows of near-duplicates (a base signature with one position changed by ``delta``) and of
+    crops (``keep`` != 0: another MinHash part, a subset of the base's sketch, padded with EMPTY)."""
     sig = np.zeros((len(rows), SIGNATURE_SIZE), np.int32)
-    for k, (base, pos, delta) in enumerate(rows):
+    for k, (base, pos, delta, keep) in enumerate(rows):
         sig[k] = BASE[base]
         sig[k, pos] += delta
+        if keep:
+            sig[k, :MINHASH_SIZE] += keep
+            kept = BASE[base, MINHASH_SIZE:][[(keep >> j) & 1 == 1 for j in range(SKETCH_SIZE)]]
+            sig[k, MINHASH_SIZE:] = EMPTY
+            sig[k, MINHASH_SIZE : MINHASH_SIZE + len(kept)] = kept
     return sig
 
 
@@ -77,7 +87,8 @@ def test_redis_threats_equal_in_process_threats_on_a_long_seeded_stream(redis_se
         batch = []
         for _ in range(rng.integers(1, 5)):
             client = str(rng.choice(clients)) if rng.random() < 0.8 else f"rotating-{k}"
-            rows = [(int(rng.integers(len(BASE))), int(rng.integers(SIGNATURE_SIZE)), int(rng.integers(3)))]
+            base, pos, delta = int(rng.integers(len(BASE))), int(rng.integers(SIGNATURE_SIZE)), int(rng.integers(3))
+            rows = [(base, pos, delta, int(rng.choice(KEEP)))]
             batch.append((client, signatures(rows * int(rng.integers(1, 4)))))
         expected = memory.observe(batch, now=now).threats
         assert instances[k % 2].observe(batch, now=now).threats == expected, k

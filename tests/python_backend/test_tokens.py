@@ -52,3 +52,20 @@ def test_padding_and_masks(encoder):
 def test_control_characters_are_accepted(encoder):
     texts = decode_texts(["bell\x07 and\x1b escape"], max_text_bytes=100)
     assert encoder(texts)["input_ids"].shape[0] == 1
+
+
+def test_common_tokens_file_is_written_and_left_out_of_the_sketch(tmp_path):
+    import shutil
+
+    from veil.python_backend.fingerprint import EMPTY, MINHASH_SIZE
+    from veil.python_backend.tokens import COMMON_TOKENS_FILE, write_common_tokens
+
+    tok = tmp_path / "tok"
+    shutil.copytree(packaged_minilm(), tok)
+    names = ["input_ids", "attention_mask"]
+    before = TextEncoder(tok, input_names=names, max_length=32)(["the cat"])["fingerprint"]
+    common = write_common_tokens(tok, ["the cat sat", "the dog ran", "the end"], max_length=32)
+    assert (tok / COMMON_TOKENS_FILE).exists() and len(common) == 6  # every token of three short texts
+    after = TextEncoder(tok, input_names=names, max_length=32)(["the cat"])["fingerprint"]
+    assert (before[0, :MINHASH_SIZE] == after[0, :MINHASH_SIZE]).all()  # MinHash: every token
+    assert (before[0, MINHASH_SIZE:] != EMPTY).sum() == 2 and (after[0, MINHASH_SIZE:] == EMPTY).all()

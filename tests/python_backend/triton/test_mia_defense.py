@@ -6,6 +6,7 @@ import pytest
 from veil.python_backend.adaptive import AdaptiveConfig
 from veil.python_backend.artifact import ArtifactError
 from veil.python_backend.defense import Defense
+from veil.python_backend.fingerprint import SIGNATURE_SIZE
 
 from ..conftest import make_artifact
 from .conftest import FakeFamily, FakeRequest, load_adapter, model_args
@@ -128,7 +129,7 @@ def test_hosted_classifier_serves_what_logits_sent_directly_get(pb_utils, tmp_pa
             "input_ids": rng.integers(1, 200, (batch, seq)),
             "attention_mask": np.ones((batch, seq), np.int64),
             "token_type_ids": np.zeros((batch, seq), np.int64),
-            "fingerprint": rng.integers(0, 2**31 - 1, (batch, 8)).astype(np.int32),
+            "fingerprint": rng.integers(0, 2**31 - 1, (batch, SIGNATURE_SIZE)).astype(np.int32),
         }
 
     feeds = [tokens(2, 8), tokens(1, 16), tokens(3, 8)]

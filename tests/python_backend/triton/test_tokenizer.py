@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 
 from veil.export.train import packaged_minilm
+from veil.python_backend.fingerprint import SIGNATURE_SIZE
 
 from .conftest import FakeRequest, load_adapter, model_args
 
@@ -40,7 +41,7 @@ def test_tokenizer_adapter(pb_utils, tmp_path):
     )
     ok = responses[0]
     assert ok.error is None and set(ok.tensors) == {"input_ids", "attention_mask", "fingerprint"}
-    assert ok.tensors["fingerprint"].shape == (2, 8)
+    assert ok.tensors["fingerprint"].shape == (2, SIGNATURE_SIZE)
     assert ok.tensors["input_ids"].shape == (2, 16)
     msgs = [r.error.message() for r in responses[1:]]
     assert "empty or whitespace" in msgs[0]
