@@ -12,10 +12,12 @@ text after text or interleaved over 30 texts, through the served threat tracker
 (:class:`~veil.python_backend.adaptive.ThreatTracker`), each row served at the threat it got.
 The same caller sending each text once (benign traffic) is replayed too, with its utility.
 Augmentation attacks under the upper-bound attacker (5 halvings). Members: training texts;
-non-members: evaluation non-members, then rows outside every split. Development seed only:
-nothing here is reported as a result of a report seed.
+non-members: evaluation non-members, then rows outside every split. The design it judges was
+chosen on the development seed (the default); ``--seed`` runs the same probe, unchanged, on a
+report seed's target to report it.
 
     python -m veil.privacy.probe_crops --dataset sst2 --out build/privacy/probe_crops_sst2.json
+    python -m veil.privacy.probe_crops --dataset sst2 --seed 11 --out build/privacy/probe_crops_sst2_seed11.json
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from veil.export.data import dedupe, load_dataset
 from veil.privacy.attacks import Outputs
 from veil.privacy.baselines import label_only
 from veil.privacy.metrics import cross_fitted
-from veil.privacy.models import EvalConfig, attacker_pool, build_target, splits_for_seed
+from veil.privacy.models import DEV_SEED, EvalConfig, attacker_pool, build_target, splits_for_seed
 from veil.privacy.query_attacks import augmentation_features, augmentation_suite, expand
 from veil.privacy.utility import ece, error_detection_auroc
 from veil.python_backend.adaptive import ThreatTracker
@@ -90,17 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default="sst2")
     ap.add_argument("--rows", type=int, default=1000, help="rows per side (at most the training set)")
     ap.add_argument("--crops", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=DEV_SEED, help="the development seed, or a report seed to report")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from veil.export.train import predict_logits
 
-    cfg = EvalConfig(dataset=args.dataset, references=4, dp_epsilons=(), variants=("veil", "label_only"))
+    # The variants of the report runs (docs/evaluation.md), so a report seed's target is rebuilt as it was.
+    variants = ("veil", "fixed_intensity", "perturb_all", "memguard", "label_only")
+    cfg = EvalConfig(dataset=args.dataset, references=4, dp_epsilons=(), variants=variants)
     ds = dedupe(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir))
-    seed = cfg.dev_seed
+    seed = args.seed
     splits = splits_for_seed(cfg, ds, attacker_pool(ds, cfg.pool), seed)
-    target = cfg.root / "dev" / f"seed{seed}" / "target"
+    target = cfg.root / ("dev" if seed == cfg.dev_seed else "") / f"seed{seed}" / "target"
     build_target(cfg, splits, seed, target)
     used = np.concatenate([np.asarray(v, dtype=np.int64) for v in splits.indices.values()])
     outside = np.setdiff1d(np.arange(len(ds)), used)

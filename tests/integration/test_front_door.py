@@ -11,6 +11,7 @@ keys off its command line; the audit log.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -36,6 +37,7 @@ from tritonclient.utils import InferenceServerException
 
 from veil.export.data import dedupe, load_file
 from veil.export.pipeline import load_splits
+from veil.export.train import packaged_minilm
 from veil.model_repository.spec import DEFENDED
 from veil.serving import keys
 from veil.serving.auth import UNAUTHENTICATED
@@ -47,11 +49,6 @@ from ..conftest import tiny_repository
 
 pytestmark = pytest.mark.integration
 PROTOCOLS = ("http", "grpc")
-WORDS = (  # noqa: SIM905
-    "apple river stone cloud paper violin garden rocket silver candle forest mirror island copper lantern"
-    " meadow thunder pepper orbit canyon velvet harbor marble tiger window saddle glacier puzzle kettle"
-    " falcon ribbon compass anchor blossom quartz meteor walnut lemon tunnel ladder pillow magnet"
-).split()
 
 
 @dataclass
@@ -72,9 +69,18 @@ def _add(front_keys: dict[str, str], path: Path, principal: str, **quota: object
     front_keys[principal] = keys.add(path, principal, quota=quota)
 
 
+@functools.cache
+def _vocabulary() -> list[str]:
+    words = packaged_minilm().joinpath("vocab.txt").read_text().split()
+    return [w for w in words if w.isalpha() and len(w) > 3][:3000]
+
+
 def _distinct_rows(n: int, seed: int) -> list[str]:
+    """Distinct 8-word texts from 3,000 words: benign traffic. (Rows drawn from a few dozen words
+    would each be mostly contained in the rows before them, which adaptive intensity counts as
+    probing by crops.)"""
     rng = random.Random(seed)
-    return [" ".join(rng.sample(WORDS, 8)) for _ in range(n)]
+    return [" ".join(rng.sample(_vocabulary(), 8)) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
