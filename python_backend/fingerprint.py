@@ -104,20 +104,31 @@ def near_duplicates(signatures: np.ndarray, recent: np.ndarray) -> np.ndarray:
 
 def contained(signatures: np.ndarray, recent: np.ndarray) -> np.ndarray:
     """[n] bool: at least ``CONTAINED_SHARE`` of the row's sketch values are in a ``recent`` row's
-    sketch or an earlier row's (an empty sketch is never contained). One ``np.unique`` for the
-    batch: a value counts as seen at row i when its first row (the recent ones count as -1) is < i."""
+    sketch or an earlier row's (an empty sketch is never contained). One row (the usual request)
+    is compared against the ring directly; a batch sorts every value once (by value, then row,
+    the recent rows counting as row -1): a value is seen at row i when its first row is < i."""
     n = len(signatures)
     if n == 0:
         return np.zeros(0, dtype=bool)
-    sketch = np.asarray(signatures, dtype=np.int64)[:, MINHASH_SIZE:]
-    ring = np.asarray(recent, dtype=np.int64)[:, MINHASH_SIZE:].ravel()
-    ring = ring[ring != EMPTY]
-    values, inverse = np.unique(np.concatenate([ring, sketch.ravel()]), return_inverse=True)
-    first = np.full(len(values), n, dtype=np.int64)
-    np.minimum.at(first, inverse, np.r_[np.full(len(ring), -1), np.repeat(np.arange(n), sketch.shape[1])])
+    sketch = np.asarray(signatures)[:, MINHASH_SIZE:]
+    ring = np.asarray(recent)[:, MINHASH_SIZE:].ravel()
     valid = sketch != EMPTY
-    seen = (first[inverse[len(ring) :].reshape(sketch.shape)] < np.arange(n)[:, None]) & valid
     size = valid.sum(1)
+    if n == 1:
+        if not len(ring) or not size[0]:
+            return np.zeros(1, dtype=bool)
+        seen = (sketch[0, valid[0], None] == ring[None, :]).any(1).sum()
+        return np.array([seen / size[0] >= CONTAINED_SHARE])
+    values = np.concatenate([ring, sketch.ravel()])
+    rows = np.concatenate([np.full(len(ring), -1), np.repeat(np.arange(n), sketch.shape[1])])
+    # One int64 key sorts by value, then row (values < 2^31, rows -1..n-1): cheaper than a lexsort.
+    order = np.argsort(values.astype(np.int64) * (n + 1) + (rows + 1), kind="stable")
+    v = values[order]
+    start = np.r_[True, v[1:] != v[:-1]]
+    first = rows[order][np.maximum.accumulate(np.where(start, np.arange(len(v)), 0))]  # per sorted element
+    first_row = np.empty(len(values), dtype=np.int64)
+    first_row[order] = first
+    seen = (first_row[len(ring) :].reshape(sketch.shape) < np.arange(n)[:, None]) & valid
     return (size > 0) & (seen.sum(1) / np.maximum(size, 1) >= CONTAINED_SHARE)
 
 
