@@ -39,7 +39,7 @@ from veil.privacy.query_attacks import augmentation_features, augmentation_suite
 from veil.privacy.utility import ece, error_detection_auroc
 from veil.python_backend.adaptive import ThreatTracker
 from veil.python_backend.artifact import DefenseArtifact
-from veil.python_backend.fingerprint import minhash
+from veil.python_backend.fingerprint import minhash, sketch
 from veil.python_backend.offline import defend
 from veil.python_backend.probabilities import softmax64
 from veil.python_backend.tokens import text_signatures
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             k, flat = args.crops, [c for t in texts for c in crops(t, args.crops, keep, kind)]
         z, sig = score(flat)
-        gated = (index.nearest(minhash(sig))[0] > gate_from).reshape(len(texts), k)
+        gated = (index.nearest(minhash(sig), sketches=sketch(sig))[0] > gate_from).reshape(len(texts), k)
         raw = softmax64(z)
         row: dict = {"raw": attack(raw, k), "label_only": attack(label_only(raw), k)}
         for t in (0.0, 1.0):

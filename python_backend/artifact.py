@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from veil.python_backend.fingerprint import minhash, sketch
 from veil.python_backend.member_index import MemberIndex
 from veil.python_backend.risk import RiskEvaluator
 from veil.python_backend.selective import SelectiveTables
@@ -60,14 +61,16 @@ class DefenseArtifact:
     selective: SelectiveTables | None = None
     """The selective defense's calibrated tables (None: only the level-set variants can serve)."""
     index_signatures: np.ndarray | None = field(default=None, repr=False)
-    """[N, S] int32 MinHash signatures of the training texts (the member index)."""
+    """[N, S] int32 signatures of the training texts (the member index): MinHash then content
+    sketch; an artifact built before the sketch holds the MinHash part only."""
     index_labels: np.ndarray | None = field(default=None, repr=False)
     format_version: int = FORMAT_VERSION
 
     def member_index(self) -> MemberIndex | None:
         if self.index_signatures is None or self.index_labels is None:
             return None
-        return MemberIndex(self.index_signatures, self.index_labels)
+        sig = self.index_signatures
+        return MemberIndex(minhash(sig), self.index_labels, sketches=sketch(sig))
 
     def thresholds(self, predicted: np.ndarray) -> np.ndarray:
         """tau of each row's predicted class."""

@@ -39,7 +39,6 @@ from tqdm.auto import tqdm
 from veil.python_backend import selective
 from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.defense import Defense, DefenseConfig
-from veil.python_backend.fingerprint import minhash
 from veil.python_backend.leakage import (
     crossfit_threshold_suite,
     label_only_floor,
@@ -107,7 +106,7 @@ def calibrate(
     progress: bool = True,
 ) -> DefenseArtifact:
     """Fit everything on calibration rows. ``index_signatures`` / ``index_labels`` /
-    ``index_logits``: signatures (the index keeps their MinHash part), labels and logits of *all*
+    ``index_logits``: signatures (MinHash and content sketch), labels and logits of *all*
     training texts (the selective defense's member index and the member side of its map)."""
     member_logits = np.asarray(member_logits, dtype=np.float32)
     nonmember_logits = np.asarray(nonmember_logits, dtype=np.float32)
@@ -222,7 +221,7 @@ def calibrate(
         config=config,
     )
     if index_signatures is not None and index_labels is not None:
-        art.index_signatures = np.asarray(minhash(index_signatures), dtype=np.int32)
+        art.index_signatures = np.asarray(index_signatures, dtype=np.int32)
         art.index_labels = np.asarray(index_labels, dtype=np.int64)
     return art
 

@@ -140,3 +140,34 @@ def repeats(signatures: np.ndarray, recent: np.ndarray) -> np.ndarray:
 def minhash(signatures: np.ndarray) -> np.ndarray:
     """The MinHash part (what the member index keys on)."""
     return np.asarray(signatures)[:, :MINHASH_SIZE]
+
+
+def sketch(signatures: np.ndarray) -> np.ndarray | None:
+    """The content-sketch part, or None for MinHash-only rows (an artifact built before it)."""
+    s = np.asarray(signatures)
+    return s[:, MINHASH_SIZE:] if s.ndim == 2 and s.shape[1] == SIGNATURE_SIZE else None
+
+
+def sketch_jaccard(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs of content sketches [P, SKETCH_SIZE] -> (Jaccard similarity of the content-token
+    sets, whether it is defined: both sketches non-empty).
+
+    A sketch with fewer than ``SKETCH_SIZE`` values is its whole set; a full one knows its set only
+    up to its largest value. Below the smaller of the two known-up-to values both sets are known,
+    and their Jaccard similarity there estimates the whole one (bottom-k); exact when neither
+    sketch is full (most SST-2 texts). 8 MinHash values estimate J with a standard error of ~0.17
+    at J = 1/3: a crop keeping a third of a training text's words passed a gate at 0.5 a quarter
+    of the time."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    va, vb = a != EMPTY, b != EMPTY
+    inf = np.int64(1) << 62
+    upto = np.minimum(np.where(va.all(1), a.max(1), inf), np.where(vb.all(1), b.max(1), inf))[:, None]
+    ka, kb = va & (a <= upto), vb & (b <= upto)
+    k = a.shape[1]
+    # Values unknown or beyond the window get distinct negative stand-ins, so only shared values pair up.
+    both = np.concatenate([np.where(ka, a, -1 - np.arange(k)), np.where(kb, b, -1 - k - np.arange(k))], axis=1)
+    both.sort(axis=1)
+    inter = (both[:, 1:] == both[:, :-1]).sum(1)
+    union = ka.sum(1) + kb.sum(1) - inter
+    return inter / np.maximum(union, 1), va.any(1) & vb.any(1)

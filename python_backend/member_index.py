@@ -1,17 +1,23 @@
-"""The defender's own membership signal: an index of the training texts' MinHash signatures.
+"""The defender's own membership signal: an index of the training texts' signatures.
 
 The defender knows its training set. A query whose token set is (nearly) that of a training
 text is the one whose output can expose membership; any other query's output cannot expose the
 membership of that text. :class:`MemberIndex` answers, per query signature, the estimated
-Jaccard similarity to the closest training text and that text's true label, with locality-
-sensitive banding (bands of two MinHash values) so the cost per query stays flat as the training
-set grows. Signatures come from :func:`veil.python_backend.fingerprint.text_signature`, the same
-function the served tokenizer runs.
+Jaccard similarity to the closest training text and that text's true label. Candidates come
+from locality-sensitive banding of the MinHash part (bands of two values), so the cost per query
+stays flat as the training set grows. Each candidate's similarity is the Jaccard similarity of
+the two *content sketches* where both have one (exact for texts of at most 16 content tokens:
+:func:`~veil.python_backend.fingerprint.sketch_jaccard`), else the share of equal MinHash values
+(8 values: a noisy estimate, the only one an index built before the sketch has). Signatures come
+from :func:`veil.python_backend.fingerprint.text_signature`, the same function the served
+tokenizer runs.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from veil.python_backend.fingerprint import sketch_jaccard
 
 BAND = 2
 
@@ -24,8 +30,9 @@ def _band_keys(signatures: np.ndarray) -> np.ndarray:
     return (s[:, :, 0] << 31) ^ s[:, :, 1]
 
 
-MAX_PAIRS = 1 << 20
-"""Candidate (query, member) pairs compared at once; larger batches are cut into row chunks."""
+MAX_PAIRS = 1 << 18
+"""Candidate (query, member) pairs compared at once (a chunk's sketch comparison sorts [pairs, 32]
+int64: 64 MB); larger batches are cut into row chunks."""
 SMALL_BATCH = 4
 """Up to this many rows, a dict look-up per band and row costs less than the vectorised path's
 fixed numpy overhead (about 40 µs); both give identical answers."""
@@ -36,11 +43,15 @@ class MemberIndex:
     ``searchsorted`` per band and compares all (query, candidate) pairs in one numpy expression.
     Batches of at most :data:`SMALL_BATCH` rows use per-band dicts over the same sorted runs."""
 
-    def __init__(self, signatures: np.ndarray, labels: np.ndarray) -> None:
+    def __init__(self, signatures: np.ndarray, labels: np.ndarray, *, sketches: np.ndarray | None = None) -> None:
+        """``signatures``: [N, S] MinHash values; ``sketches``: [N, K] content sketches (optional)."""
         self.signatures = np.ascontiguousarray(signatures, dtype=np.int32)
         self.labels = np.ascontiguousarray(labels, dtype=np.int64)
         if self.signatures.ndim != 2 or len(self.signatures) != len(self.labels):
             raise ValueError("member signatures must be [N, S] with one label per row")
+        self.sketches = None if sketches is None else np.ascontiguousarray(sketches, dtype=np.int32)
+        if self.sketches is not None and (self.sketches.ndim != 2 or len(self.sketches) != len(self.labels)):
+            raise ValueError("member sketches must be [N, K], one row per member")
         keys = _band_keys(self.signatures)
         self.order = np.argsort(keys, axis=0, kind="stable")  # [N, bands]: members by key, then index
         self.sorted_keys = np.take_along_axis(keys, self.order, axis=0)
@@ -59,9 +70,10 @@ class MemberIndex:
     def size(self) -> int:
         return self.signatures.shape[1] if self.signatures.ndim == 2 else 0
 
-    def nearest(self, signatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def nearest(self, signatures: np.ndarray, *, sketches: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per query row: (estimated Jaccard similarity to the closest member in [0, 1], that
-        member's label, -1 where no member shares a band). Ties go to the lowest member index."""
+        member's label, -1 where no member shares a band). Ties go to the lowest member index.
+        ``sketches``: the queries' content sketches; used where the index has them too."""
         q = np.asarray(signatures, dtype=np.int32)
         n = len(q)
         sim = np.zeros(n)
@@ -70,9 +82,14 @@ class MemberIndex:
             return sim, label
         if q.shape[1] != self.size:
             raise ValueError(f"signatures have {q.shape[1]} values; the member index has {self.size}")
+        qs = None
+        if sketches is not None and self.sketches is not None:
+            qs = np.asarray(sketches, dtype=np.int32)
+            if qs.shape != (n, self.sketches.shape[1]):
+                raise ValueError(f"sketches are {qs.shape}; expected ({n}, {self.sketches.shape[1]})")
         keys = _band_keys(q)
         if n <= SMALL_BATCH:
-            self._small(q, keys, sim, label)
+            self._small(q, qs, keys, sim, label)
             return sim, label
         bands = keys.shape[1]
         lo = np.empty((n, bands), dtype=np.int64)
@@ -84,24 +101,42 @@ class MemberIndex:
         first = 0
         while first < n:  # row chunks of at most MAX_PAIRS pairs (always at least one row)
             last = first + max(1, int(np.searchsorted(np.cumsum(per_row[first:]), MAX_PAIRS, side="right")))
-            self._best(q, lo, hi, first, last, sim, label)
+            self._best(q, qs, lo, hi, first, last, sim, label)
             first = last
         return sim, label
 
-    def _small(self, q: np.ndarray, keys: np.ndarray, sim: np.ndarray, label: np.ndarray) -> None:
+    def _similarity(self, q: np.ndarray, qs: np.ndarray | None, rows: np.ndarray, member: np.ndarray) -> np.ndarray:
+        """(query row, member) pairs -> similarity: sketch Jaccard where defined, else MinHash share."""
+        share = (self.signatures[member] == q[rows]).sum(1) / self.size
+        if qs is None:
+            return share
+        jaccard, defined = sketch_jaccard(qs[rows], self.sketches[member])
+        return np.where(defined, jaccard, share)
+
+    def _small(
+        self, q: np.ndarray, qs: np.ndarray | None, keys: np.ndarray, sim: np.ndarray, label: np.ndarray
+    ) -> None:
         """Row by row: the members sharing a band (sorted, so ties go to the lowest index), the best."""
         for i, row in enumerate(keys.tolist()):
             found = [t[k] for t, k in zip(self.tables, row, strict=True) if k in t]
             if not found:
                 continue
             cand = np.unique(np.concatenate(found)) if len(found) > 1 else found[0]
-            equal = (self.signatures[cand] == q[i]).sum(1)
-            best = int(np.argmax(equal))
-            sim[i] = equal[best] / self.size
+            pair_sim = self._similarity(q, qs, np.full(len(cand), i), cand)
+            best = int(np.argmax(pair_sim))
+            sim[i] = pair_sim[best]
             label[i] = self.labels[cand[best]]
 
     def _best(
-        self, q: np.ndarray, lo: np.ndarray, hi: np.ndarray, first: int, last: int, sim: np.ndarray, label: np.ndarray
+        self,
+        q: np.ndarray,
+        qs: np.ndarray | None,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        first: int,
+        last: int,
+        sim: np.ndarray,
+        label: np.ndarray,
     ) -> None:
         """Rows ``first:last``: every (row, candidate) pair's count of equal values, the best per row."""
         counts = (hi[first:last] - lo[first:last]).ravel()
@@ -113,8 +148,8 @@ class MemberIndex:
         band = np.repeat(np.tile(np.arange(bands), last - first), counts)
         offset = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
         member = self.order[np.repeat(lo[first:last].ravel(), counts) + offset, band]
-        equal = (self.signatures[member] == q[rows]).sum(1)
-        pick = np.lexsort((member, -equal, rows))  # by row, most equal values first, then lowest member
+        pair_sim = self._similarity(q, qs, rows, member)
+        pick = np.lexsort((member, -pair_sim, rows))  # by row, most similar first, then lowest member
         head = pick[np.r_[True, rows[pick][1:] != rows[pick][:-1]]]
-        sim[rows[head]] = equal[head] / self.size
+        sim[rows[head]] = pair_sim[head]
         label[rows[head]] = self.labels[member[head]]

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from veil.python_backend.fingerprint import minhash
+from veil.python_backend.fingerprint import minhash, sketch
 from veil.python_backend.member_index import MemberIndex
 
 LEVELS = np.linspace(0.0, 1.0, 201)
@@ -277,7 +277,7 @@ def defend(
     if not gated:  # every row treated as a correctly predicted member (the no-gate ablation)
         weight, member_label = np.ones(b), label
     elif index is not None and signatures is not None and len(index):
-        sim, member_label = index.nearest(minhash(signatures))
+        sim, member_label = index.nearest(minhash(signatures), sketches=sketch(signatures))
         weight = tables.member_weight(sim)
     else:
         weight, member_label = np.zeros(b), np.full(b, -1)

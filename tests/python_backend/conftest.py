@@ -10,7 +10,7 @@ import numpy as np
 from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.calibrate import CalibrationConfig, calibrate_selective
 from veil.python_backend.defense import Defense, DefenseConfig
-from veil.python_backend.fingerprint import SIGNATURE_SIZE, minhash
+from veil.python_backend.fingerprint import SIGNATURE_SIZE
 from veil.python_backend.risk import fit_risk_evaluator
 
 
@@ -53,7 +53,7 @@ def make_artifact(num_classes: int, *, tau_quantile: float = 0.5, eps: float = 5
         art,
         tau=tau,
         selective=tables,
-        index_signatures=minhash(member_signatures(len(members))),
+        index_signatures=member_signatures(len(members)),
         index_labels=y_m,
     )
 

@@ -16,6 +16,8 @@ from veil.python_backend.fingerprint import (
     minhash,
     near_duplicates,
     repeats,
+    sketch,
+    sketch_jaccard,
     text_signature,
 )
 
@@ -146,3 +148,49 @@ def test_common_tokens_by_document_frequency():
     texts = [[1, 1, 1, 2], [2, 3], [2, 3, 4], [5]]
     assert common_tokens(texts, count=2) == [2, 3]  # token 1 is frequent in one text only
     assert common_tokens(texts, count=10) == [1, 2, 3, 4, 5]
+
+
+def as_sketch(values: set[int]) -> np.ndarray:
+    """A content sketch as the tokenizer writes it: the SKETCH_SIZE smallest values, ascending, padded."""
+    row = np.full(SKETCH_SIZE, EMPTY, np.int64)
+    small = sorted(values)[:SKETCH_SIZE]
+    row[: len(small)] = small
+    return row
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sets(st.integers(0, 60), max_size=40),
+    st.sets(st.integers(0, 60), max_size=40),
+)
+def test_sketch_jaccard_is_the_jaccard_below_what_both_sketches_know(a, b):
+    """Against the sets themselves: below the smaller of the two sketches' known-up-to values (a
+    full sketch knows its set up to its largest value, a short one knows all of it) the estimate is
+    the exact Jaccard similarity there; exact overall when neither sketch is full; undefined
+    (and 0) when either set is empty."""
+    est, defined = sketch_jaccard(as_sketch(a)[None], as_sketch(b)[None])
+    inf = 1 << 62
+    upto = min(
+        sorted(a)[SKETCH_SIZE - 1] if len(a) >= SKETCH_SIZE else inf,
+        sorted(b)[SKETCH_SIZE - 1] if len(b) >= SKETCH_SIZE else inf,
+    )
+    wa, wb = {x for x in a if x <= upto}, {x for x in b if x <= upto}
+    want = len(wa & wb) / len(wa | wb) if wa | wb else 0.0
+    assert defined[0] == (bool(a) and bool(b))
+    assert est[0] == want
+    if len(a) < SKETCH_SIZE and len(b) < SKETCH_SIZE and a | b:
+        assert est[0] == len(a & b) / len(a | b)
+
+
+def test_sketch_jaccard_estimates_long_texts_and_sketch_part_is_optional():
+    """Bottom-k on sets far larger than the sketch: close to the true similarity on average; a
+    MinHash-only row (an index built before the sketch) has no sketch part."""
+    rng = np.random.default_rng(0)
+    est = []
+    for _ in range(400):
+        pool = rng.choice(10_000, 120, replace=False)
+        a, b = set(pool[:80].tolist()), set(pool[40:].tolist())  # J = 40 / 120
+        est.append(sketch_jaccard(as_sketch(a)[None], as_sketch(b)[None])[0][0])
+    assert abs(np.mean(est) - 1 / 3) < 0.03
+    assert sketch(np.zeros((2, MINHASH_SIZE), np.int32)) is None
+    assert sketch(np.zeros((2, SIGNATURE_SIZE), np.int32)).shape == (2, SKETCH_SIZE)

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veil.export.train import packaged_minilm
-from veil.python_backend.fingerprint import minhash
+from veil.python_backend.fingerprint import EMPTY, SKETCH_SIZE, minhash, sketch, sketch_jaccard
 from veil.python_backend.member_index import SMALL_BATCH, MemberIndex, _band_keys
 from veil.python_backend.tokens import text_signatures
 
@@ -19,9 +19,16 @@ def brute_force(members: np.ndarray, labels: np.ndarray, queries: np.ndarray) ->
     return sim, np.where(sim > 0, labels[best], -1)
 
 
-def loop_nearest(members: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def loop_nearest(
+    members: np.ndarray,
+    labels: np.ndarray,
+    queries: np.ndarray,
+    member_sketches: np.ndarray | None = None,
+    query_sketches: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """The per-row loop the index used before it was vectorised: one dict per band, candidates
-    unioned per query row. Kept here as the reference the vectorised look-up must equal."""
+    unioned per query row, each scored on its own. Kept here as the reference the vectorised
+    look-up must equal."""
     keys = _band_keys(members)
     tables = []
     for b in range(keys.shape[1]):
@@ -36,11 +43,55 @@ def loop_nearest(members: np.ndarray, labels: np.ndarray, queries: np.ndarray) -
         if not found:
             continue
         cand = np.unique(np.concatenate(found)) if len(found) > 1 else found[0]
-        equal = (members[cand] == queries[i]).sum(1)
-        best = int(np.argmax(equal))
-        sim[i] = equal[best] / members.shape[1]
+        scores = []
+        for m in cand:
+            share = (members[m] == queries[i]).sum() / members.shape[1]
+            if member_sketches is not None:
+                j, ok = sketch_jaccard(query_sketches[i : i + 1], member_sketches[m : m + 1])
+                share = j[0] if ok[0] else share
+            scores.append(share)
+        best = int(np.argmax(scores))
+        sim[i] = scores[best]
         label[i] = labels[cand[best]]
     return sim, label
+
+
+def random_sketches(rng: np.random.Generator, n: int, alphabet: int) -> np.ndarray:
+    """Sketch rows over a small alphabet (so they overlap): sorted distinct values, some short or empty."""
+    out = np.full((n, SKETCH_SIZE), EMPTY, np.int32)
+    for i in range(n):
+        size = int(rng.integers(0, SKETCH_SIZE + 1))
+        vals = np.sort(rng.choice(alphabet, min(size, alphabet), replace=False))
+        out[i, : len(vals)] = vals
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 200), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_vectorised_nearest_with_sketches_equals_the_loop(n_members, n_queries, alphabet, seed):
+    """With content sketches on both sides, every candidate's similarity is its sketch Jaccard
+    (MinHash share where a sketch is empty): the vectorised, chunked and small-batch look-ups all
+    return what the per-row loop returns."""
+    rng = np.random.default_rng(seed)
+    members = rng.integers(0, alphabet, (n_members, 8)).astype(np.int32)
+    labels = rng.integers(0, 4, n_members)
+    queries = rng.integers(0, alphabet + 1, (n_queries, 8)).astype(np.int32)
+    ms, qs = random_sketches(rng, n_members, 24), random_sketches(rng, n_queries, 24)
+    copied = rng.random(n_queries) < 0.3
+    pick = rng.integers(0, n_members, copied.sum())
+    queries[copied], qs[copied] = members[pick], ms[pick]
+    index = MemberIndex(members, labels, sketches=ms)
+    want_sim, want_lab = loop_nearest(members, labels, queries, ms, qs)
+    sim, lab = index.nearest(queries, sketches=qs)
+    np.testing.assert_array_equal(sim, want_sim)
+    np.testing.assert_array_equal(lab, want_lab)
+    for start in range(0, min(n_queries, 12), SMALL_BATCH):
+        part = slice(start, start + SMALL_BATCH)
+        small_sim, small_lab = index.nearest(queries[part], sketches=qs[part])
+        np.testing.assert_array_equal(small_sim, want_sim[part])
+        np.testing.assert_array_equal(small_lab, want_lab[part])
+    # without query sketches (a request without the sketch part) it is the MinHash index again
+    np.testing.assert_array_equal(index.nearest(queries)[0], loop_nearest(members, labels, queries)[0])
 
 
 @settings(max_examples=60, deadline=None)
@@ -117,16 +168,35 @@ def test_exact_and_edited_training_texts_are_found():
         "an unforgettable portrait of a city in decline",
     ]
     enc = dict(tokenizer_dir=packaged_minilm(), input_names=["input_ids", "attention_mask"], max_length=64)
-    idx = MemberIndex(minhash(text_signatures(texts=texts, **enc)), np.array([1, 0, 1]))
+    members = text_signatures(texts=texts, **enc)
     queries = [
         texts[1],
         "the plot is thin and the acting is even worse",
         "a completely unrelated sentence about cooking pasta tonight",
     ]
-    sim, lab = idx.nearest(minhash(text_signatures(texts=queries, **enc)))
-    assert sim[0] == 1.0 and lab[0] == 0
-    assert sim[1] >= 0.5 and lab[1] == 0
-    assert sim[2] < 0.5
+    q = text_signatures(texts=queries, **enc)
+    for idx, sketches in (
+        (MemberIndex(minhash(members), np.array([1, 0, 1])), None),  # an index built before the sketch
+        (MemberIndex(minhash(members), np.array([1, 0, 1]), sketches=sketch(members)), sketch(q)),
+    ):
+        sim, lab = idx.nearest(minhash(q), sketches=sketches)
+        assert sim[0] == 1.0 and lab[0] == 0
+        assert sim[1] >= 0.5 and lab[1] == 0
+        assert sim[2] < 0.5
+
+
+def test_a_crop_of_a_training_text_scores_its_content_overlap():
+    """A third of a training text's words shares about a third of its content tokens: with the
+    sketch the index says so (exactly, for a text this short); 8 MinHash values cannot."""
+    text = "an unforgettable portrait of a crumbling port city , its dockworkers , smugglers and dreamers"
+    crop = "unforgettable crumbling dockworkers"
+    enc = dict(tokenizer_dir=packaged_minilm(), input_names=["input_ids", "attention_mask"], max_length=64)
+    m, q = text_signatures(texts=[text], **enc), text_signatures(texts=[crop], **enc)
+    j, ok = sketch_jaccard(sketch(q), sketch(m))
+    assert ok[0] and 0.1 < j[0] < 0.5
+    idx = MemberIndex(minhash(m), np.array([1]), sketches=sketch(m))
+    sim, _ = idx.nearest(minhash(q), sketches=sketch(q))
+    assert sim[0] in (0.0, j[0])  # 0 when no MinHash band is shared (no candidate at all)
 
 
 def test_empty_index_and_wrong_width():
