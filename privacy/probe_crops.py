@@ -37,7 +37,7 @@ from veil.privacy.metrics import cross_fitted
 from veil.privacy.models import DEV_SEED, EvalConfig, attacker_pool, build_target, splits_for_seed
 from veil.privacy.query_attacks import augmentation_features, augmentation_suite, expand
 from veil.privacy.utility import ece, error_detection_auroc
-from veil.python_backend.adaptive import ThreatTracker
+from veil.python_backend.adaptive import AdaptiveConfig, ThreatTracker
 from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.fingerprint import minhash, sketch
 from veil.python_backend.offline import defend
@@ -61,9 +61,10 @@ def stream_order(n_texts: int, k: int, *, interleave: int, seed: int) -> np.ndar
     return np.asarray(order)
 
 
-def replay_threats(signatures: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Per flat row: the threat one long-lived caller gets sending the rows in ``order``, one a request."""
-    tracker = ThreatTracker(clock=lambda: 0.0)
+def replay_threats(signatures: np.ndarray, order: np.ndarray, config: AdaptiveConfig | None = None) -> np.ndarray:
+    """Per flat row: the threat one long-lived caller gets sending the rows in ``order``, one a request
+    (``config``: the served default if None)."""
+    tracker = ThreatTracker(config=config or AdaptiveConfig(), clock=lambda: 0.0)
     threat = np.empty(len(order))
     for step, row in enumerate(order):
         threat[row] = tracker.observe("prober", np.zeros((1, 2)), signatures[row : row + 1], now=step * PACE_S)

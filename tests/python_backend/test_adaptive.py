@@ -241,3 +241,31 @@ def test_crops_of_one_text_raise_the_threat_and_distinct_texts_do_not(tmp_path):
         clock.t += 1.0
         calm.append(reader.observe("reader", rows(1, i), sig[i : i + 1]))
     assert max(calm[40:]) == 0.0
+
+
+def test_crops_interleaved_over_30_texts_reach_label_only_level(tmp_path):
+    """A caller sending third-crops of 30 texts round-robin (so its 32-row ring holds one earlier
+    crop of each) is flagged on fewer of its rows than one sending a text's crops together; the
+    duplicate-share ramp (chosen on the development seed, ``python -m veil.privacy.tune_adaptive``)
+    pushes about half of its rows to the label-only level (threat > 11/12), where the previous
+    ramp (0.1, 0.5) left almost all of them short of it."""
+    import shutil
+    from dataclasses import replace
+
+    from veil.privacy.probe_crops import crops, replay_threats, stream_order
+    from veil.python_backend.tokens import write_common_tokens
+
+    tok = tmp_path / "tok"
+    shutil.copytree(packaged_minilm(), tok)
+    words = [w for w in packaged_minilm().joinpath("vocab.txt").read_text().split() if w.isalpha() and len(w) > 3]
+    rng = np.random.default_rng(2)
+    glue = ["the", "a", "of", "and", "is", "to", "in", "that", "it", "with", "as", "for", "this"]
+    texts = [" ".join(rng.permutation([*rng.choice(words[:4000], 6), *glue[:6]])) for _ in range(120)]
+    write_common_tokens(tok, texts, max_length=64)
+    enc = TextEncoder(tok, input_names=["input_ids", "attention_mask"], max_length=64)
+    sig = enc([c for t in texts for c in crops(t, 8, 0.3, "subset")])["fingerprint"]
+    order = stream_order(len(texts), 8, interleave=30, seed=0)
+    now = replay_threats(sig, order)
+    before = replay_threats(sig, order, replace(AdaptiveConfig(), duplicate_low=0.1, duplicate_high=0.5))
+    assert (now > 11 / 12).mean() > 0.4
+    assert (before > 11 / 12).mean() < 0.1

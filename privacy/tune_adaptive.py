@@ -1,0 +1,128 @@
+"""Development-seed choice of adaptive intensity's duplicate-share ramp (``AdaptiveConfig``).
+
+A caller's threat from probing is ``ramp(dup, duplicate_low, duplicate_high)``, where ``dup`` is
+its running share of repeated rows (near-duplicates, or rows contained in its last 32 rows:
+:func:`~veil.python_backend.fingerprint.repeats`). The ramp decides two things at once: how far
+a prober is pushed (a caller interleaving a text's crops with 29 other texts' is flagged on only
+a third to a half of its rows, since the 32-row ring holds one earlier crop of each text), and how
+often benign traffic is pushed past the floor (distinct texts on one topic share content tokens).
+
+This replays the served :class:`~veil.python_backend.adaptive.ThreatTracker` on development rows
+only (dev seed splits; no model is needed: the threat depends on the signatures alone), one caller
+at 2 rows/s, one row a request:
+
+- benign: the calibration non-members, each once, in a random order and sorted by class (a
+  caller whose traffic is all one topic), SST-2 and AG News;
+- probing: 8 crops (a third, a half, a half window) or 6 word edits of each of the development
+  members, text after text or interleaved over 30 texts (SST-2).
+
+Rule: among the ramps on the grid whose benign streams have no more rows coarser than the floor
+than the previous default (0.1, 0.5) has, the one that serves the most interleaved third-crop
+rows at calibrated label-only (ties: the higher ``duplicate_low``, then the higher
+``duplicate_high``).
+
+    python -m veil.privacy.tune_adaptive
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from veil.export.data import dedupe, load_dataset
+from veil.export.train import packaged_minilm
+from veil.privacy.models import DEV_SEED, EvalConfig, attacker_pool, splits_for_seed
+from veil.privacy.probe_crops import INTERLEAVE, crops, replay_threats, stream_order
+from veil.privacy.query_attacks import expand
+from veil.python_backend.adaptive import AdaptiveConfig
+from veil.python_backend.tokens import text_signatures, write_common_tokens
+
+PREVIOUS = (0.1, 0.5)
+GRID = tuple((lo, hi) for lo in (0.1, 0.15, 0.2, 0.25) for hi in (0.25, 0.3, 0.35, 0.4, 0.5) if hi > lo)
+FLOOR = 1 / 3
+COARSE_LEVELS = 64
+PROBES = (("edit", None, 6), ("subset", 0.3, 8), ("subset", 0.5, 8), ("window", 0.5, 8))
+
+
+def levels(threat: np.ndarray, *, floor: float = FLOOR) -> np.ndarray:
+    """Confidence levels per class a row is served at (``SelectiveTables.bin_count`` of its level)."""
+    q = np.round(np.clip(np.maximum(threat, floor), 0.0, 1.0) * 100) / 100
+    return (2 ** np.rint(np.log2(COARSE_LEVELS) * (1.0 - q))).astype(np.int64)
+
+
+def dev_signatures(dataset: str, *, rows: int, probing: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Benign streams' signatures ({'random', 'by_class'}) and, if ``probing``, the probes' ({kind:
+    flat signatures}) of the development seed, with its common tokens (as ``veil-build`` writes them)."""
+    cfg = EvalConfig(dataset=dataset, references=4, dp_epsilons=())
+    ds = dedupe(load_dataset(dataset, "train", data_dir=cfg.data_dir))
+    splits = splits_for_seed(cfg, ds, attacker_pool(ds, cfg.pool), DEV_SEED)
+    members = np.asarray(splits.members, dtype=np.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = Path(tmp) / "tokenizer"
+        shutil.copytree(packaged_minilm(), tok)
+        write_common_tokens(tok, [ds.texts[i] for i in members], max_length=cfg.max_length)
+
+        def sig(texts: list[str]) -> np.ndarray:
+            return text_signatures(tok, ["input_ids", "attention_mask"], texts, max_length=cfg.max_length)
+
+        calib = np.asarray(splits.indices["nonmember_calib"], dtype=np.int64)[:rows]
+        benign_sig = sig([ds.texts[i] for i in calib])
+        by_class = np.argsort(ds.labels[calib], kind="stable")
+        benign = {"random": benign_sig, "by_class": benign_sig[by_class]}
+        texts = [ds.texts[i] for i in members[:rows]]
+        probes = {}
+        for kind, keep, k in PROBES if probing else ():
+            flat = (
+                expand(texts, k, DEV_SEED)[0] if kind == "edit" else [c for t in texts for c in crops(t, k, keep, kind)]
+            )
+            probes[f"{kind}{'' if keep is None else f'_{keep:g}'}"] = sig(flat)
+    return benign, probes
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1000, help="texts per stream")
+    args = ap.parse_args(argv)
+    benign, probes = {}, {}
+    for name in ("sst2", "agnews"):
+        benign[name], found = dev_signatures(name, rows=args.rows, probing=name == "sst2")
+        probes.update(found)
+    n = args.rows
+    rows = []
+    for lo, hi in GRID:
+        config = replace(AdaptiveConfig(), duplicate_low=lo, duplicate_high=hi)
+        floor_levels = levels(np.zeros(1))[0]
+        coarser = max(
+            float((levels(replay_threats(s, np.arange(len(s)), config)) < floor_levels).mean())
+            for streams in benign.values()
+            for s in streams.values()
+        )
+        label_only = {}
+        for kind, s in probes.items():
+            k = len(s) // n
+            for inter in (1, INTERLEAVE):
+                threat = replay_threats(s, stream_order(n, k, interleave=inter, seed=DEV_SEED), config)
+                label_only[f"{kind}/{inter}"] = float((levels(threat) == 1).mean())
+        rows.append(((lo, hi), coarser, label_only))
+        print(
+            f"ramp ({lo:g}, {hi:g}): benign rows coarser than the floor (worst stream) {coarser:.4f};"
+            " rows at label-only " + ", ".join(f"{k} {v:.2f}" for k, v in label_only.items()),
+            flush=True,
+        )
+    allowed = next(c for ramp, c, _ in rows if ramp == PREVIOUS)
+    ok = [r for r in rows if r[1] <= allowed]
+    best = max(ok, key=lambda r: (r[2][f"subset_0.3/{INTERLEAVE}"], r[0][0], r[0][1]))
+    print(
+        f"chosen ramp {best[0]} (benign coarser {best[1]:.4f} <= {allowed:.4f}; "
+        f"interleaved third-crops at label-only {best[2][f'subset_0.3/{INTERLEAVE}']:.2f})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
