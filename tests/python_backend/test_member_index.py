@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from veil.export.train import packaged_minilm
 from veil.python_backend.fingerprint import EMPTY, SKETCH_SIZE, minhash, sketch, sketch_jaccard
-from veil.python_backend.member_index import SMALL_BATCH, MemberIndex, _band_keys
+from veil.python_backend.member_index import REFINE_FROM, SMALL_BATCH, MemberIndex, _band_keys
 from veil.python_backend.tokens import text_signatures
 
 from .conftest import member_signatures
@@ -46,7 +46,7 @@ def loop_nearest(
         scores = []
         for m in cand:
             share = (members[m] == queries[i]).sum() / members.shape[1]
-            if member_sketches is not None:
+            if member_sketches is not None and share >= REFINE_FROM:
                 j, ok = sketch_jaccard(query_sketches[i : i + 1], member_sketches[m : m + 1])
                 share = j[0] if ok[0] else share
             scores.append(share)
@@ -69,9 +69,9 @@ def random_sketches(rng: np.random.Generator, n: int, alphabet: int) -> np.ndarr
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 200), st.integers(1, 200), st.integers(1, 5), st.integers(0, 2**31 - 1))
 def test_vectorised_nearest_with_sketches_equals_the_loop(n_members, n_queries, alphabet, seed):
-    """With content sketches on both sides, every candidate's similarity is its sketch Jaccard
-    (MinHash share where a sketch is empty): the vectorised, chunked and small-batch look-ups all
-    return what the per-row loop returns."""
+    """With content sketches on both sides, a candidate sharing at least REFINE_FROM of the MinHash
+    values is scored by its sketch Jaccard (MinHash share where a sketch is empty), any other by its
+    MinHash share: the vectorised and small-batch look-ups return what the per-row loop returns."""
     rng = np.random.default_rng(seed)
     members = rng.integers(0, alphabet, (n_members, 8)).astype(np.int32)
     labels = rng.integers(0, 4, n_members)
@@ -196,7 +196,7 @@ def test_a_crop_of_a_training_text_scores_its_content_overlap():
     assert ok[0] and 0.1 < j[0] < 0.5
     idx = MemberIndex(minhash(m), np.array([1]), sketches=sketch(m))
     sim, _ = idx.nearest(minhash(q), sketches=sketch(q))
-    assert sim[0] in (0.0, j[0])  # 0 when no MinHash band is shared (no candidate at all)
+    assert sim[0] < 0.5  # the sketch's value, or a MinHash share below REFINE_FROM, or 0 (no band shared)
 
 
 def test_empty_index_and_wrong_width():
