@@ -6,7 +6,8 @@ Jaccard >= 0.5). An attacker who knows that sends *crops* (a random half or thir
 or a window) that the gate does not recognise, and aggregates the served outputs over K crops per
 text. This probe trains (or reuses) the development seed's target, scores K crops per text
 in-process and replays the served step on them (:func:`veil.python_backend.offline.defend`, the
-served bytes): at threat 0 (the floor: what the fixed-intensity variant serves), at threat 1, and
+served bytes): at threat 0 (the floor: what the fixed-intensity variant serves; also without the
+member gate, to separate what the gate does from what the binning does), at threat 1, and
 *adaptive*: the crops sent by one long-lived caller at a benign rate (2 rows/s, one row a request),
 text after text or interleaved over 30 texts, through the served threat tracker
 (:class:`~veil.python_backend.adaptive.ThreatTracker`), each row served at the threat it got.
@@ -173,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         row: dict = {"raw": attack(raw, k), "label_only": attack(label_only(raw), k)}
         for t in (0.0, 1.0):
             row[f"veil_threat_{t:g}"] = attack(defend(target, flat, z, threat=t), k)
+        # The floor without the member gate (rows sent without a fingerprint): what the gate adds or removes.
+        row["floor_ungated"] = attack(defend(target, flat, z, threat=0.0, gated=False), k)
         threats = {}
         for name, inter in (("adaptive", 1), ("adaptive_interleaved", INTERLEAVE)):
             threats[name] = replay_threats(sig, stream_order(len(texts), k, interleave=inter, seed=seed))

@@ -1,0 +1,77 @@
+"""What the content sketch costs the member gate: the member-index look-up alone, A against B.
+
+    python -m veil.loadtest.index_bench                      # SST-2, 60,000 training texts indexed
+    python -m veil.loadtest.index_bench --dataset agnews --members 20000
+
+The dataset's first ``members`` training texts are indexed with the packaged MiniLM tokenizer
+(its common tokens written from those texts, as ``veil-build`` does); queries are the next texts
+(non-members) and third-crops of members, in batches of 1, 8 and 64. Each batch is looked up by
+the MinHash-only index (A: an artifact built before the sketch) and by the index with sketches (B:
+the served one), alternately, and the medians are printed with their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from veil.export.data import dedupe, load_dataset
+from veil.export.train import packaged_minilm
+from veil.privacy.probe_crops import crops
+from veil.python_backend.fingerprint import minhash, sketch
+from veil.python_backend.member_index import MemberIndex
+from veil.python_backend.tokens import text_signatures, write_common_tokens
+
+BATCHES = (1, 8, 64)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="sst2")
+    ap.add_argument("--members", type=int, default=60_000)
+    ap.add_argument("--repeats", type=int, default=60)
+    args = ap.parse_args(argv)
+    ds = dedupe(load_dataset(args.dataset, "train"))
+    n = min(args.members, len(ds) - 2_000)
+    members, others = ds.texts[:n], ds.texts[n : n + 1_000]
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = Path(tmp) / "tokenizer"
+        shutil.copytree(packaged_minilm(), tok)
+        write_common_tokens(tok, members, max_length=128)
+
+        def sig(texts: list[str]) -> np.ndarray:
+            return text_signatures(tok, ["input_ids", "attention_mask"], texts, max_length=128)
+
+        indexed = sig(members)
+        queries = {
+            "non-members": sig(others),
+            "third-crops of members": sig([crops(t, 1, 0.3, "subset")[0] for t in members[:1_000]]),
+        }
+    old = MemberIndex(minhash(indexed), ds.labels[:n])
+    new = MemberIndex(minhash(indexed), ds.labels[:n], sketches=sketch(indexed))
+    print(f"{args.dataset}: {n} training texts indexed; median ms per look-up (A MinHash only, B with sketches)")
+    for name, q in queries.items():
+        for b in BATCHES:
+            ta, tb = [], []
+            for r in range(args.repeats):
+                rows = q[(r * b) % (len(q) - b) :][:b]
+                t = time.perf_counter()
+                old.nearest(minhash(rows))
+                ta.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                new.nearest(minhash(rows), sketches=sketch(rows))
+                tb.append(time.perf_counter() - t)
+            a, c = statistics.median(ta), statistics.median(tb)
+            print(f"  {name:24s} batch {b:3d}: A {1e3 * a:7.3f}  B {1e3 * c:7.3f}  B/A {c / a:4.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
