@@ -76,7 +76,8 @@ class Defense:
         checked: bool = False,
     ) -> DefenseResult:
         """Defend a [B, C] batch. ``threat`` [B] in [0, 1] (adaptive variants), ``signatures``
-        [B, S] MinHash of each query's tokens (the selective gate; without them no row is gated).
+        [B, S] fingerprint of each query's tokens (MinHash and content sketch: the selective gate;
+        without them no row is gated).
         ``checked``: the caller already ran :meth:`check` on these logits.
 
         Raises ``ValueError`` for non-finite or misshapen logits (a per-request error upstream).

@@ -5,10 +5,11 @@ text is the one whose output can expose membership; any other query's output can
 membership of that text. :class:`MemberIndex` answers, per query signature, the estimated
 Jaccard similarity to the closest training text and that text's true label. Candidates come
 from locality-sensitive banding of the MinHash part (bands of two values), so the cost per query
-stays flat as the training set grows. Each candidate's similarity is the Jaccard similarity of
-the two *content sketches* where both have one (exact for texts of at most 16 content tokens:
-:func:`~veil.python_backend.fingerprint.sketch_jaccard`), else the share of equal MinHash values
-(8 values: a noisy estimate, the only one an index built before the sketch has). Signatures come
+stays flat as the training set grows. A candidate sharing at least half of the MinHash values is
+scored by the Jaccard similarity of the two *content sketches* where both have one (exact for
+texts of at most 16 content tokens: :func:`~veil.python_backend.fingerprint.sketch_jaccard`);
+any other by its share of equal MinHash values (8 values: a noisy estimate, the only one an index
+built before the sketch has). Signatures come
 from :func:`veil.python_backend.fingerprint.text_signature`, the same function the served
 tokenizer runs.
 """
@@ -117,7 +118,7 @@ class MemberIndex:
         if qs is None:
             return share
         pick = np.flatnonzero(share >= REFINE_FROM)
-        if len(pick):  # most rows of a benign caller have no such candidate
+        if len(pick):  # a row without such a candidate skips the comparison
             jaccard, defined = sketch_jaccard(qs[rows[pick]], self.sketches[member[pick]])
             share[pick] = np.where(defined, jaccard, share[pick])
         return share

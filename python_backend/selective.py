@@ -5,9 +5,10 @@ one point per class and leaves the probabilities less useful than the label; a p
 it. Outputs expose membership because members' outputs are sharper than non-members' *of the same
 class and correctness*. So:
 
-1. **Gate** (:mod:`member_index`): the defender knows its training set; a query whose MinHash
-   signature is (nearly) a training text's is moved, with weight ``m`` ramping from 0 to 1 over
-   the estimated Jaccard similarity ``gate``. Every other output keeps its information.
+1. **Gate** (:mod:`member_index`): the defender knows its training set; a query whose token set
+   is (nearly) a training text's (MinHash candidates, scored by their content sketches) is moved,
+   with weight ``m`` ramping from 0 to 1 over the Jaccard similarity ``gate``. Every other output
+   keeps its information.
 2. **Map**: a moved row's top-class log-odds ``s`` goes through the class- and
    correctness-conditional quantile map from the training members (all of them: the member side
    is then exact ranks) to calibration non-members (correctness from the member's own label), so
