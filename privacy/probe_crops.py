@@ -12,7 +12,9 @@ member gate, to separate what the gate does from what the binning does), at thre
 text after text or interleaved over 30 texts, through the served threat tracker
 (:class:`~veil.python_backend.adaptive.ThreatTracker`), each row served at the threat it got.
 The same caller sending each text once (benign traffic) is replayed too, with its utility.
-Augmentation attacks under the upper-bound attacker (5 halvings). Members: training texts;
+Also *padding* (the whole text with as many unrelated words before or after it), and the floor
+without the member gate. ``--kinds`` picks the query kinds. Augmentation attacks under the
+upper-bound attacker (5 halvings). Members: training texts;
 non-members: evaluation non-members, then rows outside every split. The design it judges was
 chosen on the development seed (the default); ``--seed`` runs the same probe, unchanged, on a
 report seed's target to report it.
@@ -45,7 +47,11 @@ from veil.python_backend.offline import defend
 from veil.python_backend.probabilities import softmax64
 from veil.python_backend.tokens import text_signatures
 
-KINDS = (("edit", None), ("subset", 0.5), ("window", 0.5), ("subset", 0.3))
+KINDS = (("edit", None), ("subset", 0.5), ("window", 0.5), ("subset", 0.3), ("pad", None))
+"""Query kinds: word edits, crops (random subsets, windows) keeping a share of the words, and
+padding (the whole text with as many unrelated words before or after it: Jaccard to the text
+about 1/2, the text itself intact)."""
+PADS = 6
 PACE_S = 0.5
 """Seconds between the probing caller's rows: 2 rows/s, far below the rate threat's 20."""
 INTERLEAVE = 30
@@ -89,6 +95,23 @@ def crops(text: str, k: int, keep: float, kind: str) -> list[str]:
     return out
 
 
+def pads(text: str, k: int, filler: list[str]) -> list[str]:
+    """``k`` seeded paddings of ``text``: as many words drawn from ``filler`` as it has, after it
+    (even j) or before it (odd j)."""
+    h = int.from_bytes(hashlib.sha256(f"pad:{text}".encode()).digest()[:8], "little")
+    rng = np.random.default_rng(h)
+    n = len(text.split())
+    out = []
+    for j in range(k):
+        extra = " ".join(filler[i] for i in rng.integers(0, len(filler), n))
+        out.append(f"{text} {extra}" if j % 2 == 0 else f"{extra} {text}")
+    return out
+
+
+def kind_name(kind: str, keep: float | None) -> str:
+    return f"{kind}{'' if keep is None else f'_{keep:g}'}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="sst2")
@@ -96,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crops", type=int, default=8)
     ap.add_argument("--seed", type=int, default=DEV_SEED, help="the development seed, or a report seed to report")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--kinds", default=",".join(kind_name(*k) for k in KINDS), help="comma-separated, of: %(default)s")
     args = ap.parse_args(argv)
+    kinds = [k for k in KINDS if kind_name(*k) in args.kinds.split(",")]
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from veil.export.train import predict_logits
@@ -163,9 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     print("benign", json.dumps(results["benign"]), flush=True)
-    for kind, keep in KINDS:
+    # Padding words: texts outside every split that are not queried as non-members.
+    filler = " ".join(ds.texts[i] for i in np.setdiff1d(outside, nonmember_rows)[-3000:]).split()
+    for kind, keep in kinds:
         if kind == "edit":
             k, flat = 6, expand(texts, 6, seed)[0]
+        elif kind == "pad":
+            k, flat = PADS, [c for t in texts for c in pads(t, PADS, filler)]
         else:
             k, flat = args.crops, [c for t in texts for c in crops(t, args.crops, keep, kind)]
         z, sig = score(flat)
@@ -195,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, v in row.items()
             if name not in ("gated_share", "threat")
         }
-        results[f"{kind}{'' if keep is None else f'_{keep:g}'}"] = row
+        results[kind_name(kind, keep)] = row
         print(
             kind,
             keep,

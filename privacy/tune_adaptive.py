@@ -37,7 +37,7 @@ import numpy as np
 from veil.export.data import dedupe, load_dataset
 from veil.export.train import packaged_minilm
 from veil.privacy.models import DEV_SEED, EvalConfig, attacker_pool, splits_for_seed
-from veil.privacy.probe_crops import INTERLEAVE, crops, replay_threats, stream_order
+from veil.privacy.probe_crops import INTERLEAVE, crops, kind_name, replay_threats, stream_order
 from veil.privacy.query_attacks import expand
 from veil.python_backend.adaptive import AdaptiveConfig
 from veil.python_backend.tokens import text_signatures, write_common_tokens
@@ -80,7 +80,7 @@ def dev_signatures(dataset: str, *, rows: int, probing: bool) -> tuple[dict[str,
             flat = (
                 expand(texts, k, DEV_SEED)[0] if kind == "edit" else [c for t in texts for c in crops(t, k, keep, kind)]
             )
-            probes[f"{kind}{'' if keep is None else f'_{keep:g}'}"] = sig(flat)
+            probes[kind_name(kind, keep)] = sig(flat)
     return benign, probes
 
 

@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veil.privacy.probe_crops import crops
+from veil.privacy.probe_crops import crops, pads
 
 WORDS = st.lists(st.text("abcdefgh", min_size=1, max_size=6), min_size=1, max_size=30)
 
@@ -22,3 +22,18 @@ def test_crops_keep_an_ordered_share_of_the_words(words, keep, kind):
         assert all(w in it for w in kept)
         if kind == "window":
             assert any(words[s : s + m] == kept for s in range(len(words) - m + 1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(words=WORDS)
+def test_paddings_keep_the_whole_text_and_add_as_many_words(words):
+    text = " ".join(words)
+    filler = ["zz", "yy", "xx"]
+    out = pads(text, 6, filler)
+    assert out == pads(text, 6, filler)
+    for j, p in enumerate(out):
+        got = p.split()
+        assert len(got) == 2 * len(words)
+        kept = got[: len(words)] if j % 2 == 0 else got[len(words) :]
+        extra = got[len(words) :] if j % 2 == 0 else got[: len(words)]
+        assert kept == words and set(extra) <= set(filler)
