@@ -40,6 +40,7 @@ from veil.privacy.models import DEV_SEED, EvalConfig, attacker_pool, splits_for_
 from veil.privacy.probe_crops import INTERLEAVE, crops, kind_name, replay_threats, stream_order
 from veil.privacy.query_attacks import expand
 from veil.python_backend.adaptive import AdaptiveConfig
+from veil.python_backend.selective import SelectiveTables
 from veil.python_backend.tokens import text_signatures, write_common_tokens
 
 PREVIOUS = (0.1, 0.5)
@@ -49,10 +50,22 @@ COARSE_LEVELS = 64
 PROBES = (("edit", None, 6), ("subset", 0.3, 8), ("subset", 0.5, 8), ("window", 0.5, 8))
 
 
-def levels(threat: np.ndarray, *, floor: float = FLOOR) -> np.ndarray:
-    """Confidence levels per class a row is served at (``SelectiveTables.bin_count`` of its level)."""
-    q = np.round(np.clip(np.maximum(threat, floor), 0.0, 1.0) * 100) / 100
-    return (2 ** np.rint(np.log2(COARSE_LEVELS) * (1.0 - q))).astype(np.int64)
+_LADDER = SelectiveTables(
+    num_classes=1,
+    member_q=[[[], []]],
+    nonmember_q=[[[], []]],
+    nonmember_sorted=[[]],
+    nonmember_correct=[[]],
+    tail_profile=[],
+    coarse_levels=COARSE_LEVELS,
+    intensity_floor=FLOOR,
+)
+"""Only the served intensity ladder (levels and bin counts) is used: no fitted table is needed."""
+
+
+def levels(threat: np.ndarray) -> np.ndarray:
+    """Confidence levels per class a row is served at: the served ``bin_count`` of its adaptive level."""
+    return _LADDER.bin_count(_LADDER.level(np.asarray(threat, dtype=np.float64), adaptive=True))
 
 
 def dev_signatures(dataset: str, *, rows: int, probing: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -94,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         probes.update(found)
     n = args.rows
     rows = []
+    floor_levels = levels(np.zeros(1))[0]
     for lo, hi in GRID:
         config = replace(AdaptiveConfig(), duplicate_low=lo, duplicate_high=hi)
-        floor_levels = levels(np.zeros(1))[0]
         coarser = max(
             float((levels(replay_threats(s, np.arange(len(s)), config)) < floor_levels).mean())
             for streams in benign.values()
