@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 
 from veil.export.build_dir import BuildDir
+from veil.export.crops import defender_crops
 from veil.export.data import Splits, TextDataset, dedupe, fingerprint, load_dataset, make_splits
 from veil.export.onnx_export import check_parity, export_onnx
 from veil.export.train import TrainReport, fine_tune, load_model, model_input_names
 from veil.model_repository.spec import ServingOptions
 from veil.model_repository.writer import write_repository
 from veil.python_backend.artifact import sha256_file
-from veil.python_backend.calibrate import CalibrationConfig, calibrate
+from veil.python_backend.calibrate import CalibrationConfig, CropRows, calibrate
 from veil.python_backend.onnx_classifier import OnnxClassifier
 from veil.python_backend.tokens import TextEncoder, text_signatures, write_common_tokens
 from veil.python_backend.variants import REGISTRY
@@ -182,10 +183,24 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
 
     write_common_tokens(hf_dir, members.texts, max_length=cfg.max_length)  # before any signature
     calib_m, calib_n = splits.take(ds, "member_calib"), splits.take(ds, "nonmember_calib")
+
+    def score(texts: list[str]) -> np.ndarray:
+        return onnx_logits(onnx_path, hf_dir, names, list(texts), max_length=cfg.max_length, progress=cfg.progress)
+
     # Every training text once: the member index's side of the map; member_calib is its tail.
-    zt = onnx_logits(onnx_path, hf_dir, names, members.texts, max_length=cfg.max_length, progress=cfg.progress)
+    zt = score(members.texts)
     zm = zt[len(members) - len(calib_m) :]
-    zn = onnx_logits(onnx_path, hf_dir, names, calib_n.texts, max_length=cfg.max_length, progress=cfg.progress)
+    zn = score(calib_n.texts)
+    # The partial-match map's rows: the defender's own crops of training texts and of calibration non-members.
+    crops_m, of_m = defender_crops(list(members.texts), seed=cfg.seed)
+    crops_n, of_n = defender_crops(list(calib_n.texts), seed=cfg.seed)
+    crop_rows = CropRows(
+        member_logits=score(crops_m),
+        member_labels=np.asarray(members.labels)[of_m],
+        member_signatures=text_signatures(hf_dir, names, crops_m, max_length=cfg.max_length),
+        nonmember_logits=score(crops_n),
+        nonmember_labels=np.asarray(calib_n.labels)[of_n],
+    )
     artifact = calibrate(
         member_logits=zm,
         member_labels=calib_m.labels,
@@ -196,6 +211,7 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         index_signatures=text_signatures(hf_dir, names, members.texts, max_length=cfg.max_length),
         index_labels=members.labels,
         index_logits=zt,
+        crops=crop_rows,
         config=CalibrationConfig(slack=cfg.slack, seed=cfg.seed),
         progress=cfg.progress,
     )
@@ -208,9 +224,16 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         f" slack met {m['slack_met']}"
     )
     sel = artifact.selective.metrics
+    part = sel.get("partial")
     _log(
         f"selective defense: {len(members)} training texts indexed; intensity floor {sel['floor']:.2f}"
-        f" ({sel['levels']} confidence levels per class; {sel['rule']}; met {sel['slack_met']})"
+        f" ({sel['levels']} confidence levels per class; {sel['rule']}; met {sel['slack_met']}); "
+        + (
+            f"partial-match map on {part['member_crops_matched']} matched crops of training texts"
+            f" and {part['nonmember_crops']} of calibration non-members"
+            if part
+            else "no partial-match map"
+        )
     )
 
     opts = ServingOptions(

@@ -1,4 +1,5 @@
-"""What the content sketch costs the member gate: the member-index look-up alone, A against B.
+"""What the content sketch and the partial-match look-up cost the member gate: the member-index
+look-up alone, A against B against C.
 
     python -m veil.loadtest.index_bench                      # SST-2, 60,000 training texts indexed
     python -m veil.loadtest.index_bench --dataset agnews --members 20000
@@ -6,8 +7,9 @@
 The dataset's first ``members`` training texts are indexed with the packaged MiniLM tokenizer
 (its common tokens written from those texts, as ``veil-build`` does); queries are the next texts
 (non-members) and third-crops of members, in batches of 1, 8 and 64. Each batch is looked up by
-the MinHash-only index (A: an artifact built before the sketch) and by the index with sketches (B:
-the served one), alternately, and the medians are printed with their ratio.
+the MinHash-only index (A: an artifact built before the sketch), by the index with sketches (B:
+the Jaccard gate alone) and by that look-up plus the partial-match one (C: what the served step
+runs with a partial-match map), in turn, and the medians are printed with their ratios.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from veil.export.crops import crops
 from veil.export.data import dedupe, load_dataset
 from veil.export.train import packaged_minilm
-from veil.privacy.probe_crops import crops
 from veil.python_backend.fingerprint import minhash, sketch
 from veil.python_backend.member_index import MemberIndex
 from veil.python_backend.tokens import text_signatures, write_common_tokens
@@ -56,10 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     old = MemberIndex(minhash(indexed), ds.labels[:n])
     new = MemberIndex(minhash(indexed), ds.labels[:n], sketches=sketch(indexed))
-    print(f"{args.dataset}: {n} training texts indexed; median ms per look-up (A MinHash only, B with sketches)")
+    print(
+        f"{args.dataset}: {n} training texts indexed; median ms per look-up"
+        " (A MinHash only, B with sketches, C B and partial matches)"
+    )
     for name, q in queries.items():
         for b in BATCHES:
-            ta, tb = [], []
+            ta, tb, tc = [], [], []
             for r in range(args.repeats):
                 rows = q[(r * b) % (len(q) - b) :][:b]
                 t = time.perf_counter()
@@ -68,8 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 t = time.perf_counter()
                 new.nearest(minhash(rows), sketches=sketch(rows))
                 tb.append(time.perf_counter() - t)
-            a, c = statistics.median(ta), statistics.median(tb)
-            print(f"  {name:24s} batch {b:3d}: A {1e3 * a:7.3f}  B {1e3 * c:7.3f}  B/A {c / a:4.2f}", flush=True)
+                t = time.perf_counter()
+                new.nearest(minhash(rows), sketches=sketch(rows))
+                new.partial(sketch(rows))
+                tc.append(time.perf_counter() - t)
+            a, bb, c = (statistics.median(x) for x in (ta, tb, tc))
+            print(
+                f"  {name:24s} batch {b:3d}: A {1e3 * a:7.3f}  B {1e3 * bb:7.3f}  C {1e3 * c:7.3f}"
+                f"  B/A {bb / a:4.2f}  C/B {c / bb:4.2f}",
+                flush=True,
+            )
     return 0
 
 

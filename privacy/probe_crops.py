@@ -3,8 +3,11 @@ does adaptive intensity stop them where the fixed intensity cannot?
 
 The member gate recognises a query whose token set is close to a training text's (estimated
 Jaccard >= 0.5). An attacker who knows that sends *crops* (a random half or third of the words,
-or a window) that the gate does not recognise, and aggregates the served outputs over K crops per
-text. This probe trains (or reuses) the development seed's target, scores K crops per text
+or a window) that the Jaccard gate does not recognise, and aggregates the served outputs over K
+crops per text; the partial-match gate (a query's content words all in one training text, or
+holding all of one) and its map are what answers them. Reported per kind: the share of queries
+each gate moves (``gated_share``, ``partial_share``: the partial gate's rows the Jaccard gate
+left), members against non-members. This probe trains (or reuses) the development seed's target, scores K crops per text
 in-process and replays the served step on them (:func:`veil.python_backend.offline.defend`, the
 served bytes): at threat 0 (the floor: what the fixed-intensity variant serves; also without the
 member gate, to separate what the gate does from what the binning does), at threat 1, and
@@ -33,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from veil.export.build_dir import BuildDir
+from veil.export.crops import crops
 from veil.export.data import dedupe, load_dataset
 from veil.privacy.attacks import Outputs
 from veil.privacy.baselines import label_only
@@ -76,23 +80,6 @@ def replay_threats(signatures: np.ndarray, order: np.ndarray, config: AdaptiveCo
     for step, row in enumerate(order):
         threat[row] = tracker.observe("prober", np.zeros((1, 2)), signatures[row : row + 1], now=step * PACE_S)
     return threat
-
-
-def crops(text: str, k: int, keep: float, kind: str) -> list[str]:
-    """``k`` seeded crops keeping ``keep`` of the words: a random subset in order, or a window."""
-    h = int.from_bytes(hashlib.sha256(f"{kind}{keep}:{text}".encode()).digest()[:8], "little")
-    rng = np.random.default_rng(h)
-    words = text.split()
-    n = len(words)
-    m = max(1, round(keep * n))
-    out = []
-    for _ in range(k):
-        if kind == "subset":
-            out.append(" ".join(words[i] for i in np.sort(rng.choice(n, m, replace=False))))
-        else:
-            s = int(rng.integers(0, n - m + 1))
-            out.append(" ".join(words[s : s + m]))
-    return out
 
 
 def pads(text: str, k: int, filler: list[str]) -> list[str]:
@@ -199,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             k, flat = args.crops, [c for t in texts for c in crops(t, args.crops, keep, kind)]
         z, sig = score(flat)
         gated = (index.nearest(minhash(sig), sketches=sketch(sig))[0] > gate_from).reshape(len(texts), k)
+        partial = np.zeros(len(flat), bool)
+        if tables.has_partial and index.sketches is not None:
+            partial = tables.partial_weight(index.partial(sketch(sig))[0]) > 0
+        partial = partial.reshape(len(texts), k) & ~gated
         raw = softmax64(z)
         row: dict = {"raw": attack(raw, k), "label_only": attack(label_only(raw), k)}
         for t in (0.0, 1.0):
@@ -210,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             threats[name] = replay_threats(sig, stream_order(len(texts), k, interleave=inter, seed=seed))
             row[name] = attack(defend(target, flat, z, threat=threats[name]), k)
         row["gated_share"] = {"members": float(gated[member].mean()), "nonmembers": float(gated[~member].mean())}
+        row["partial_share"] = {"members": float(partial[member].mean()), "nonmembers": float(partial[~member].mean())}
         row["threat"] = {
             name: {
                 "mean": round(float(t.mean()), 3),
@@ -222,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         row["excess_over_label_only"] = {
             name: round(max(v.values()) - best_lo, 1)
             for name, v in row.items()
-            if name not in ("gated_share", "threat")
+            if name not in ("gated_share", "partial_share", "threat")
         }
         results[kind_name(kind, keep)] = row
         print(
@@ -230,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             keep,
             json.dumps(row["excess_over_label_only"]),
             json.dumps(row["gated_share"]),
+            json.dumps(row["partial_share"]),
             json.dumps(row["threat"]),
             flush=True,
         )

@@ -34,10 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from veil.export.crops import crops
 from veil.export.data import dedupe, load_dataset
 from veil.export.train import packaged_minilm
 from veil.privacy.models import DEV_SEED, EvalConfig, attacker_pool, splits_for_seed
-from veil.privacy.probe_crops import INTERLEAVE, crops, kind_name, replay_threats, stream_order
+from veil.privacy.probe_crops import INTERLEAVE, kind_name, replay_threats, stream_order
 from veil.privacy.query_attacks import expand
 from veil.python_backend.adaptive import AdaptiveConfig
 from veil.python_backend.selective import SelectiveTables

@@ -120,9 +120,10 @@ class Defense:
             gated=self.spec.gated,
         )
         result = DefenseResult.untouched(out.probabilities, out.labels)
-        moved = (out.member_weight > 0) | (level > 0)
+        weight = np.maximum(out.member_weight, out.partial_weight)  # whole or partial match to a training text
+        moved = (weight > 0) | (level > 0)
         result.perturbed = moved
-        result.risk_before = out.member_weight
-        result.risk_after = np.where(moved, 0.0, out.member_weight)
+        result.risk_before = weight
+        result.risk_after = np.where(moved, 0.0, weight)
         result.delta[np.arange(b), out.labels] = (out.score_after - out.score_before).astype(np.float32)
         return result

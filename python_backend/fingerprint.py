@@ -148,16 +148,13 @@ def sketch(signatures: np.ndarray) -> np.ndarray | None:
     return s[:, MINHASH_SIZE:] if s.ndim == 2 and s.shape[1] == SIGNATURE_SIZE else None
 
 
-def sketch_jaccard(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row pairs of content sketches [P, SKETCH_SIZE] -> (Jaccard similarity of the content-token
-    sets, whether it is defined: both sketches non-empty).
+def sketch_overlap(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row pairs of content sketches [P, SKETCH_SIZE] -> (shared values, values of ``a``, values of
+    ``b``), each counted below what both sketches know.
 
     A sketch with fewer than ``SKETCH_SIZE`` values is its whole set; a full one knows its set only
-    up to its largest value. Below the smaller of the two known-up-to values both sets are known,
-    and their Jaccard similarity there estimates the whole one (bottom-k); exact when neither
-    sketch is full (most SST-2 texts). 8 MinHash values estimate J with a standard error of ~0.17
-    at J = 1/3: a crop keeping a third of a training text's words passed a gate at 0.5 a quarter
-    of the time."""
+    up to its largest value. Below the smaller of the two known-up-to values both sets are known
+    (bottom-k): every count is exact when neither sketch is full (most SST-2 texts)."""
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
     va, vb = a != EMPTY, b != EMPTY
@@ -168,6 +165,24 @@ def sketch_jaccard(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
     # Values unknown or beyond the window get distinct negative stand-ins, so only shared values pair up.
     both = np.concatenate([np.where(ka, a, -1 - np.arange(k)), np.where(kb, b, -1 - k - np.arange(k))], axis=1)
     both.sort(axis=1)
-    inter = (both[:, 1:] == both[:, :-1]).sum(1)
-    union = ka.sum(1) + kb.sum(1) - inter
-    return inter / np.maximum(union, 1), va.any(1) & vb.any(1)
+    return (both[:, 1:] == both[:, :-1]).sum(1), ka.sum(1), kb.sum(1)
+
+
+def sketch_jaccard(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs of content sketches [P, SKETCH_SIZE] -> (Jaccard similarity of the content-token
+    sets, whether it is defined: both sketches non-empty), from :func:`sketch_overlap`: exact
+    when neither sketch is full, a bottom-k estimate otherwise. 8 MinHash values estimate J with a
+    standard error of ~0.17 at J = 1/3: a crop keeping a third of a training text's words passed a
+    gate at 0.5 a quarter of the time."""
+    inter, na, nb = sketch_overlap(a, b)
+    union = na + nb - inter
+    defined = (np.asarray(a) != EMPTY).any(1) & (np.asarray(b) != EMPTY).any(1)
+    return inter / np.maximum(union, 1), defined
+
+
+def sketch_containment(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs of content sketches -> (overlap coefficient |A & B| / min(|A|, |B|), shared
+    values), from :func:`sketch_overlap`: 1 when either set holds the other (a crop of a text,
+    or the text padded with other words), whatever their sizes. 0 where either is empty."""
+    inter, na, nb = sketch_overlap(a, b)
+    return inter / np.maximum(np.minimum(na, nb), 1), inter

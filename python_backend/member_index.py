@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from veil.python_backend.fingerprint import sketch_jaccard
+from veil.python_backend.fingerprint import EMPTY, sketch_containment, sketch_jaccard
 
 BAND = 2
 
@@ -42,6 +42,11 @@ the look-up within ~1.5x of the MinHash-only one (60,000 members, a 64-row batch
 SMALL_BATCH = 4
 """Up to this many rows, a dict look-up per band and row costs less than the vectorised path's
 fixed numpy overhead (about 40 µs); both give identical answers."""
+POSTING_CAP = 256
+"""Partial matches: a content value in more training texts than this finds no candidates (it
+names no text); pairs found through rarer values still count it among their shared values."""
+PARTIAL_MIN_SHARED = 2
+"""Partial matches: fewer shared content values than this is no match (one word names no text)."""
 
 
 class MemberIndex:
@@ -68,6 +73,18 @@ class MemberIndex:
             ends = np.r_[starts[1:], len(sk)]
             runs = zip(sk[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)
             self.tables.append({k: self.order[s:e, b] for k, s, e in runs})
+        if self.sketches is not None:  # the partial-match look-up: content value -> training texts
+            valid = self.sketches != EMPTY
+            value = self.sketches[valid].astype(np.int64)
+            owner = np.nonzero(valid)[0]
+            by_value = np.lexsort((owner, value))
+            value, owner = value[by_value], owner[by_value]
+            start = np.flatnonzero(np.r_[True, value[1:] != value[:-1]]) if len(value) else np.zeros(0, np.int64)
+            end = np.r_[start[1:], len(value)]
+            rare = end - start <= POSTING_CAP
+            self.post_values, self.post_start, self.post_end = value[start][rare], start[rare], end[rare]
+            self.post_owner = owner
+            self.common_values = value[start][~rare]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -163,3 +180,69 @@ class MemberIndex:
         head = pick[np.r_[True, rows[pick][1:] != rows[pick][:-1]]]
         sim[rows[head]] = pair_sim[head]
         label[rows[head]] = self.labels[member[head]]
+
+    def partial(self, sketches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per query content sketch: (overlap coefficient with the training text it overlaps most,
+        that text's label, -1 where none shares :data:`PARTIAL_MIN_SHARED` values). 1 when the
+        query's content words are all in one training text (a crop of it) or hold all of one
+        (the text padded with other words). Candidates: the training texts sharing a content value
+        held by at most :data:`POSTING_CAP` of them; ties go to more shared values, then the
+        lowest index. Needs an index built with sketches."""
+        if self.sketches is None:
+            raise ValueError("this member index has no content sketches (an artifact built before them)")
+        qs = np.asarray(sketches, dtype=np.int64)
+        n = len(qs)
+        overlap = np.zeros(n)
+        label = np.full(n, -1, dtype=np.int64)
+        if n == 0 or len(self) == 0:
+            return overlap, label
+        if qs.shape != (n, self.sketches.shape[1]):
+            raise ValueError(f"sketches are {qs.shape}; expected ({n}, {self.sketches.shape[1]})")
+        if not len(self.post_values):
+            return overlap, label
+        pos = np.searchsorted(self.post_values, qs).clip(0, len(self.post_values) - 1)
+        hit = (qs != EMPTY) & (self.post_values[pos] == qs)
+        lo = np.where(hit, self.post_start[pos], 0)
+        counts = np.where(hit, self.post_end[pos] - self.post_start[pos], 0)
+        per_row = counts.sum(1)
+        # A pair can share at most its rare values plus the row's common ones (held by more than
+        # POSTING_CAP texts): pairs that cannot reach PARTIAL_MIN_SHARED are never compared.
+        common = np.isin(qs, self.common_values).sum(1)
+        first = 0
+        while first < n:  # row chunks of at most MAX_PAIRS candidate pairs (always at least one row)
+            last = first + max(1, int(np.searchsorted(np.cumsum(per_row[first:]), MAX_PAIRS, side="right")))
+            if counts[first:last].any():
+                self._best_partial(qs, counts, lo, common, first, last, overlap, label)
+            first = last
+        return overlap, label
+
+    def _best_partial(
+        self,
+        qs: np.ndarray,
+        counts: np.ndarray,
+        lo: np.ndarray,
+        common: np.ndarray,
+        first: int,
+        last: int,
+        overlap: np.ndarray,
+        label: np.ndarray,
+    ) -> None:
+        """Rows ``first:last``: every candidate pair that can share enough values compared, the best per row."""
+        c = counts[first:last].ravel()
+        total = int(c.sum())
+        rows = np.repeat(np.repeat(np.arange(first, last), qs.shape[1]), c)
+        offset = np.arange(total) - np.repeat(np.cumsum(c) - c, c)
+        member = self.post_owner[np.repeat(lo[first:last].ravel(), c) + offset]
+        pair, rare = np.unique(rows * len(self) + member, return_counts=True)
+        rows, member = pair // len(self), pair % len(self)
+        keep = rare + common[rows] >= PARTIAL_MIN_SHARED
+        if not keep.any():
+            return
+        rows, member = rows[keep], member[keep]
+        ov, shared = sketch_containment(qs[rows], self.sketches[member])
+        ov = np.where(shared >= PARTIAL_MIN_SHARED, ov, 0.0)
+        pick = np.lexsort((member, -shared, -ov, rows))
+        head = pick[np.r_[True, rows[pick][1:] != rows[pick][:-1]]]
+        found = ov[head] > 0
+        overlap[rows[head][found]] = ov[head][found]
+        label[rows[head][found]] = self.labels[member[head][found]]

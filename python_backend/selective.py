@@ -7,13 +7,19 @@ class and correctness*. So:
 
 1. **Gate** (:mod:`member_index`): the defender knows its training set; a query whose token set
    is (nearly) a training text's (MinHash candidates, scored by their content sketches) is moved,
-   with weight ``m`` ramping from 0 to 1 over the Jaccard similarity ``gate``. Every other output
-   keeps its information.
+   with weight ``m`` ramping from 0 to 1 over the Jaccard similarity ``gate``. A *partial match*
+   (the query's content words all in one training text, a crop of it, or holding all of one, the
+   text padded) is moved too, with weight ramping over the overlap coefficient ``partial_gate``,
+   through its own map (below). Every other output keeps its information.
 2. **Map**: a moved row's top-class log-odds ``s`` goes through the class- and
    correctness-conditional quantile map from the training members (all of them: the member side
    is then exact ranks) to calibration non-members (correctness from the member's own label), so
    members' ``(label, correct, s)`` has the non-members' distribution, and easy members stay
    easier than hard ones (the rank is kept). Linear tails beyond the tables keep it continuous.
+   A partial match goes through the same kind of map fitted on the defender's own crops: crops of
+   training texts (those the partial gate recognises) to crops of calibration non-members, so a
+   member's crop answers like a non-member's crop (chosen on the development seed; measured in
+   docs/evaluation.md, "Partial matches").
 3. **Serve**: the score is placed on ``K`` equal-mass bins of the calibration non-members' scores
    of its class, and the bin is served at its *calibrated* confidence (Laplace-smoothed accuracy
    of the calibration non-members in the bin, shrunk towards the class's accuracy and made
@@ -105,6 +111,13 @@ class SelectiveTables:
     """C - 1 strictly decreasing shares of 1 - p_label, by the raw order of the other classes."""
     gate: tuple[float, float] = (0.5, 0.75)
     coarse_levels: int = 64
+    partial_member_q: list[list[list[float]]] = field(default_factory=list)
+    """Like ``member_q``, for the defender's crops of training texts ([] = no partial-match map:
+    an artifact built before it, or no crops given)."""
+    partial_nonmember_q: list[list[list[float]]] = field(default_factory=list)
+    partial_gate: tuple[float, float] = (0.75, 1.0)
+    """Overlap coefficient with the closest training text at which a partial match's weight starts
+    rising from 0, and reaches 1."""
     intensity_floor: float = 0.0
     """The knob: every row is served at level max(floor, caller's threat), with :meth:`bin_count` bins.
     0 = most useful, 1 = calibrated label-only. Chosen on calibration rows (see :mod:`calibrate`)."""
@@ -116,18 +129,21 @@ class SelectiveTables:
         self._bins: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         # The fitted lists as the arrays each batch needs, made once (a batch of one row otherwise
         # spends most of its time converting 201-entry lists).
-        self._maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray] | None] = {}
+        self._maps: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray] | None] = {}
         self._tail = np.asarray(self.tail_profile, dtype=np.float64)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["gate"] = list(self.gate)
+        d["partial_gate"] = list(self.partial_gate)
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> SelectiveTables:
         d = dict(d)
         d["gate"] = tuple(d["gate"])
+        if "partial_gate" in d:
+            d["partial_gate"] = tuple(d["partial_gate"])
         return cls(**d)
 
     def bins(self, c: int) -> tuple[np.ndarray, np.ndarray]:
@@ -180,21 +196,32 @@ class SelectiveTables:
         return np.round(np.clip(q, 0.0, 1.0) * 100) / 100
 
     def member_weight(self, similarity: np.ndarray) -> np.ndarray:
-        lo, hi = self.gate
-        return np.clip((np.asarray(similarity, dtype=np.float64) - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
+        return _ramp(similarity, self.gate)
 
-    def _map(self, c: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def partial_weight(self, overlap: np.ndarray) -> np.ndarray:
+        return _ramp(overlap, self.partial_gate)
+
+    @property
+    def has_partial(self) -> bool:
+        return bool(self.partial_member_q)
+
+    def _map(self, c: int, k: int, partial: bool) -> tuple[np.ndarray, np.ndarray] | None:
         """Group (class ``c``, 0 correct / 1 wrong): its monotone quantile tables, None if too few rows."""
-        if (c, k) not in self._maps:
-            fitted = self.member_q[c][k] and self.nonmember_q[c][k]
-            self._maps[(c, k)] = (_monotone(self.member_q[c][k]), _monotone(self.nonmember_q[c][k])) if fitted else None
-        return self._maps[(c, k)]
+        if (c, k, partial) not in self._maps:
+            mq, nq = (self.partial_member_q, self.partial_nonmember_q) if partial else (self.member_q, self.nonmember_q)
+            fitted = mq[c][k] and nq[c][k]
+            self._maps[(c, k, partial)] = (_monotone(mq[c][k]), _monotone(nq[c][k])) if fitted else None
+        return self._maps[(c, k, partial)]
 
-    def map_members(self, s: np.ndarray, label: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    def map_members(
+        self, s: np.ndarray, label: np.ndarray, correct: np.ndarray, *, partial: bool = False
+    ) -> np.ndarray:
+        """Scores of rows matching a training text (``correct``: the row's label is that text's)
+        -> the non-member side's at the same quantile; ``partial``: the partial-match map."""
         out = s.copy()
         wrong = ~np.asarray(correct, dtype=bool)
         for c, k in sorted(set(zip(label.tolist(), wrong.astype(np.int64).tolist(), strict=True))):
-            tables = self._map(c, k)
+            tables = self._map(c, k, partial)
             if tables is not None:  # only the groups present in the batch
                 sel = (label == c) & (wrong if k else ~wrong)
                 out[sel] = _map_monotone(s[sel], *tables)
@@ -231,6 +258,11 @@ class SelectiveTables:
         return p.astype(np.float32)
 
 
+def _ramp(x: np.ndarray, gate: tuple[float, float]) -> np.ndarray:
+    lo, hi = gate
+    return np.clip((np.asarray(x, dtype=np.float64) - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
+
+
 def _pav(y: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Weighted pool-adjacent-violators: the closest non-decreasing sequence."""
     blocks: list[list[float]] = []  # [value, weight, count]
@@ -261,6 +293,7 @@ class SelectiveResult:
     score_before: np.ndarray
     score_after: np.ndarray
     confidence: np.ndarray
+    partial_weight: np.ndarray
 
 
 def defend(
@@ -275,23 +308,53 @@ def defend(
     """The selective defense on a [B, C] batch (see the module docstring)."""
     label, s = top_log_odds(logits)
     b = len(label)
+    partial = np.zeros(b)
     if not gated:  # every row treated as a correctly predicted member (the no-gate ablation)
         weight, member_label = np.ones(b), label
     elif index is not None and signatures is not None and len(index):
-        sim, member_label = index.nearest(minhash(signatures), sketches=sketch(signatures))
+        sketches = sketch(signatures)
+        sim, member_label = index.nearest(minhash(signatures), sketches=sketches)
         weight = tables.member_weight(sim)
+        if tables.has_partial and sketches is not None and index.sketches is not None:
+            overlap, partial_label = index.partial(sketches)
+            partial = tables.partial_weight(overlap) * (weight < 1)
     else:
         weight, member_label = np.zeros(b), np.full(b, -1)
+    served = s.copy()
+    if (partial > 0).any():  # partial matches first; a (near-)whole match outweighs them
+        p = partial > 0
+        crop = tables.map_members(s[p], label[p], partial_label[p] == label[p], partial=True)
+        served[p] = (1.0 - partial[p]) * s[p] + partial[p] * crop
     moved = weight > 0
-    mapped = s.copy()
     if moved.any():
         correct = member_label[moved] == label[moved]
-        mapped[moved] = tables.map_members(s[moved], label[moved], correct)
-    served = (1.0 - weight) * s + weight * mapped
+        mapped = tables.map_members(s[moved], label[moved], correct)
+        served[moved] = (1.0 - weight[moved]) * served[moved] + weight[moved] * mapped
     level = np.zeros(b) if threat is None else np.broadcast_to(np.asarray(threat, dtype=np.float64), (b,))
     top = tables.confidence(served, label, level)
     probs = tables.probabilities(label, top, class_order(logits, label))
-    return SelectiveResult(probs, label, weight, s, served, top)
+    return SelectiveResult(probs, label, weight, s, served, top, partial)
+
+
+def quantile_tables(
+    member_logits: np.ndarray, member_labels: np.ndarray, nonmember_logits: np.ndarray, nonmember_labels: np.ndarray
+) -> tuple[list, list]:
+    """Per class, per (correct, wrong): both sides' score quantiles at :data:`LEVELS` ([] = too few)."""
+    lm, sm = top_log_odds(member_logits)
+    ln, sn = top_log_odds(nonmember_logits)
+    cm = lm == np.asarray(member_labels)
+    cn = ln == np.asarray(nonmember_labels)
+    member_q, nonmember_q = [], []
+    for c in range(np.asarray(member_logits).shape[1]):
+        mq, nq = [], []
+        for sel_m, sel_n in ((cm, cn), (~cm, ~cn)):
+            a, b = sm[(lm == c) & sel_m], sn[(ln == c) & sel_n]
+            ok = len(a) >= MIN_ROWS and len(b) >= MIN_ROWS
+            mq.append(np.quantile(a, LEVELS).tolist() if ok else [])
+            nq.append(np.quantile(b, LEVELS).tolist() if ok else [])
+        member_q.append(mq)
+        nonmember_q.append(nq)
+    return member_q, nonmember_q
 
 
 def fit_tables(
@@ -302,24 +365,17 @@ def fit_tables(
     nonmember_labels: np.ndarray,
     gate: tuple[float, float] = (0.5, 0.75),
     coarse_levels: int = 64,
+    partial_gate: tuple[float, float] = (0.75, 1.0),
 ) -> SelectiveTables:
     """Fit every table: ``member_*`` are the training members (all of them, ideally), ``nonmember_*``
-    the defender's calibration non-members."""
-    lm, sm = top_log_odds(member_logits)
+    the defender's calibration non-members. The partial-match map is fitted apart (it needs the
+    member index: :func:`veil.python_backend.calibrate.calibrate`); until then there is none."""
+    member_q, nonmember_q = quantile_tables(member_logits, member_labels, nonmember_logits, nonmember_labels)
     ln, sn = top_log_odds(nonmember_logits)
-    cm = lm == np.asarray(member_labels)
     cn = ln == np.asarray(nonmember_labels)
     num_classes = np.asarray(member_logits).shape[1]
-    member_q, nonmember_q, nonmember_sorted, nonmember_correct = [], [], [], []
+    nonmember_sorted, nonmember_correct = [], []
     for c in range(num_classes):
-        mq, nq = [], []
-        for sel_m, sel_n in ((cm, cn), (~cm, ~cn)):
-            a, b = sm[(lm == c) & sel_m], sn[(ln == c) & sel_n]
-            ok = len(a) >= MIN_ROWS and len(b) >= MIN_ROWS
-            mq.append(np.quantile(a, LEVELS).tolist() if ok else [])
-            nq.append(np.quantile(b, LEVELS).tolist() if ok else [])
-        member_q.append(mq)
-        nonmember_q.append(nq)
         order = np.argsort(sn[ln == c], kind="stable")
         nonmember_sorted.append(sn[ln == c][order].tolist())
         nonmember_correct.append(cn[ln == c][order].tolist())
@@ -332,6 +388,7 @@ def fit_tables(
         tail_profile=tail_profile(nonmember_logits, ln),
         gate=gate,
         coarse_levels=coarse_levels,
+        partial_gate=partial_gate,
     )
 
 

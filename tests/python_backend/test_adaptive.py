@@ -215,7 +215,7 @@ def test_crops_of_one_text_raise_the_threat_and_distinct_texts_do_not(tmp_path):
     it is no longer young."""
     import shutil
 
-    from veil.privacy.probe_crops import crops
+    from veil.export.crops import crops
     from veil.python_backend.tokens import write_common_tokens
 
     tok = tmp_path / "tok"
@@ -252,7 +252,8 @@ def test_crops_interleaved_over_30_texts_reach_label_only_level(tmp_path):
     import shutil
     from dataclasses import replace
 
-    from veil.privacy.probe_crops import crops, replay_threats, stream_order
+    from veil.export.crops import crops
+    from veil.privacy.probe_crops import replay_threats, stream_order
     from veil.python_backend.tokens import write_common_tokens
 
     tok = tmp_path / "tok"

@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veil.export.train import packaged_minilm
-from veil.python_backend.fingerprint import EMPTY, SKETCH_SIZE, minhash, sketch, sketch_jaccard
-from veil.python_backend.member_index import REFINE_FROM, SMALL_BATCH, MemberIndex, _band_keys
+from veil.python_backend.fingerprint import EMPTY, SKETCH_SIZE, minhash, sketch, sketch_containment, sketch_jaccard
+from veil.python_backend.member_index import PARTIAL_MIN_SHARED, REFINE_FROM, SMALL_BATCH, MemberIndex, _band_keys
 from veil.python_backend.tokens import text_signatures
 
 from .conftest import member_signatures
@@ -210,3 +210,97 @@ def test_empty_index_and_wrong_width():
         assert "4 values" in str(err)
     else:
         raise AssertionError("a signature of the wrong width must be refused")
+
+
+def brute_partial(member_sketches: np.ndarray, labels: np.ndarray, queries: np.ndarray, cap: int):
+    """Every (query, member) pair scored on its own; candidates: members sharing a value held by at
+    most ``cap`` members. Best: overlap, then shared values, then the lowest member."""
+    holders: dict[int, int] = {}
+    for row in member_sketches:
+        for v in set(row[row != EMPTY].tolist()):
+            holders[v] = holders.get(v, 0) + 1
+    overlap, label = np.zeros(len(queries)), np.full(len(queries), -1)
+    for i, q in enumerate(queries):
+        rare = {v for v in q[q != EMPTY].tolist() if holders.get(v, 0) <= cap}
+        best = (0.0, 0, 0)
+        for m, row in enumerate(member_sketches):
+            if not rare & set(row.tolist()):
+                continue
+            ov, shared = sketch_containment(q[None], row[None])
+            if shared[0] >= PARTIAL_MIN_SHARED and (ov[0], shared[0], -m) > best:
+                best = (ov[0], shared[0], -m)
+        if best[0] > 0:
+            overlap[i], label[i] = best[0], labels[-best[2]]
+    return overlap, label
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 120),
+    st.integers(1, 40),
+    st.integers(2, 40),
+    st.sampled_from([1, 3, 256]),
+    st.integers(0, 2**31 - 1),
+)
+def test_partial_look_up_equals_brute_force(n_members, n_queries, alphabet, cap, seed):
+    """Random sketches over a small alphabet (many overlaps and ties), some queries crops of a
+    member (a subset of its values) or padded members: the look-up equals scoring every pair, cap
+    on common values included, in one pass and in row chunks."""
+    from veil.python_backend import member_index
+
+    rng = np.random.default_rng(seed)
+    ms = random_sketches(rng, n_members, alphabet)
+    qs = random_sketches(rng, n_queries, alphabet)
+    for i in range(n_queries):
+        src = ms[rng.integers(0, n_members)]
+        vals = src[src != EMPTY]
+        if rng.random() < 0.3 and len(vals):  # a crop: some of a member's values
+            keep = np.sort(rng.choice(vals, rng.integers(1, len(vals) + 1), replace=False))
+            qs[i] = EMPTY
+            qs[i, : len(keep)] = keep
+    labels = rng.integers(0, 4, n_members)
+    mh = rng.integers(0, 5, (n_members, 8)).astype(np.int32)
+    old_cap = member_index.POSTING_CAP
+    try:
+        member_index.POSTING_CAP = cap
+        idx = MemberIndex(mh, labels, sketches=ms)
+        got = idx.partial(qs)
+        member_index.MAX_PAIRS, old_pairs = 7, member_index.MAX_PAIRS
+        try:
+            chunked = idx.partial(qs)
+        finally:
+            member_index.MAX_PAIRS = old_pairs
+    finally:
+        member_index.POSTING_CAP = old_cap
+    want = brute_partial(ms, labels, qs, cap)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(chunked[0], want[0])
+    np.testing.assert_array_equal(chunked[1], want[1])
+
+
+def test_crops_and_padding_of_a_training_text_are_partial_matches():
+    """A crop of a training text (its content words all in the text) and the text padded with
+    unrelated words (holding all of it) overlap it fully; a text sharing one word, or none, does
+    not match; an index without sketches refuses the question."""
+    text = "an unforgettable portrait of a crumbling port city , its dockworkers , smugglers and dreamers"
+    queries = [
+        "unforgettable crumbling dockworkers",
+        f"{text} while the chef stirs risotto on a winter evening",
+        "a crumbling recipe for lemon risotto tonight",
+        "a recipe for lemon risotto",
+    ]
+    enc = dict(tokenizer_dir=packaged_minilm(), input_names=["input_ids", "attention_mask"], max_length=64)
+    m, q = text_signatures(texts=[text], **enc), text_signatures(texts=queries, **enc)
+    idx = MemberIndex(minhash(m), np.array([1]), sketches=sketch(m))
+    overlap, label = idx.partial(sketch(q))
+    assert overlap[0] == 1.0 and overlap[1] == 1.0 and (label[:2] == 1).all()
+    assert overlap[2] == 0.0 and overlap[3] == 0.0 and (label[2:] == -1).all()
+    sim, _ = idx.nearest(minhash(q), sketches=sketch(q))
+    assert (sim[[0, 2, 3]] < 0.5).all()  # the Jaccard gate misses the crop
+    try:
+        MemberIndex(minhash(m), np.array([1])).partial(sketch(q))
+    except ValueError as err:
+        assert "sketches" in str(err)
+    else:
+        raise AssertionError("an index without sketches must refuse partial look-ups")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import lru_cache
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -9,10 +13,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.stats import ks_2samp
 
-from veil.python_backend import selective
+from veil.python_backend import calibrate, selective
 from veil.python_backend.calibrate import CalibrationConfig, calibrate_selective
 from veil.python_backend.defense import Defense, DefenseConfig
-from veil.python_backend.fingerprint import minhash
+from veil.python_backend.fingerprint import EMPTY, MINHASH_SIZE, SIGNATURE_SIZE, minhash, sketch
 from veil.python_backend.leakage import threshold_attack_suite
 from veil.python_backend.member_index import MemberIndex
 
@@ -183,3 +187,123 @@ def test_every_level_is_a_function_of_the_floors_output(classes):
             assert seen.setdefault(f, r.tobytes()) == r.tobytes(), q
     counts = [len({r.tobytes() for r in p}) for p in out.values()]
     assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
+
+
+def _crop_world(seed: int = 4):
+    """Synthetic training texts as content sketches (8 distinct values each, disjoint MinHash so the
+    Jaccard gate never fires on a crop), their crops (3 of the 8 values), sharper than the crops of
+    non-members (values no training text has)."""
+    rng = np.random.default_rng(seed)
+    n = 1500
+    values = rng.permutation(10**6)[: n * 8].reshape(n, 8) + 1
+    texts = np.full((n, SIGNATURE_SIZE), EMPTY, np.int32)
+    texts[:, :MINHASH_SIZE] = member_signatures(n, seed=seed)[:, :MINHASH_SIZE]
+    texts[:, MINHASH_SIZE : MINHASH_SIZE + 8] = np.sort(values, axis=1)
+
+    def crops_of(rows: np.ndarray, pool: np.ndarray) -> np.ndarray:
+        out = np.full((len(rows), SIGNATURE_SIZE), EMPTY, np.int32)
+        out[:, :MINHASH_SIZE] = rng.integers(0, 2**31 - 1, (len(rows), MINHASH_SIZE))
+        out[:, MINHASH_SIZE : MINHASH_SIZE + 3] = np.sort([rng.choice(pool[r], 3, replace=False) for r in rows], axis=1)
+        return out
+
+    strangers = rng.permutation(np.arange(10**6, 2 * 10**6))[: n * 8].reshape(n, 8)
+    members = synthetic_logits(n, 2, sharp=7.0, seed=seed)
+    crop_m, crop_n = synthetic_logits(n, 2, sharp=5.0, seed=seed + 1), synthetic_logits(n, 2, sharp=2.0, seed=seed + 2)
+    y_m = members.argmax(1)
+    return texts, values, strangers, members, y_m, crop_m, crops_of, crop_n
+
+
+@lru_cache(maxsize=1)
+def _crop_tables():
+    """Selective tables with a partial-match map fitted on the defender's crops of half the training
+    texts, and the index; plus what the tests attack with."""
+    texts, values, strangers, members, y_m, crop_m, crops_of, crop_n = _crop_world()
+    nonmembers = synthetic_logits(1500, 2, sharp=3.0, seed=40)
+    y_n = synthetic_labels(nonmembers, seed=41, wrong=0.1)
+    tables = calibrate_selective(
+        member_logits=members[:500],
+        member_labels=y_m[:500],
+        nonmember_logits=nonmembers,
+        nonmember_labels=y_n,
+        training_logits=members,
+        training_labels=y_m,
+        config=CalibrationConfig(floor_grid=(0.0,)),
+    )
+    index = MemberIndex(minhash(texts), y_m, sketches=sketch(texts))
+    assert not tables.has_partial
+    fit_rows = np.arange(1000)  # the defender crops half of its training texts, and its calibration non-members
+    crop_y_n = synthetic_labels(crop_n, seed=42, wrong=0.2)
+    calibrate._fit_partial(
+        tables,
+        calibrate.CropRows(
+            member_logits=crop_m[fit_rows],
+            member_labels=y_m[fit_rows],
+            member_signatures=crops_of(fit_rows, values),
+            nonmember_logits=crop_n[:1000],
+            nonmember_labels=crop_y_n[:1000],
+        ),
+        index,
+    )
+    return SimpleNamespace(**locals())
+
+
+def test_members_crops_are_served_what_non_members_crops_get():
+    """With teeth: a crop of a training text (the partial gate: all its content values in that
+    text) is answered like a non-member's crop once the partial-match map is fitted (KS, simple
+    attacks at the label-only reference); without the map the same crops separate clearly. A
+    non-member's crop (no training text shares its values) is untouched."""
+    w = _crop_tables()
+    tables, index, values, strangers, y_m, crop_m, crops_of, crop_n, crop_y_n = (
+        w.tables,
+        w.index,
+        w.values,
+        w.strangers,
+        w.y_m,
+        w.crop_m,
+        w.crops_of,
+        w.crop_n,
+        w.crop_y_n,
+    )
+    assert tables.has_partial and tables.metrics["partial"]["member_crops_matched"] == 1000
+    assert selective.SelectiveTables.from_json(tables.to_json()).to_json() == tables.to_json()
+    # The attacker's crops: other crops of training texts 1000..1499, and of non-members.
+    rows = np.arange(1000, 1500)
+    z = np.concatenate([crop_m[rows], crop_n[1000:]])
+    y = np.r_[y_m[rows], crop_y_n[1000:]]
+    sig = np.concatenate([crops_of(rows, values), crops_of(np.arange(500), strangers)])
+    is_member = np.r_[np.ones(500, bool), np.zeros(500, bool)]
+    q = np.zeros(1000)
+    served = selective.defend(z, tables, index=index, signatures=sig, threat=q)
+    old = replace(tables, partial_member_q=[], partial_nonmember_q=[])
+    unmapped = selective.defend(z, old, index=index, signatures=sig, threat=q)
+    assert (served.member_weight == 0).all()  # the Jaccard gate sees no crop
+    assert (served.partial_weight[is_member] == 1).all() and (served.partial_weight[~is_member] == 0).all()
+    np.testing.assert_array_equal(served.probabilities[~is_member], unmapped.probabilities[~is_member])
+    assert (served.labels == z.argmax(1)).all() and (served.probabilities.argmax(1) == served.labels).all()
+    correct = served.labels == y
+    ks = ks_2samp(served.confidence[is_member & correct], served.confidence[~is_member & correct])
+    ks_old = ks_2samp(unmapped.confidence[is_member & correct], unmapped.confidence[~is_member & correct])
+    assert ks.pvalue > 1e-3 and ks_old.pvalue < 1e-6
+    onehot = np.eye(2, dtype=np.float32)[served.labels]
+    reference = max(threshold_attack_suite(onehot, y, is_member).values())
+    defended = max(threshold_attack_suite(served.probabilities, y, is_member).values())
+    undefended = max(threshold_attack_suite(unmapped.probabilities, y, is_member).values())
+    assert defended - reference < 0.04 < undefended - reference
+    # One row alone or in the batch: the same bytes.
+    for i in (0, 499, 500, 999):
+        alone = selective.defend(z[i : i + 1], tables, index=index, signatures=sig[i : i + 1], threat=q[:1])
+        assert alone.probabilities.tobytes() == served.probabilities[i : i + 1].tobytes()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arrays(np.float32, st.tuples(st.integers(1, 12), st.just(2)), elements=finite_f32), st.floats(0.0, 1.0))
+def test_partial_matches_keep_the_label_for_every_finite_logit_vector(z, threat):
+    """Rows the partial-match map moves, over float32's whole finite range: the label is the raw
+    argmax and the served argmax, the vector a finite distribution."""
+    w = _crop_tables()
+    sig = w.crops_of(np.arange(len(z)), w.values)
+    out = selective.defend(z, w.tables, index=w.index, signatures=sig, threat=np.full(len(z), threat))
+    assert (out.partial_weight == 1).all()
+    assert (out.labels == z.argmax(1)).all() and (out.probabilities.argmax(1) == out.labels).all()
+    assert np.isfinite(out.probabilities).all() and (out.probabilities >= 0).all()
+    np.testing.assert_allclose(out.probabilities.sum(1), 1.0, atol=1e-5)
