@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from veil.export.build_dir import BuildDir
-from veil.export.crops import defender_crops
+from veil.export.crops import DEFENDER_TEXTS, defender_crops
 from veil.export.data import Splits, TextDataset, dedupe, fingerprint, load_dataset, make_splits
 from veil.export.onnx_export import check_parity, export_onnx
 from veil.export.train import TrainReport, fine_tune, load_model, model_input_names
@@ -47,6 +47,8 @@ class BuildConfig:
     held out for evaluation). More calibration rows make the selective map and its confidences
     more exact; they are the defender's own held-out data, never evaluation rows."""
     attacker: int = 0
+    crop_texts: int = DEFENDER_TEXTS
+    """Texts per side the defender crops for the partial-match map (training texts, calibration non-members)."""
     epochs: int = 3
     lr: float = 5e-5
     batch_size: int = 32
@@ -192,8 +194,8 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
     zm = zt[len(members) - len(calib_m) :]
     zn = score(calib_n.texts)
     # The partial-match map's rows: the defender's own crops of training texts and of calibration non-members.
-    crops_m, of_m = defender_crops(list(members.texts), seed=cfg.seed)
-    crops_n, of_n = defender_crops(list(calib_n.texts), seed=cfg.seed)
+    crops_m, of_m = defender_crops(list(members.texts), seed=cfg.seed, limit=cfg.crop_texts)
+    crops_n, of_n = defender_crops(list(calib_n.texts), seed=cfg.seed, limit=cfg.crop_texts)
     crop_rows = CropRows(
         member_logits=score(crops_m),
         member_labels=np.asarray(members.labels)[of_m],
@@ -290,6 +292,9 @@ def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
         "--calibration-nonmembers", type=int, default=None, help="defender's calibration non-members (default: half)"
     )
     p.add_argument("--attacker", type=int, default=d.attacker)
+    p.add_argument(
+        "--crop-texts", type=int, default=d.crop_texts, help="texts per side cropped for the partial-match map"
+    )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -320,6 +325,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
         nonmembers=a.nonmembers,
         calibration_nonmembers=a.calibration_nonmembers,
         attacker=a.attacker,
+        crop_texts=a.crop_texts,
         epochs=a.epochs,
         lr=a.lr,
         batch_size=a.batch_size,

@@ -9,7 +9,8 @@ The dataset's first ``members`` training texts are indexed with the packaged Min
 (non-members) and third-crops of members, in batches of 1, 8 and 64. Each batch is looked up by
 the MinHash-only index (A: an artifact built before the sketch), by the index with sketches (B:
 the Jaccard gate alone) and by that look-up plus the partial-match one (C: what the served step
-runs with a partial-match map), in turn, and the medians are printed with their ratios.
+runs with a partial-match map), in turn, and the medians are printed with their ratios. Then the
+share of those queries the partial gate fires on, for indexes of 1,000 to all training texts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from veil.export.crops import crops
 from veil.export.data import dedupe, load_dataset
 from veil.export.train import packaged_minilm
+from veil.python_backend.calibrate import CalibrationConfig
 from veil.python_backend.fingerprint import minhash, sketch
 from veil.python_backend.member_index import MemberIndex
 from veil.python_backend.tokens import text_signatures, write_common_tokens
@@ -83,6 +85,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  B/A {bb / a:4.2f}  C/B {c / bb:4.2f}",
                 flush=True,
             )
+    # How often the partial gate fires as the index grows (SST-2's rows are phrases of the same sentences).
+    lo = CalibrationConfig().partial_gate[0]
+    rng = np.random.default_rng(0)
+    print(f"share of queries with a partial match (overlap >= {lo}) by training texts indexed")
+    for size in sorted({min(s, n) for s in (1_000, 3_000, 10_000, n)}):
+        rows = np.sort(rng.choice(n, size, replace=False))
+        part = MemberIndex(minhash(indexed[rows]), ds.labels[:n][rows], sketches=sketch(indexed[rows]))
+        shares = {name: float((part.partial(sketch(q))[0] >= lo).mean()) for name, q in queries.items()}
+        print(f"  {size:6d}: " + ", ".join(f"{name} {v:.1%}" for name, v in shares.items()), flush=True)
     return 0
 
 

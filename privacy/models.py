@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from veil.export.crops import DEFENDER_TEXTS
 from veil.export.data import SPLIT_NAMES, Splits, TextDataset, make_splits
 from veil.export.dp import dp_fine_tune
 from veil.export.pipeline import BuildConfig, build, split_sizes
@@ -76,6 +77,8 @@ class EvalConfig:
     per core); deployments default to 1 (docs/load-testing.md)."""
     few_knobs: bool = False
     """A CI-sized baseline sweep (two clamp values, one of each other knob)."""
+    crop_texts: int = DEFENDER_TEXTS
+    """Texts per side the defender crops for the partial-match map (``veil-build --crop-texts``)."""
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -119,6 +122,7 @@ def quick(cfg: EvalConfig) -> EvalConfig:
         bootstrap=50,
         crossfit_splits=2,
         few_knobs=True,
+        crop_texts=100,
     )
 
 
@@ -217,6 +221,7 @@ def build_cfg(cfg: EvalConfig, seed: int, out: Path, variants: tuple[str, ...]) 
         members=cfg.members,
         nonmembers=cfg.nonmembers,
         calibration_nonmembers=cfg.calibration_nonmembers,
+        crop_texts=cfg.crop_texts,
         epochs=cfg.epochs,
         lr=cfg.lr,
         batch_size=cfg.batch_size,

@@ -31,13 +31,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from veil.export.build_dir import BuildDir
 from veil.export.crops import crops
-from veil.export.data import dedupe, load_dataset
+from veil.export.data import Splits, TextDataset, dedupe, load_dataset
 from veil.privacy.attacks import Outputs
 from veil.privacy.baselines import label_only
 from veil.privacy.metrics import cross_fitted
@@ -99,6 +101,76 @@ def kind_name(kind: str, keep: float | None) -> str:
     return f"{kind}{'' if keep is None else f'_{keep:g}'}"
 
 
+@dataclass
+class Probe:
+    """A target (trained or reused, recalibrated by the current code), the probe's rows on it, and
+    what scores and attacks them: shared by this probe and :mod:`veil.privacy.tune_partial`."""
+
+    ds: TextDataset
+    splits: Splits
+    seed: int
+    target: Path
+    texts: list[str]
+    labels: np.ndarray
+    member: np.ndarray
+    nonmember_rows: np.ndarray
+    outside: np.ndarray
+    artifact: DefenseArtifact
+    score: Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
+    """Texts -> (logits, served signatures)."""
+
+    @classmethod
+    def open(cls, dataset: str, *, seed: int, rows: int) -> Probe:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from veil.export.train import predict_logits
+
+        # The variants of the report runs (docs/evaluation.md), so a report seed's target is rebuilt as it was.
+        variants = ("veil", "fixed_intensity", "perturb_all", "memguard", "label_only")
+        cfg = EvalConfig(dataset=dataset, references=4, dp_epsilons=(), variants=variants)
+        ds = dedupe(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir))
+        splits = splits_for_seed(cfg, ds, attacker_pool(ds, cfg.pool), seed)
+        target = cfg.root / ("dev" if seed == cfg.dev_seed else "") / f"seed{seed}" / "target"
+        build_target(cfg, splits, seed, target)
+        used = np.concatenate([np.asarray(v, dtype=np.int64) for v in splits.indices.values()])
+        outside = np.setdiff1d(np.arange(len(ds)), used)
+        rng = np.random.default_rng(0)
+        member_rows = rng.choice(splits.members, rows, replace=False)
+        fresh = rng.permutation(outside)[: max(0, rows - len(splits.indices["nonmember_eval"]))]
+        nonmember_rows = np.r_[np.asarray(splits.indices["nonmember_eval"], dtype=np.int64), fresh][:rows]
+        picked = np.r_[member_rows, nonmember_rows]
+        build = BuildDir(target)
+        opts = build.options()
+        tok = AutoTokenizer.from_pretrained(build.hf)
+        model = AutoModelForSequenceClassification.from_pretrained(build.hf).eval()
+
+        def score(flat: list[str]) -> tuple[np.ndarray, np.ndarray]:
+            z = np.asarray(predict_logits(model, tok, flat, max_length=cfg.max_length), np.float64)
+            return z, text_signatures(build.hf, list(opts.input_names), flat, max_length=opts.max_length)
+
+        return cls(
+            ds=ds,
+            splits=splits,
+            seed=seed,
+            target=target,
+            texts=[ds.texts[i] for i in picked],
+            labels=ds.labels[picked],
+            member=np.r_[np.ones(len(member_rows), bool), np.zeros(len(nonmember_rows), bool)],
+            nonmember_rows=nonmember_rows,
+            outside=outside,
+            artifact=DefenseArtifact.load(build.defense),
+            score=score,
+        )
+
+    def attack(self, probs: np.ndarray, k: int) -> dict[str, float]:
+        """The augmentation attacks (upper-bound attacker, 5 halvings) on ``k`` outputs per text: accuracy, %."""
+        o = Outputs(probs, self.labels, augmentation_features(probs, self.labels, k))
+        return {
+            name: round(100 * cross_fitted(name, fit, o, self.member, seed=self.seed, boots=20, splits=5).accuracy, 1)
+            for name, fit in augmentation_suite(self.seed).items()
+        }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="sst2")
@@ -109,46 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", default=",".join(kind_name(*k) for k in KINDS), help="comma-separated, of: %(default)s")
     args = ap.parse_args(argv)
     kinds = [k for k in KINDS if kind_name(*k) in args.kinds.split(",")]
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from veil.export.train import predict_logits
-
-    # The variants of the report runs (docs/evaluation.md), so a report seed's target is rebuilt as it was.
-    variants = ("veil", "fixed_intensity", "perturb_all", "memguard", "label_only")
-    cfg = EvalConfig(dataset=args.dataset, references=4, dp_epsilons=(), variants=variants)
-    ds = dedupe(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir))
-    seed = args.seed
-    splits = splits_for_seed(cfg, ds, attacker_pool(ds, cfg.pool), seed)
-    target = cfg.root / ("dev" if seed == cfg.dev_seed else "") / f"seed{seed}" / "target"
-    build_target(cfg, splits, seed, target)
-    used = np.concatenate([np.asarray(v, dtype=np.int64) for v in splits.indices.values()])
-    outside = np.setdiff1d(np.arange(len(ds)), used)
-    rng = np.random.default_rng(0)
-    member_rows = rng.choice(splits.members, args.rows, replace=False)
-    fresh = rng.permutation(outside)[: max(0, args.rows - len(splits.indices["nonmember_eval"]))]
-    nonmember_rows = np.r_[np.asarray(splits.indices["nonmember_eval"], dtype=np.int64), fresh][: args.rows]
-    rows = np.r_[member_rows, nonmember_rows]
-    texts, labels = [ds.texts[i] for i in rows], ds.labels[rows]
-    member = np.r_[np.ones(len(member_rows), bool), np.zeros(len(nonmember_rows), bool)]
-
-    build = BuildDir(target)
-    opts = build.options()
-    artifact = DefenseArtifact.load(build.defense)
+    probe = Probe.open(args.dataset, seed=args.seed, rows=args.rows)
+    texts, labels, member, seed, target = probe.texts, probe.labels, probe.member, probe.seed, probe.target
+    artifact, score, ds = probe.artifact, probe.score, probe.ds
     index, gate_from = artifact.member_index(), artifact.selective.gate[0]
-    tok = AutoTokenizer.from_pretrained(build.hf)
-    model = AutoModelForSequenceClassification.from_pretrained(build.hf).eval()
-
-    def score(flat: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        z = np.asarray(predict_logits(model, tok, flat, max_length=cfg.max_length), np.float64)
-        return z, text_signatures(build.hf, list(opts.input_names), flat, max_length=opts.max_length)
-
-    def attack(probs: np.ndarray, k: int) -> dict[str, float]:
-        o = Outputs(probs, labels, augmentation_features(probs, labels, k))
-        return {
-            name: round(100 * cross_fitted(name, fit, o, member, seed=seed, boots=20, splits=5).accuracy, 1)
-            for name, fit in augmentation_suite(seed).items()
-        }
-
+    outside, nonmember_rows, attack = probe.outside, probe.nonmember_rows, probe.attack
     tables = artifact.selective
     floor_bins = tables.bin_count(tables.level(None, adaptive=False))
 
@@ -188,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         gated = (index.nearest(minhash(sig), sketches=sketch(sig))[0] > gate_from).reshape(len(texts), k)
         partial = np.zeros(len(flat), bool)
         if tables.has_partial and index.sketches is not None:
-            partial = tables.partial_weight(index.partial(sketch(sig))[0]) > 0
+            overlap = index.partial(sketch(sig), min_shared=tables.partial_min_shared)[0]
+            partial = tables.partial_weight(overlap) > 0
         partial = partial.reshape(len(texts), k) & ~gated
         raw = softmax64(z)
         row: dict = {"raw": attack(raw, k), "label_only": attack(label_only(raw), k)}

@@ -73,11 +73,10 @@ class CalibrationConfig:
     coarse_levels: int = 64
     partial_gate: tuple[float, float] = (0.75, 1.0)
     """Selective defense, partial matches: overlap coefficient with the closest training text at
-    which the weight starts rising from 0, and reaches 1. Chosen on the development seed (SST-2,
-    seed 7) among (0.5, 0.75), (0.75, 1), (0.99, 1) with 2 or 3 shared content values: every
-    variant with 2 removed the floor's excess under averaged third-crops alike (+0.7 -> -0.4 to
-    -0.5 pt); (0.75, 1) moved fewer non-members' texts (11% against 16% at (0.5, 0.75)); 3 shared
-    values kept +0.3."""
+    which the weight starts rising from 0, and reaches 1. Chosen on the development seed by
+    ``python -m veil.privacy.tune_partial`` (with ``member_index.PARTIAL_MIN_SHARED``): the lowest
+    mean floor excess under averaged third-crops and half-windows, then the fewest held-out texts
+    moved."""
     floor_grid: tuple[float, ...] = tuple(np.round(np.arange(0, 7) / 6, 4))
     """Intensity floors tried: one per distinct number of levels (64, 32, ..., 1 with 64 levels)."""
     min_floor: float = 1 / 3
@@ -258,7 +257,7 @@ def _fit_partial(tables: selective.SelectiveTables, crops: CropRows, index: Memb
     Jaccard gate takes over too (development seed: leaving them out read +0.5 pt more under averaged
     windows, +0.2 under third-crops), against every crop of a calibration non-member (what an
     attacker compares with)."""
-    overlap, _ = index.partial(sketch(np.asarray(crops.member_signatures)))
+    overlap, _ = index.partial(sketch(np.asarray(crops.member_signatures)), min_shared=tables.partial_min_shared)
     seen = tables.partial_weight(overlap) > 0
     member_q, nonmember_q = selective.quantile_tables(
         np.asarray(crops.member_logits, dtype=np.float32)[seen],

@@ -45,8 +45,10 @@ fixed numpy overhead (about 40 µs); both give identical answers."""
 POSTING_CAP = 256
 """Partial matches: a content value in more training texts than this finds no candidates (it
 names no text); pairs found through rarer values still count it among their shared values."""
-PARTIAL_MIN_SHARED = 2
-"""Partial matches: fewer shared content values than this is no match (one word names no text)."""
+PARTIAL_MIN_SHARED = 3
+"""Partial matches: fewer shared content values than this is no match (a word or two name no text).
+Chosen with the partial gate's ramp by ``python -m veil.privacy.tune_partial`` (development seed:
+2 and 3 read alike under averaged crops, 3 moved 5.8% of held-out texts where 2 moved 9.6%)."""
 
 
 class MemberIndex:
@@ -181,9 +183,9 @@ class MemberIndex:
         sim[rows[head]] = pair_sim[head]
         label[rows[head]] = self.labels[member[head]]
 
-    def partial(self, sketches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def partial(self, sketches: np.ndarray, *, min_shared: int = PARTIAL_MIN_SHARED) -> tuple[np.ndarray, np.ndarray]:
         """Per query content sketch: (overlap coefficient with the training text it overlaps most,
-        that text's label, -1 where none shares :data:`PARTIAL_MIN_SHARED` values). 1 when the
+        that text's label, -1 where none shares ``min_shared`` values). 1 when the
         query's content words are all in one training text (a crop of it) or hold all of one
         (the text padded with other words). Candidates: the training texts sharing a content value
         held by at most :data:`POSTING_CAP` of them; ties go to more shared values, then the
@@ -206,13 +208,13 @@ class MemberIndex:
         counts = np.where(hit, self.post_end[pos] - self.post_start[pos], 0)
         per_row = counts.sum(1)
         # A pair can share at most its rare values plus the row's common ones (held by more than
-        # POSTING_CAP texts): pairs that cannot reach PARTIAL_MIN_SHARED are never compared.
+        # POSTING_CAP texts): pairs that cannot reach min_shared are never compared.
         common = np.isin(qs, self.common_values).sum(1)
         first = 0
         while first < n:  # row chunks of at most MAX_PAIRS candidate pairs (always at least one row)
             last = first + max(1, int(np.searchsorted(np.cumsum(per_row[first:]), MAX_PAIRS, side="right")))
             if counts[first:last].any():
-                self._best_partial(qs, counts, lo, common, first, last, overlap, label)
+                self._best_partial(qs, counts, lo, common, first, last, overlap, label, min_shared)
             first = last
         return overlap, label
 
@@ -226,6 +228,7 @@ class MemberIndex:
         last: int,
         overlap: np.ndarray,
         label: np.ndarray,
+        min_shared: int,
     ) -> None:
         """Rows ``first:last``: every candidate pair that can share enough values compared, the best per row."""
         c = counts[first:last].ravel()
@@ -235,12 +238,12 @@ class MemberIndex:
         member = self.post_owner[np.repeat(lo[first:last].ravel(), c) + offset]
         pair, rare = np.unique(rows * len(self) + member, return_counts=True)
         rows, member = pair // len(self), pair % len(self)
-        keep = rare + common[rows] >= PARTIAL_MIN_SHARED
+        keep = rare + common[rows] >= min_shared
         if not keep.any():
             return
         rows, member = rows[keep], member[keep]
         ov, shared = sketch_containment(qs[rows], self.sketches[member])
-        ov = np.where(shared >= PARTIAL_MIN_SHARED, ov, 0.0)
+        ov = np.where(shared >= min_shared, ov, 0.0)
         pick = np.lexsort((member, -shared, -ov, rows))
         head = pick[np.r_[True, rows[pick][1:] != rows[pick][:-1]]]
         found = ov[head] > 0

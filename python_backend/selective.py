@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from veil.python_backend.fingerprint import minhash, sketch
-from veil.python_backend.member_index import MemberIndex
+from veil.python_backend.member_index import PARTIAL_MIN_SHARED, MemberIndex
 
 LEVELS = np.linspace(0.0, 1.0, 201)
 S_MAX = 60.0
@@ -118,6 +118,8 @@ class SelectiveTables:
     partial_gate: tuple[float, float] = (0.75, 1.0)
     """Overlap coefficient with the closest training text at which a partial match's weight starts
     rising from 0, and reaches 1."""
+    partial_min_shared: int = PARTIAL_MIN_SHARED
+    """Content values a partial match shares with its training text, at least."""
     intensity_floor: float = 0.0
     """The knob: every row is served at level max(floor, caller's threat), with :meth:`bin_count` bins.
     0 = most useful, 1 = calibrated label-only. Chosen on calibration rows (see :mod:`calibrate`)."""
@@ -316,7 +318,7 @@ def defend(
         sim, member_label = index.nearest(minhash(signatures), sketches=sketches)
         weight = tables.member_weight(sim)
         if tables.has_partial and sketches is not None and index.sketches is not None:
-            overlap, partial_label = index.partial(sketches)
+            overlap, partial_label = index.partial(sketches, min_shared=tables.partial_min_shared)
             partial = tables.partial_weight(overlap) * (weight < 1)
     else:
         weight, member_label = np.zeros(b), np.full(b, -1)

@@ -212,7 +212,7 @@ def test_empty_index_and_wrong_width():
         raise AssertionError("a signature of the wrong width must be refused")
 
 
-def brute_partial(member_sketches: np.ndarray, labels: np.ndarray, queries: np.ndarray, cap: int):
+def brute_partial(member_sketches: np.ndarray, labels: np.ndarray, queries: np.ndarray, cap: int, min_shared: int):
     """Every (query, member) pair scored on its own; candidates: members sharing a value held by at
     most ``cap`` members. Best: overlap, then shared values, then the lowest member."""
     holders: dict[int, int] = {}
@@ -227,7 +227,7 @@ def brute_partial(member_sketches: np.ndarray, labels: np.ndarray, queries: np.n
             if not rare & set(row.tolist()):
                 continue
             ov, shared = sketch_containment(q[None], row[None])
-            if shared[0] >= PARTIAL_MIN_SHARED and (ov[0], shared[0], -m) > best:
+            if shared[0] >= min_shared and (ov[0], shared[0], -m) > best:
                 best = (ov[0], shared[0], -m)
         if best[0] > 0:
             overlap[i], label[i] = best[0], labels[-best[2]]
@@ -240,9 +240,10 @@ def brute_partial(member_sketches: np.ndarray, labels: np.ndarray, queries: np.n
     st.integers(1, 40),
     st.integers(2, 40),
     st.sampled_from([1, 3, 256]),
+    st.sampled_from([PARTIAL_MIN_SHARED, 1, 3]),
     st.integers(0, 2**31 - 1),
 )
-def test_partial_look_up_equals_brute_force(n_members, n_queries, alphabet, cap, seed):
+def test_partial_look_up_equals_brute_force(n_members, n_queries, alphabet, cap, min_shared, seed):
     """Random sketches over a small alphabet (many overlaps and ties), some queries crops of a
     member (a subset of its values) or padded members: the look-up equals scoring every pair, cap
     on common values included, in one pass and in row chunks."""
@@ -264,15 +265,15 @@ def test_partial_look_up_equals_brute_force(n_members, n_queries, alphabet, cap,
     try:
         member_index.POSTING_CAP = cap
         idx = MemberIndex(mh, labels, sketches=ms)
-        got = idx.partial(qs)
+        got = idx.partial(qs, min_shared=min_shared)
         member_index.MAX_PAIRS, old_pairs = 7, member_index.MAX_PAIRS
         try:
-            chunked = idx.partial(qs)
+            chunked = idx.partial(qs, min_shared=min_shared)
         finally:
             member_index.MAX_PAIRS = old_pairs
     finally:
         member_index.POSTING_CAP = old_cap
-    want = brute_partial(ms, labels, qs, cap)
+    want = brute_partial(ms, labels, qs, cap, min_shared)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(chunked[0], want[0])
