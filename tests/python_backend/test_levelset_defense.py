@@ -242,8 +242,11 @@ def test_moved_rows_bytes_do_not_depend_on_the_logits_offset(seed, offset, varia
     z = draw_logits(64, 2, 5.0, seed)
     shifted = (z.astype(np.float64) + offset).astype(np.float32)
     a, b = d(z), d(shifted)
-    same = a.perturbed & b.perturbed & ~a.exhausted & ~b.exhausted
-    assert same.any()
+    moved = a.perturbed & b.perturbed & ~a.exhausted & ~b.exhausted
+    assert moved.any()
+    # The same decision needs the same input margin: float32 rounding of a large offset can change
+    # a row's margin itself (offset 8190 did), and then a different served point is right.
+    same = moved & (np.diff(z.astype(np.float64)) == np.diff(shifted.astype(np.float64))).ravel()
     assert (a.probabilities[same] == b.probabilities[same]).all()
-    one = [d(shifted[i : i + 1]).probabilities[0] for i in np.flatnonzero(same)[:5]]
-    assert all((o == a.probabilities[i]).all() for o, i in zip(one, np.flatnonzero(same)[:5], strict=True))
+    one = [d(shifted[i : i + 1]).probabilities[0] for i in np.flatnonzero(moved)[:5]]
+    assert all((o == b.probabilities[i]).all() for o, i in zip(one, np.flatnonzero(moved)[:5], strict=True))
