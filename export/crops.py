@@ -12,9 +12,9 @@ import hashlib
 
 import numpy as np
 
-DEFENDER_CROPS = 4
-"""Crops per text the defender scores: a third, two halves and 0.7 of the words, subsets and windows alternating."""
 DEFENDER_KEEP = (0.3, 0.5, 0.5, 0.7)
+"""The defender's crops of each text: a third, two halves and 0.7 of the words, subsets and windows alternating."""
+DEFENDER_CROPS = len(DEFENDER_KEEP)
 DEFENDER_TEXTS = 2000
 """Texts per side the defender crops at most (a seeded sample): 8,000 crops a side, about a minute
 each for MiniLM on 2 CPU cores."""

@@ -46,9 +46,9 @@ from veil.privacy.metrics import cross_fitted
 from veil.privacy.models import DEV_SEED, EvalConfig, attacker_pool, build_target, splits_for_seed
 from veil.privacy.query_attacks import augmentation_features, augmentation_suite, expand
 from veil.privacy.utility import ece, error_detection_auroc
+from veil.python_backend import selective
 from veil.python_backend.adaptive import AdaptiveConfig, ThreatTracker
 from veil.python_backend.artifact import DefenseArtifact
-from veil.python_backend.fingerprint import minhash, sketch
 from veil.python_backend.offline import defend
 from veil.python_backend.probabilities import softmax64
 from veil.python_backend.tokens import text_signatures
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     probe = Probe.open(args.dataset, seed=args.seed, rows=args.rows)
     texts, labels, member, seed, target = probe.texts, probe.labels, probe.member, probe.seed, probe.target
     artifact, score, ds = probe.artifact, probe.score, probe.ds
-    index, gate_from = artifact.member_index(), artifact.selective.gate[0]
+    index = artifact.member_index()
     outside, nonmember_rows, attack = probe.outside, probe.nonmember_rows, probe.attack
     tables = artifact.selective
     floor_bins = tables.bin_count(tables.level(None, adaptive=False))
@@ -222,12 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             k, flat = args.crops, [c for t in texts for c in crops(t, args.crops, keep, kind)]
         z, sig = score(flat)
-        gated = (index.nearest(minhash(sig), sketches=sketch(sig))[0] > gate_from).reshape(len(texts), k)
-        partial = np.zeros(len(flat), bool)
-        if tables.has_partial and index.sketches is not None:
-            overlap = index.partial(sketch(sig), min_shared=tables.partial_min_shared)[0]
-            partial = tables.partial_weight(overlap) > 0
-        partial = partial.reshape(len(texts), k) & ~gated
+        # Which gate moves each query, as the served step decides it.
+        moves = selective.defend(z.astype(np.float32), tables, index=index, signatures=sig, threat=None)
+        gated = (moves.member_weight > 0).reshape(len(texts), k)
+        partial = ((moves.partial_weight > 0) & (moves.member_weight == 0)).reshape(len(texts), k)
         raw = softmax64(z)
         row: dict = {"raw": attack(raw, k), "label_only": attack(label_only(raw), k)}
         for t in (0.0, 1.0):

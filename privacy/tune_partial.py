@@ -35,7 +35,7 @@ from veil.privacy.models import DEV_SEED
 from veil.privacy.probe_crops import Probe
 from veil.privacy.utility import ece, error_detection_auroc
 from veil.python_backend import selective
-from veil.python_backend.fingerprint import minhash, sketch
+from veil.python_backend.calibrate import CropRows, fit_partial
 from veil.python_backend.probabilities import softmax64
 
 KINDS = (("subset", 0.3), ("window", 0.5))
@@ -62,8 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     fit_n, of_n = defender_crops(list(calib.texts), seed=DEV_SEED)
     zm, sm = probe.score(fit_m)
     zn, _ = probe.score(fit_n)
-    ym, yn = np.asarray(members.labels)[of_m], np.asarray(calib.labels)[of_n]
-    jaccard_m = tables.member_weight(index.nearest(minhash(sm), sketches=sketch(sm))[0])
+    rows_fit = CropRows(
+        member_logits=zm,
+        member_labels=np.asarray(members.labels)[of_m],
+        member_signatures=sm,
+        nonmember_logits=zn,
+        nonmember_labels=np.asarray(calib.labels)[of_n],
+    )
     queries = {"exact": (1, *probe.score(probe.texts))}
     for kind, keep in KINDS:
         flat = [c for t in probe.texts for c in crops(t, args.crops, keep, kind)]
@@ -81,12 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shared, gate, fit = variant
             t = replace(tables, partial_gate=gate, partial_min_shared=shared)
-            seen = t.partial_weight(index.partial(sketch(sm), min_shared=shared)[0]) > 0
-            if fit == "without_jaccard":
-                seen &= jaccard_m < 1
-            t.partial_member_q, t.partial_nonmember_q = selective.quantile_tables(
-                zm[seen].astype(np.float32), ym[seen], zn.astype(np.float32), yn
-            )
+            fit_partial(t, rows_fit, index, whole_matches=fit == "recognised")
         excess, util, moved = {}, "", 0.0
         for name, (k, z, sig) in queries.items():
             out = selective.defend(z.astype(np.float32), t, index=index, signatures=sig, threat=np.full(len(z), level))

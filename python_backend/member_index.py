@@ -16,6 +16,8 @@ tokenizer runs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from veil.python_backend.fingerprint import EMPTY, sketch_containment, sketch_jaccard
@@ -49,6 +51,30 @@ PARTIAL_MIN_SHARED = 3
 """Partial matches: fewer shared content values than this is no match (a word or two name no text).
 Chosen with the partial gate's ramp by ``python -m veil.privacy.tune_partial`` (development seed:
 2 and 3 read alike under averaged crops, 3 moved 5.8% of held-out texts where 2 moved 9.6%)."""
+
+
+def _row_chunks(per_row: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Row ranges ``[first, last)`` of at most :data:`MAX_PAIRS` candidate pairs (always at least one row)."""
+    first = 0
+    while first < len(per_row):
+        last = first + max(1, int(np.searchsorted(np.cumsum(per_row[first:]), MAX_PAIRS, side="right")))
+        yield first, last
+        first = last
+
+
+def _expand(lo: np.ndarray, counts: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate ranges ``lo[r, j] : lo[r, j] + counts[r, j]`` of rows ``first, first + 1, ...`` ->
+    one entry per candidate: (its query row, its column j, its position in the sorted table)."""
+    c = counts.ravel()
+    cell = np.repeat(np.arange(c.size), c)
+    position = np.repeat(lo.ravel(), c) + np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
+    return first + cell // counts.shape[1], cell % counts.shape[1], position
+
+
+def _first_per_row(rows: np.ndarray, *keys: np.ndarray) -> np.ndarray:
+    """Index of each row's best pair: ordered by ``keys`` (the last the most significant, ascending)."""
+    pick = np.lexsort((*keys, rows))
+    return pick[np.r_[True, rows[pick][1:] != rows[pick][:-1]]]
 
 
 class MemberIndex:
@@ -122,12 +148,8 @@ class MemberIndex:
         for b in range(bands):  # a few bands; every row at once
             lo[:, b] = np.searchsorted(self.sorted_keys[:, b], keys[:, b], side="left")
             hi[:, b] = np.searchsorted(self.sorted_keys[:, b], keys[:, b], side="right")
-        per_row = (hi - lo).sum(1)
-        first = 0
-        while first < n:  # row chunks of at most MAX_PAIRS pairs (always at least one row)
-            last = first + max(1, int(np.searchsorted(np.cumsum(per_row[first:]), MAX_PAIRS, side="right")))
+        for first, last in _row_chunks((hi - lo).sum(1)):
             self._best(q, qs, lo, hi, first, last, sim, label)
-            first = last
         return sim, label
 
     def _similarity(self, q: np.ndarray, qs: np.ndarray | None, rows: np.ndarray, member: np.ndarray) -> np.ndarray:
@@ -168,18 +190,13 @@ class MemberIndex:
         label: np.ndarray,
     ) -> None:
         """Rows ``first:last``: every (row, candidate) pair's count of equal values, the best per row."""
-        counts = (hi[first:last] - lo[first:last]).ravel()
-        total = int(counts.sum())
-        if total == 0:
+        counts = hi[first:last] - lo[first:last]
+        if not counts.any():
             return
-        bands = lo.shape[1]
-        rows = np.repeat(np.repeat(np.arange(first, last), bands), counts)
-        band = np.repeat(np.tile(np.arange(bands), last - first), counts)
-        offset = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-        member = self.order[np.repeat(lo[first:last].ravel(), counts) + offset, band]
+        rows, band, position = _expand(lo[first:last], counts, first)
+        member = self.order[position, band]
         pair_sim = self._similarity(q, qs, rows, member)
-        pick = np.lexsort((member, -pair_sim, rows))  # by row, most similar first, then lowest member
-        head = pick[np.r_[True, rows[pick][1:] != rows[pick][:-1]]]
+        head = _first_per_row(rows, member, -pair_sim)  # most similar first, then lowest member
         sim[rows[head]] = pair_sim[head]
         label[rows[head]] = self.labels[member[head]]
 
@@ -206,16 +223,12 @@ class MemberIndex:
         hit = (qs != EMPTY) & (self.post_values[pos] == qs)
         lo = np.where(hit, self.post_start[pos], 0)
         counts = np.where(hit, self.post_end[pos] - self.post_start[pos], 0)
-        per_row = counts.sum(1)
         # A pair can share at most its rare values plus the row's common ones (held by more than
         # POSTING_CAP texts): pairs that cannot reach min_shared are never compared.
         common = np.isin(qs, self.common_values).sum(1)
-        first = 0
-        while first < n:  # row chunks of at most MAX_PAIRS candidate pairs (always at least one row)
-            last = first + max(1, int(np.searchsorted(np.cumsum(per_row[first:]), MAX_PAIRS, side="right")))
+        for first, last in _row_chunks(counts.sum(1)):
             if counts[first:last].any():
                 self._best_partial(qs, counts, lo, common, first, last, overlap, label, min_shared)
-            first = last
         return overlap, label
 
     def _best_partial(
@@ -231,11 +244,8 @@ class MemberIndex:
         min_shared: int,
     ) -> None:
         """Rows ``first:last``: every candidate pair that can share enough values compared, the best per row."""
-        c = counts[first:last].ravel()
-        total = int(c.sum())
-        rows = np.repeat(np.repeat(np.arange(first, last), qs.shape[1]), c)
-        offset = np.arange(total) - np.repeat(np.cumsum(c) - c, c)
-        member = self.post_owner[np.repeat(lo[first:last].ravel(), c) + offset]
+        rows, _, position = _expand(lo[first:last], counts[first:last], first)
+        member = self.post_owner[position]
         pair, rare = np.unique(rows * len(self) + member, return_counts=True)
         rows, member = pair // len(self), pair % len(self)
         keep = rare + common[rows] >= min_shared
@@ -244,8 +254,7 @@ class MemberIndex:
         rows, member = rows[keep], member[keep]
         ov, shared = sketch_containment(qs[rows], self.sketches[member])
         ov = np.where(shared >= min_shared, ov, 0.0)
-        pick = np.lexsort((member, -shared, -ov, rows))
-        head = pick[np.r_[True, rows[pick][1:] != rows[pick][:-1]]]
+        head = _first_per_row(rows, member, -shared, -ov)  # most overlap, then most shared, then lowest member
         found = ov[head] > 0
         overlap[rows[head][found]] = ov[head][found]
         label[rows[head][found]] = self.labels[member[head][found]]

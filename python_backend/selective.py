@@ -310,7 +310,7 @@ def defend(
     """The selective defense on a [B, C] batch (see the module docstring)."""
     label, s = top_log_odds(logits)
     b = len(label)
-    partial = np.zeros(b)
+    partial, partial_label = np.zeros(b), np.full(b, -1)
     if not gated:  # every row treated as a correctly predicted member (the no-gate ablation)
         weight, member_label = np.ones(b), label
     elif index is not None and signatures is not None and len(index):

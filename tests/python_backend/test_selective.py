@@ -241,7 +241,7 @@ def _crop_tables():
     assert not tables.has_partial
     fit_rows = np.arange(1000)  # the defender crops half of its training texts, and its calibration non-members
     crop_y_n = synthetic_labels(crop_n, seed=42, wrong=0.2)
-    calibrate._fit_partial(
+    calibrate.fit_partial(
         tables,
         calibrate.CropRows(
             member_logits=crop_m[fit_rows],
