@@ -17,7 +17,9 @@ text after text or interleaved over 30 texts, through the served threat tracker
 The same caller sending each text once (benign traffic) is replayed too, with its utility.
 Also *padding* (the whole text with as many unrelated words before or after it), and the floor
 without the member gate. ``--kinds`` picks the query kinds. Augmentation attacks under the
-upper-bound attacker (5 halvings). Members: training texts;
+upper-bound attacker (5 halvings): per output, each attack's accuracy and TPR at 1% FPR, the
+excess of the best of each over label-only's, and the strongest attack's 95% interval (20
+bootstrap draws; the seed-to-seed spread is wider). Members: training texts;
 non-members: evaluation non-members, then rows outside every split. The design it judges was
 chosen on the development seed (the default); ``--seed`` runs the same probe, unchanged, on a
 report seed's target to report it.
@@ -42,7 +44,7 @@ from veil.export.crops import crops
 from veil.export.data import Splits, TextDataset, dedupe, load_dataset
 from veil.privacy.attacks import Outputs
 from veil.privacy.baselines import label_only
-from veil.privacy.metrics import cross_fitted
+from veil.privacy.metrics import AttackEval, cross_fitted
 from veil.privacy.models import DEV_SEED, EvalConfig, attacker_pool, build_target, splits_for_seed
 from veil.privacy.query_attacks import augmentation_features, augmentation_suite, expand
 from veil.privacy.utility import ece, error_detection_auroc
@@ -162,13 +164,30 @@ class Probe:
             score=score,
         )
 
-    def attack(self, probs: np.ndarray, k: int) -> dict[str, float]:
-        """The augmentation attacks (upper-bound attacker, 5 halvings) on ``k`` outputs per text: accuracy, %."""
+    def evaluate(self, probs: np.ndarray, k: int) -> dict[str, AttackEval]:
+        """The augmentation attacks (upper-bound attacker, 5 halvings) on ``k`` outputs per text."""
         o = Outputs(probs, self.labels, augmentation_features(probs, self.labels, k))
         return {
-            name: round(100 * cross_fitted(name, fit, o, self.member, seed=self.seed, boots=20, splits=5).accuracy, 1)
+            name: cross_fitted(name, fit, o, self.member, seed=self.seed, boots=20, splits=5)
             for name, fit in augmentation_suite(self.seed).items()
         }
+
+    def attack(self, probs: np.ndarray, k: int) -> dict[str, float]:
+        """:meth:`evaluate`'s accuracy per attack, %."""
+        return {name: round(100 * e.accuracy, 1) for name, e in self.evaluate(probs, k).items()}
+
+
+def scored(probe: Probe, outputs: dict[str, np.ndarray], k: int) -> tuple[dict, dict, dict]:
+    """Per output: accuracy per attack, %; TPR at 1% FPR per attack, %; the strongest attack (by
+    accuracy) and its 95% bootstrap interval."""
+    row, tpr, strongest = {}, {}, {}
+    for name, probs in outputs.items():
+        evals = probe.evaluate(probs, k)
+        row[name] = {a: round(100 * e.accuracy, 1) for a, e in evals.items()}
+        tpr[name] = {a: round(100 * e.tpr_1, 1) for a, e in evals.items() if e.tpr_1 is not None}
+        best = max(evals.values(), key=lambda e: e.accuracy)
+        strongest[name] = {"attack": best.attack, "accuracy_ci": [round(100 * v, 1) for v in best.accuracy_ci]}
+    return row, tpr, strongest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     texts, labels, member, seed, target = probe.texts, probe.labels, probe.member, probe.seed, probe.target
     artifact, score, ds = probe.artifact, probe.score, probe.ds
     index = artifact.member_index()
-    outside, nonmember_rows, attack = probe.outside, probe.nonmember_rows, probe.attack
+    outside, nonmember_rows = probe.outside, probe.nonmember_rows
     tables = artifact.selective
     floor_bins = tables.bin_count(tables.level(None, adaptive=False))
 
@@ -227,18 +246,17 @@ def main(argv: list[str] | None = None) -> int:
         gated = (moves.member_weight > 0).reshape(len(texts), k)
         partial = ((moves.partial_weight > 0) & (moves.member_weight == 0)).reshape(len(texts), k)
         raw = softmax64(z)
-        row: dict = {"raw": attack(raw, k), "label_only": attack(label_only(raw), k)}
+        outputs = {"raw": raw, "label_only": label_only(raw)}
         for t in (0.0, 1.0):
-            row[f"veil_threat_{t:g}"] = attack(defend(target, flat, z, threat=t), k)
+            outputs[f"veil_threat_{t:g}"] = defend(target, flat, z, threat=t)
         # The floor without the member gate (rows sent without a fingerprint): what the gate adds or removes.
-        row["floor_ungated"] = attack(defend(target, flat, z, threat=0.0, gated=False), k)
+        outputs["floor_ungated"] = defend(target, flat, z, threat=0.0, gated=False)
         threats = {}
         for name, inter in (("adaptive", 1), ("adaptive_interleaved", INTERLEAVE)):
             threats[name] = replay_threats(sig, stream_order(len(texts), k, interleave=inter, seed=seed))
-            row[name] = attack(defend(target, flat, z, threat=threats[name]), k)
-        row["gated_share"] = {"members": float(gated[member].mean()), "nonmembers": float(gated[~member].mean())}
-        row["partial_share"] = {"members": float(partial[member].mean()), "nonmembers": float(partial[~member].mean())}
-        row["threat"] = {
+            outputs[name] = defend(target, flat, z, threat=threats[name])
+        row, tpr, strongest = scored(probe, outputs, k)
+        threat_rows = {
             name: {
                 "mean": round(float(t.mean()), 3),
                 "coarser_than_floor": float((bins(t) < floor_bins).mean()),
@@ -246,17 +264,21 @@ def main(argv: list[str] | None = None) -> int:
             }
             for name, t in threats.items()
         }
-        best_lo = max(row["label_only"].values())
-        row["excess_over_label_only"] = {
-            name: round(max(v.values()) - best_lo, 1)
-            for name, v in row.items()
-            if name not in ("gated_share", "partial_share", "threat")
+        best_lo, best_lo_tpr = max(row["label_only"].values()), max(tpr["label_only"].values(), default=0.0)
+        row["excess_over_label_only"] = {name: round(max(v.values()) - best_lo, 1) for name, v in row.items()}
+        row["tpr_1"], row["strongest"] = tpr, strongest
+        row["tpr_1_excess_over_label_only"] = {
+            name: round(max(v.values(), default=0.0) - best_lo_tpr, 1) for name, v in tpr.items()
         }
+        row["gated_share"] = {"members": float(gated[member].mean()), "nonmembers": float(gated[~member].mean())}
+        row["partial_share"] = {"members": float(partial[member].mean()), "nonmembers": float(partial[~member].mean())}
+        row["threat"] = threat_rows
         results[kind_name(kind, keep)] = row
         print(
             kind,
             keep,
             json.dumps(row["excess_over_label_only"]),
+            json.dumps(row["tpr_1_excess_over_label_only"]),
             json.dumps(row["gated_share"]),
             json.dumps(row["partial_share"]),
             json.dumps(row["threat"]),

@@ -1,11 +1,12 @@
-"""Development-seed choice of adaptive intensity's duplicate-share ramp (``AdaptiveConfig``).
+"""Development-seed choice of adaptive intensity's duplicate-share ramp and ring (``AdaptiveConfig``).
 
 A caller's threat from probing is ``ramp(dup, duplicate_low, duplicate_high)``, where ``dup`` is
-its running share of repeated rows (near-duplicates, or rows contained in its last 32 rows:
-:func:`~veil.python_backend.fingerprint.repeats`). The ramp decides two things at once: how far
-a prober is pushed (a caller interleaving a text's crops with 29 other texts' is flagged on only
-a third to a half of its rows, since the 32-row ring holds one earlier crop of each text), and how
-often benign traffic is pushed past the floor (distinct texts on one topic share content tokens).
+its running share of repeated rows (near-duplicates, or rows contained in its last ``fingerprints``
+rows: :func:`~veil.python_backend.fingerprint.repeats`). The ramp and the ring decide two things
+at once: how far a prober is pushed (a caller interleaving a text's crops with 29 other texts' is
+flagged on only a third to a half of its rows when a 32-row ring holds one earlier crop of each
+text; a longer ring holds several), and how often benign traffic is pushed past the floor
+(distinct texts on one topic share content tokens, the more of them the longer the ring).
 
 This replays the served :class:`~veil.python_backend.adaptive.ThreatTracker` on development rows
 only (dev seed splits; no model is needed: the threat depends on the signatures alone), one caller
@@ -16,10 +17,12 @@ at 2 rows/s, one row a request:
 - probing: 8 crops (a third, a half, a half window) or 6 word edits of each of the development
   members, text after text or interleaved over 30 texts (SST-2).
 
-Rule: among the ramps on the grid whose benign streams have no more rows coarser than the floor
-than the previous default (0.1, 0.5) has, the one that serves the most interleaved third-crop
-rows at calibrated label-only (ties: the higher ``duplicate_low``, then the higher
-``duplicate_high``).
+Rule: among the (ring, ramp) pairs on the grid whose benign streams have no more rows coarser than
+the floor than the previous default (32 rows, (0.1, 0.5)) has, the one that serves the most
+interleaved third-crop rows at calibrated label-only (ties: the shorter ring, as its state costs
+memory and Redis traffic in proportion, then the higher ``duplicate_low``, then the higher
+``duplicate_high``). ``--interleave-wide`` also prints (chooses nothing) the share for a caller
+interleaving more texts than the ring holds.
 
     python -m veil.privacy.tune_adaptive
 """
@@ -44,8 +47,10 @@ from veil.python_backend.adaptive import AdaptiveConfig
 from veil.python_backend.selective import SelectiveTables
 from veil.python_backend.tokens import text_signatures, write_common_tokens
 
-PREVIOUS = (0.1, 0.5)
-GRID = tuple((lo, hi) for lo in (0.1, 0.15, 0.2, 0.25) for hi in (0.25, 0.3, 0.35, 0.4, 0.5) if hi > lo)
+PREVIOUS = (32, (0.1, 0.5))
+RAMPS = tuple((lo, hi) for lo in (0.1, 0.15, 0.2, 0.25) for hi in (0.25, 0.3, 0.35, 0.4, 0.5) if hi > lo)
+RINGS = (32, 64, 128)
+GRID = tuple((ring, ramp) for ring in RINGS for ramp in RAMPS)
 FLOOR = 1 / 3
 COARSE_LEVELS = 64
 PROBES = (("edit", None, 6), ("subset", 0.3, 8), ("subset", 0.5, 8), ("window", 0.5, 8))
@@ -101,7 +106,11 @@ def dev_signatures(dataset: str, *, rows: int, probing: bool) -> tuple[dict[str,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1000, help="texts per stream")
+    ap.add_argument("--rings", type=int, nargs="+", default=list(RINGS), help="ring lengths to try")
+    ap.add_argument("--interleave-wide", type=int, default=100, help="a wider interleave, printed only")
     args = ap.parse_args(argv)
+    if PREVIOUS[0] not in args.rings:
+        ap.error(f"--rings must include the previous default's {PREVIOUS[0]}")
     benign, probes = {}, {}
     for name in ("sst2", "agnews"):
         benign[name], found = dev_signatures(name, rows=args.rows, probing=name == "sst2")
@@ -109,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     n = args.rows
     rows = []
     floor_levels = levels(np.zeros(1))[0]
-    for lo, hi in GRID:
-        config = replace(AdaptiveConfig(), duplicate_low=lo, duplicate_high=hi)
+    for ring, (lo, hi) in (g for g in GRID if g[0] in args.rings):
+        config = replace(AdaptiveConfig(), duplicate_low=lo, duplicate_high=hi, fingerprints=ring)
         coarser = max(
             float((levels(replay_threats(s, np.arange(len(s)), config)) < floor_levels).mean())
             for streams in benign.values()
@@ -119,20 +128,20 @@ def main(argv: list[str] | None = None) -> int:
         label_only = {}
         for kind, s in probes.items():
             k = len(s) // n
-            for inter in (1, INTERLEAVE):
+            for inter in (1, INTERLEAVE, args.interleave_wide):
                 threat = replay_threats(s, stream_order(n, k, interleave=inter, seed=DEV_SEED), config)
                 label_only[f"{kind}/{inter}"] = float((levels(threat) == 1).mean())
-        rows.append(((lo, hi), coarser, label_only))
+        rows.append(((ring, (lo, hi)), coarser, label_only))
         print(
-            f"ramp ({lo:g}, {hi:g}): benign rows coarser than the floor (worst stream) {coarser:.4f};"
+            f"ring {ring} ramp ({lo:g}, {hi:g}): benign rows coarser than the floor (worst stream) {coarser:.4f};"
             " rows at label-only " + ", ".join(f"{k} {v:.2f}" for k, v in label_only.items()),
             flush=True,
         )
-    allowed = next(c for ramp, c, _ in rows if ramp == PREVIOUS)
+    allowed = next(c for key, c, _ in rows if key == PREVIOUS)
     ok = [r for r in rows if r[1] <= allowed]
-    best = max(ok, key=lambda r: (r[2][f"subset_0.3/{INTERLEAVE}"], r[0][0], r[0][1]))
+    best = max(ok, key=lambda r: (r[2][f"subset_0.3/{INTERLEAVE}"], -r[0][0], r[0][1][0], r[0][1][1]))
     print(
-        f"chosen ramp {best[0]} (benign coarser {best[1]:.4f} <= {allowed:.4f}; "
+        f"chosen ring {best[0][0]}, ramp {best[0][1]} (benign coarser {best[1]:.4f} <= {allowed:.4f}; "
         f"interleaved third-crops at label-only {best[2][f'subset_0.3/{INTERLEAVE}']:.2f})"
     )
     return 0

@@ -66,7 +66,10 @@ class AdaptiveConfig:
     no coarser than under the previous (0.1, 0.5), the one that served the most third-crops
     interleaved over 30 texts at label-only level (56% of rows, from 1%)."""
     fingerprints: int = 32
-    """Recent query signatures kept per client (a ring)."""
+    """Recent query signatures kept per client (a ring). ``tune_adaptive`` also sweeps 64 and 128:
+    a longer ring catches a caller interleaving more texts, but containment in the union of more
+    rows flags distinct texts on one topic too (13-93% of benign rows served coarser than the
+    floor on the development seed, against 0.2% at 32)."""
     churn_low: float = 5.0
     churn_high: float = 100.0
     """New client ids per second: churn threat 0 at ``churn_low``, 1 at ``churn_high``."""

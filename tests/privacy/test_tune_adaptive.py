@@ -30,4 +30,4 @@ def test_the_grid_holds_the_previous_ramp_and_the_default():
     from veil.python_backend.adaptive import AdaptiveConfig
 
     cfg = AdaptiveConfig()
-    assert PREVIOUS in GRID and (cfg.duplicate_low, cfg.duplicate_high) in GRID
+    assert PREVIOUS in GRID and (cfg.fingerprints, (cfg.duplicate_low, cfg.duplicate_high)) in GRID
