@@ -214,6 +214,7 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         index_labels=members.labels,
         index_logits=zt,
         crops=crop_rows,
+        calibration_signatures=text_signatures(hf_dir, names, calib_n.texts, max_length=cfg.max_length),
         config=CalibrationConfig(slack=cfg.slack, seed=cfg.seed),
         progress=cfg.progress,
     )

@@ -2,6 +2,7 @@
 
     python -m veil.loadtest.state_bench                  # starts a local redis-server
     python -m veil.loadtest.state_bench --redis-url redis://host:6379/0
+    python -m veil.loadtest.state_bench --rings 32 128   # ring lengths side by side, in one run
 
 A dynamic batch of B requests (one row each, from ``clients`` callers, signatures drawn from a pool
 so some rows are near-duplicates) goes through ``ThreatState.observe`` as ``mia_defense`` does:
@@ -18,6 +19,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -52,8 +54,10 @@ def time_state(state: ThreatState, work: list[list[tuple[str, np.ndarray]]], *, 
     return statistics.median(times)
 
 
-def bench(*, url: str, repeats: int, clients: int) -> list[dict[str, float]]:
-    adaptive = AdaptiveConfig()
+def bench(*, url: str, repeats: int, clients: int, ring: int | None = None) -> list[dict[str, float]]:
+    """Per batch size, median ms in-process and in Redis; ``ring``: ``AdaptiveConfig.fingerprints``
+    (the served default if None)."""
+    adaptive = AdaptiveConfig() if ring is None else replace(AdaptiveConfig(), fingerprints=ring)
     rows = []
     for b in BATCHES:
         work = batches(repeats + 5, b, clients=clients, seed=b)
@@ -66,9 +70,10 @@ def bench(*, url: str, repeats: int, clients: int) -> list[dict[str, float]]:
     return rows
 
 
-def to_markdown(rows: list[dict[str, float]], *, ping_ms: float) -> str:
+def to_markdown(rows: list[dict[str, float]], *, ping_ms: float, ring: int) -> str:
     lines = [
-        f"State step per dynamic batch (one row per request; Redis PING round trip {ping_ms:.3f} ms).",
+        f"State step per dynamic batch (one row per request; a {ring}-row ring; Redis PING round trip"
+        f" {ping_ms:.3f} ms).",
         "",
         "| requests per batch | in-process ms | Redis ms | added ms per batch | added µs per request |",
         "|---|---|---|---|---|",
@@ -93,14 +98,21 @@ def ping_ms(url: str, n: int = 200) -> float:
     return 1e3 * statistics.median(times)
 
 
-def run(*, redis_url: str | None, repeats: int, clients: int) -> str:
+def run(*, redis_url: str | None, repeats: int, clients: int, rings: Sequence[int] | None = None) -> str:
     with contextlib.ExitStack() as stack:
         if redis_url is None:
             from veil.serving.state_store import RedisServer
 
             redis_url = stack.enter_context(RedisServer()).url
-        md = to_markdown(bench(url=redis_url, repeats=repeats, clients=clients), ping_ms=ping_ms(redis_url))
-    return md
+        parts = [
+            to_markdown(
+                bench(url=redis_url, repeats=repeats, clients=clients, ring=ring),
+                ping_ms=ping_ms(redis_url),
+                ring=ring,
+            )
+            for ring in rings or [AdaptiveConfig().fingerprints]
+        ]
+    return "\n".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,8 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--redis-url", default=None, help="a running Redis (default: start a local redis-server)")
     p.add_argument("--repeats", type=int, default=200, help="batches timed per size")
     p.add_argument("--clients", type=int, default=64, help="distinct callers the requests come from")
+    p.add_argument("--rings", type=int, nargs="+", default=None, help="ring lengths (default: the served one)")
     a = p.parse_args(argv)
-    print(run(redis_url=a.redis_url, repeats=a.repeats, clients=a.clients))
+    print(run(redis_url=a.redis_url, repeats=a.repeats, clients=a.clients, rings=a.rings))
     return 0
 
 

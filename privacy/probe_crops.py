@@ -51,6 +51,7 @@ from veil.privacy.utility import ece, error_detection_auroc
 from veil.python_backend import selective
 from veil.python_backend.adaptive import AdaptiveConfig, ThreatTracker
 from veil.python_backend.artifact import DefenseArtifact
+from veil.python_backend.fingerprint import without
 from veil.python_backend.offline import defend
 from veil.python_backend.probabilities import softmax64
 from veil.python_backend.tokens import text_signatures
@@ -76,9 +77,13 @@ def stream_order(n_texts: int, k: int, *, interleave: int, seed: int) -> np.ndar
     return np.asarray(order)
 
 
-def replay_threats(signatures: np.ndarray, order: np.ndarray, config: AdaptiveConfig | None = None) -> np.ndarray:
+def replay_threats(
+    signatures: np.ndarray, order: np.ndarray, config: AdaptiveConfig | None = None, *, mask: np.ndarray | None = None
+) -> np.ndarray:
     """Per flat row: the threat one long-lived caller gets sending the rows in ``order``, one a request
-    (``config``: the served default if None)."""
+    (``config``: the served default if None; ``mask``: the artifact's ``tracker_mask()``, left out of
+    what the tracker sees, as the served step does)."""
+    signatures = without(signatures, mask)
     tracker = ThreatTracker(config=config or AdaptiveConfig(), clock=lambda: 0.0)
     threat = np.empty(len(order))
     for step, row in enumerate(order):
@@ -214,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Benign traffic: the same caller sends each text once, in a seeded order.
     z, sig = score(texts)
-    threat = replay_threats(sig, stream_order(len(texts), 1, interleave=1, seed=seed))
+    mask = artifact.tracker_mask()
+    threat = replay_threats(sig, stream_order(len(texts), 1, interleave=1, seed=seed), mask=mask)
     held_out = ~member
     served = {"fixed": defend(target, texts, z, threat=0.0), "adaptive": defend(target, texts, z, threat=threat)}
     results: dict = {
@@ -253,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         outputs["floor_ungated"] = defend(target, flat, z, threat=0.0, gated=False)
         threats = {}
         for name, inter in (("adaptive", 1), ("adaptive_interleaved", INTERLEAVE)):
-            threats[name] = replay_threats(sig, stream_order(len(texts), k, interleave=inter, seed=seed))
+            threats[name] = replay_threats(sig, stream_order(len(texts), k, interleave=inter, seed=seed), mask=mask)
             outputs[name] = defend(target, flat, z, threat=threats[name])
         row, tpr, strongest = scored(probe, outputs, k)
         threat_rows = {

@@ -17,12 +17,17 @@ at 2 rows/s, one row a request:
 - probing: 8 crops (a third, a half, a half window) or 6 word edits of each of the development
   members, text after text or interleaved over 30 texts (SST-2).
 
-Rule: among the (ring, ramp) pairs on the grid whose benign streams have no more rows coarser than
-the floor than the previous default (32 rows, (0.1, 0.5)) has, the one that serves the most
-interleaved third-crop rows at calibrated label-only (ties: the shorter ring, as its state costs
-memory and Redis traffic in proportion, then the higher ``duplicate_low``, then the higher
-``duplicate_high``). ``--interleave-wide`` also prints (chooses nothing) the share for a caller
-interleaving more texts than the ring holds.
+The grid also tries leaving out of what the tracker sees the content values frequent in the
+defender's calibration non-members (``CalibrationConfig.tracker_common_share``; counted here on the
+development seed's calibration rows the benign streams do not use), which keeps distinct texts on
+one topic apart in a longer ring.
+
+Rule: among the (ring, mask, ramp) triples on the grid whose benign streams have no more rows
+coarser than the floor than the previous default (32 rows, no mask, (0.1, 0.5)) has, the one that
+serves the most interleaved third-crop rows at calibrated label-only (ties: the shorter ring, as
+its state costs memory and Redis traffic in proportion, then no mask, then the higher
+``duplicate_low``, then the higher ``duplicate_high``). ``--interleave-wide`` also prints (chooses
+nothing) the share for a caller interleaving more texts than the ring holds.
 
     python -m veil.privacy.tune_adaptive
 """
@@ -44,13 +49,16 @@ from veil.privacy.models import DEV_SEED, EvalConfig, attacker_pool, splits_for_
 from veil.privacy.probe_crops import INTERLEAVE, kind_name, replay_threats, stream_order
 from veil.privacy.query_attacks import expand
 from veil.python_backend.adaptive import AdaptiveConfig
+from veil.python_backend.fingerprint import common_values
 from veil.python_backend.selective import SelectiveTables
 from veil.python_backend.tokens import text_signatures, write_common_tokens
 
-PREVIOUS = (32, (0.1, 0.5))
+PREVIOUS = (32, None, (0.1, 0.5))
 RAMPS = tuple((lo, hi) for lo in (0.1, 0.15, 0.2, 0.25) for hi in (0.25, 0.3, 0.35, 0.4, 0.5) if hi > lo)
 RINGS = (32, 64, 128)
-GRID = tuple((ring, ramp) for ring in RINGS for ramp in RAMPS)
+MASKS = (None, 0.003)
+"""``CalibrationConfig.tracker_common_share`` values tried (None: no mask)."""
+GRID = tuple((ring, mask, ramp) for ring in RINGS for mask in MASKS for ramp in RAMPS)
 FLOOR = 1 / 3
 COARSE_LEVELS = 64
 PROBES = (("edit", None, 6), ("subset", 0.3, 8), ("subset", 0.5, 8), ("window", 0.5, 8))
@@ -74,9 +82,13 @@ def levels(threat: np.ndarray) -> np.ndarray:
     return _LADDER.bin_count(_LADDER.level(np.asarray(threat, dtype=np.float64), adaptive=True))
 
 
-def dev_signatures(dataset: str, *, rows: int, probing: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Benign streams' signatures ({'random', 'by_class'}) and, if ``probing``, the probes' ({kind:
-    flat signatures}) of the development seed, with its common tokens (as ``veil-build`` writes them)."""
+def dev_signatures(
+    dataset: str, *, rows: int, probing: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """Benign streams' signatures ({'random', 'by_class'}), if ``probing`` the probes' ({kind: flat
+    signatures}) of the development seed, with its common tokens (as ``veil-build`` writes them),
+    and the signatures of the calibration non-members the benign streams do not use (what the
+    mask of adaptive intensity is counted on, as ``veil-build`` counts it on its calibration rows)."""
     cfg = EvalConfig(dataset=dataset, references=4, dp_epsilons=())
     ds = dedupe(load_dataset(dataset, "train", data_dir=cfg.data_dir))
     splits = splits_for_seed(cfg, ds, attacker_pool(ds, cfg.pool), DEV_SEED)
@@ -89,8 +101,10 @@ def dev_signatures(dataset: str, *, rows: int, probing: bool) -> tuple[dict[str,
         def sig(texts: list[str]) -> np.ndarray:
             return text_signatures(tok, ["input_ids", "attention_mask"], texts, max_length=cfg.max_length)
 
-        calib = np.asarray(splits.indices["nonmember_calib"], dtype=np.int64)[:rows]
+        calib_all = np.asarray(splits.indices["nonmember_calib"], dtype=np.int64)
+        calib = calib_all[:rows]
         benign_sig = sig([ds.texts[i] for i in calib])
+        mask_rows = sig([ds.texts[i] for i in calib_all[rows:]])
         by_class = np.argsort(ds.labels[calib], kind="stable")
         benign = {"random": benign_sig, "by_class": benign_sig[by_class]}
         texts = [ds.texts[i] for i in members[:rows]]
@@ -100,7 +114,7 @@ def dev_signatures(dataset: str, *, rows: int, probing: bool) -> tuple[dict[str,
                 expand(texts, k, DEV_SEED)[0] if kind == "edit" else [c for t in texts for c in crops(t, k, keep, kind)]
             )
             probes[kind_name(kind, keep)] = sig(flat)
-    return benign, probes
+    return benign, probes, mask_rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,38 +125,46 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if PREVIOUS[0] not in args.rings:
         ap.error(f"--rings must include the previous default's {PREVIOUS[0]}")
-    benign, probes = {}, {}
+    benign, probes, masks = {}, {}, {}
     for name in ("sst2", "agnews"):
-        benign[name], found = dev_signatures(name, rows=args.rows, probing=name == "sst2")
+        benign[name], found, mask_rows = dev_signatures(name, rows=args.rows, probing=name == "sst2")
         probes.update(found)
+        masks[name] = {m: None if m is None else common_values(mask_rows, min_share=m) for m in MASKS}
+        sizes = ", ".join(f"{m}: {0 if v is None else len(v)} values" for m, v in masks[name].items())
+        print(f"{name}: masks of {sizes}", flush=True)
     n = args.rows
     rows = []
     floor_levels = levels(np.zeros(1))[0]
-    for ring, (lo, hi) in (g for g in GRID if g[0] in args.rings):
+    for ring, share, (lo, hi) in (g for g in GRID if g[0] in args.rings):
         config = replace(AdaptiveConfig(), duplicate_low=lo, duplicate_high=hi, fingerprints=ring)
         coarser = max(
-            float((levels(replay_threats(s, np.arange(len(s)), config)) < floor_levels).mean())
-            for streams in benign.values()
+            float((levels(replay_threats(s, np.arange(len(s)), config, mask=masks[name][share])) < floor_levels).mean())
+            for name, streams in benign.items()
             for s in streams.values()
         )
         label_only = {}
         for kind, s in probes.items():
             k = len(s) // n
             for inter in (1, INTERLEAVE, args.interleave_wide):
-                threat = replay_threats(s, stream_order(n, k, interleave=inter, seed=DEV_SEED), config)
+                order = stream_order(n, k, interleave=inter, seed=DEV_SEED)
+                threat = replay_threats(s, order, config, mask=masks["sst2"][share])
                 label_only[f"{kind}/{inter}"] = float((levels(threat) == 1).mean())
-        rows.append(((ring, (lo, hi)), coarser, label_only))
+        rows.append(((ring, share, (lo, hi)), coarser, label_only))
         print(
-            f"ring {ring} ramp ({lo:g}, {hi:g}): benign rows coarser than the floor (worst stream) {coarser:.4f};"
-            " rows at label-only " + ", ".join(f"{k} {v:.2f}" for k, v in label_only.items()),
+            f"ring {ring} mask {share} ramp ({lo:g}, {hi:g}): benign rows coarser than the floor (worst stream)"
+            f" {coarser:.4f}; rows at label-only " + ", ".join(f"{k} {v:.2f}" for k, v in label_only.items()),
             flush=True,
         )
     allowed = next(c for key, c, _ in rows if key == PREVIOUS)
     ok = [r for r in rows if r[1] <= allowed]
-    best = max(ok, key=lambda r: (r[2][f"subset_0.3/{INTERLEAVE}"], -r[0][0], r[0][1][0], r[0][1][1]))
+    best = max(
+        ok,
+        key=lambda r: (r[2][f"subset_0.3/{INTERLEAVE}"], -r[0][0], r[0][1] is None, r[0][2][0], r[0][2][1]),
+    )
+    (ring, share, ramp), coarser, label_only = best
     print(
-        f"chosen ring {best[0][0]}, ramp {best[0][1]} (benign coarser {best[1]:.4f} <= {allowed:.4f}; "
-        f"interleaved third-crops at label-only {best[2][f'subset_0.3/{INTERLEAVE}']:.2f})"
+        f"chosen ring {ring}, mask {share}, ramp {ramp} (benign coarser {coarser:.4f} <= {allowed:.4f}; "
+        f"interleaved third-crops at label-only {label_only[f'subset_0.3/{INTERLEAVE}']:.2f})"
     )
     return 0
 

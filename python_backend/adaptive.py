@@ -59,17 +59,20 @@ class AdaptiveConfig:
     rate_high: float = 200.0
     """Rows per second at which the rate threat is 1."""
     duplicate_low: float = 0.2
-    duplicate_high: float = 0.3
+    duplicate_high: float = 0.25
     """The probing threat ramps from 0 to 1 as the repeated share goes from ``duplicate_low`` to
-    ``duplicate_high``. Chosen on the development seed (``python -m veil.privacy.tune_adaptive``):
-    of the ramps whose benign streams (SST-2 and AG News, random and one-topic order) were served
-    no coarser than under the previous (0.1, 0.5), the one that served the most third-crops
-    interleaved over 30 texts at label-only level (56% of rows, from 1%)."""
-    fingerprints: int = 32
-    """Recent query signatures kept per client (a ring). ``tune_adaptive`` also sweeps 64 and 128:
-    a longer ring catches a caller interleaving more texts, but containment in the union of more
-    rows flags distinct texts on one topic too (13-93% of benign rows served coarser than the
-    floor on the development seed, against 0.2% at 32)."""
+    ``duplicate_high``. Chosen on the development seed with ``fingerprints`` and the artifact's
+    mask (``python -m veil.privacy.tune_adaptive``): of the (ring, mask, ramp) triples whose benign
+    streams (SST-2 and AG News, random and one-topic order) were served no coarser than under the
+    previous 32 rows, no mask, (0.1, 0.5), the one that served the most third-crops interleaved
+    over 30 texts at label-only level: 128 rows, mask, (0.2, 0.25), 93% of rows (32 rows without
+    the mask and (0.2, 0.3): 56%; (0.1, 0.5): 1%). (0.25 is the grid's steepest end.)"""
+    fingerprints: int = 128
+    """Recent query signatures kept per client (a ring): several crops of each of many interleaved
+    texts. Long rings need the artifact's mask (``DefenseArtifact.tracker_common``): without it
+    containment in the union of 64 or 128 rows flags distinct texts on one topic too (13-93% of
+    benign rows served coarser than the floor on the development seed, against 0.1-0.2% with it
+    or at 32 rows)."""
     churn_low: float = 5.0
     churn_high: float = 100.0
     """New client ids per second: churn threat 0 at ``churn_low``, 1 at ``churn_high``."""

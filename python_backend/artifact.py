@@ -64,7 +64,14 @@ class DefenseArtifact:
     """[N, S] int32 signatures of the training texts (the member index): MinHash then content
     sketch; an artifact built before the sketch holds the MinHash part only."""
     index_labels: np.ndarray | None = field(default=None, repr=False)
+    tracker_common: list[int] | None = None
+    """Content-sketch values adaptive intensity leaves out (frequent in the calibration
+    non-members: :func:`fingerprint.common_values`); None (an artifact built before it): none."""
     format_version: int = FORMAT_VERSION
+
+    def tracker_mask(self) -> np.ndarray | None:
+        """:attr:`tracker_common` as the sorted int32 array :func:`fingerprint.without` takes."""
+        return None if self.tracker_common is None else np.asarray(self.tracker_common, dtype=np.int32)
 
     def member_index(self) -> MemberIndex | None:
         if self.index_signatures is None or self.index_labels is None:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from veil.python_backend import selective
 from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.defense import Defense, DefenseConfig
-from veil.python_backend.fingerprint import minhash, sketch
+from veil.python_backend.fingerprint import common_values, minhash, sketch
 from veil.python_backend.leakage import (
     crossfit_threshold_suite,
     label_only_floor,
@@ -77,6 +77,10 @@ class CalibrationConfig:
     ``python -m veil.privacy.tune_partial`` (with ``member_index.PARTIAL_MIN_SHARED``): the lowest
     mean floor excess under averaged third-crops and half-windows, then the fewest held-out texts
     moved."""
+    tracker_common_share: float = 0.003
+    """Adaptive intensity leaves out content values in at least this share of the calibration
+    non-members (``DefenseArtifact.tracker_common``). Chosen on the development seed by ``python -m
+    veil.privacy.tune_adaptive`` with the ring length and the ramp (``AdaptiveConfig``)."""
     floor_grid: tuple[float, ...] = tuple(np.round(np.arange(0, 7) / 6, 4))
     """Intensity floors tried: one per distinct number of levels (64, 32, ..., 1 with 64 levels)."""
     min_floor: float = 1 / 3
@@ -124,13 +128,15 @@ def calibrate(
     index_labels: np.ndarray | None = None,
     index_logits: np.ndarray | None = None,
     crops: CropRows | None = None,
+    calibration_signatures: np.ndarray | None = None,
     config: CalibrationConfig = CalibrationConfig(),
     progress: bool = True,
 ) -> DefenseArtifact:
     """Fit everything on calibration rows. ``index_signatures`` / ``index_labels`` /
     ``index_logits``: signatures (MinHash and content sketch), labels and logits of *all*
     training texts (the selective defense's member index and the member side of its map);
-    ``crops``: the partial-match map's rows (none: no partial-match map)."""
+    ``crops``: the partial-match map's rows (none: no partial-match map);
+    ``calibration_signatures``: the calibration non-members' (adaptive intensity's mask; none: no mask)."""
     member_logits = np.asarray(member_logits, dtype=np.float32)
     nonmember_logits = np.asarray(nonmember_logits, dtype=np.float32)
     risk, fit = fit_risk_evaluator(
@@ -249,6 +255,8 @@ def calibrate(
         index = art.member_index()
         if crops is not None and index is not None and index.sketches is not None:
             fit_partial(art.selective, crops, index)
+    if calibration_signatures is not None:
+        art.tracker_common = common_values(calibration_signatures, min_share=config.tracker_common_share).tolist()
     return art
 
 

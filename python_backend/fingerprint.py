@@ -15,6 +15,13 @@ in what the caller sent just before: :func:`contained` flags a row when at least
 distinct texts on one topic do not look contained (docs/evaluation.md: a benign caller's rows are
 not coarsened, a crop-probing caller's are).
 
+Adaptive intensity also leaves out the content values that are frequent in the defender's
+*calibration non-members* (:func:`common_values`, stored in the defense artifact; :func:`without`):
+what is left are a text's rare words, which crops of one text repeat and distinct texts on one
+topic rarely do, so the caller's ring can be long enough to hold several crops of each of many
+interleaved texts. Calibration non-members, not training texts: the mask must not depend on
+whether a query's text is a member.
+
 The tokenizer computes both; the defense step only compares integers. Without a signature
 (``mia_defense`` called directly with logits) the logits quantised to a fine grid stand in for the
 MinHash, which catches exact repeats only, with an empty sketch.
@@ -82,9 +89,15 @@ def logit_signature(logits: np.ndarray, *, cell: float = 1e-3) -> np.ndarray:
     return out
 
 
+_BROADCAST_PAIRS = 256
+
+
 def _matches(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[len(a), len(b)] bool: the MinHash parts agree in >= NEAR_MATCH places. One uint8 count per
-    pair, added column by column (a [n, m, S] comparison summed as int64 costs several times more)."""
+    pair, added column by column (a [n, m, S] comparison summed as int64 costs several times more),
+    except for a small comparison (one request against a ring), where one broadcast is 4x cheaper."""
+    if len(a) * len(b) <= _BROADCAST_PAIRS:
+        return (a[:, None, :MINHASH_SIZE] == b[None, :, :MINHASH_SIZE]).sum(2) >= NEAR_MATCH
     count = np.zeros((len(a), len(b)), dtype=np.uint8)
     for k in range(MINHASH_SIZE):
         count += a[:, None, k] == b[None, :, k]
@@ -135,6 +148,32 @@ def contained(signatures: np.ndarray, recent: np.ndarray) -> np.ndarray:
 def repeats(signatures: np.ndarray, recent: np.ndarray) -> np.ndarray:
     """[n] bool: what adaptive intensity counts as probing: a near-duplicate or a contained row."""
     return near_duplicates(signatures, recent) | contained(signatures, recent)
+
+
+def common_values(signatures: np.ndarray, *, min_share: float) -> np.ndarray:
+    """Sorted content-sketch values present in at least ``min_share`` of the rows (and in at least 2)."""
+    part = np.asarray(signatures)[:, MINHASH_SIZE:]
+    if not len(part):
+        return np.zeros(0, dtype=np.int32)
+    # A value counts once per row (a sketch holds distinct values).
+    values, rows = np.unique(part[part != EMPTY], return_counts=True)
+    need = max(2, int(np.ceil(min_share * len(part))))
+    return values[rows >= need].astype(np.int32)
+
+
+def without(signatures: np.ndarray, values: np.ndarray | None) -> np.ndarray:
+    """``signatures`` with the content-sketch values in ``values`` (sorted) replaced by EMPTY; the
+    MinHash part is kept. ``values`` None or empty: unchanged."""
+    sig = np.asarray(signatures)
+    if values is None or not len(values) or not len(sig):
+        return sig
+    part = sig[:, MINHASH_SIZE:]
+    drop = np.isin(part, values, assume_unique=False) & (part != EMPTY)
+    if not drop.any():
+        return sig
+    out = sig.copy()
+    out[:, MINHASH_SIZE:][drop] = EMPTY
+    return out
 
 
 def minhash(signatures: np.ndarray) -> np.ndarray:

@@ -42,9 +42,14 @@ from veil.python_backend.adaptive import ANONYMOUS, AdaptiveConfig
 from veil.python_backend.fingerprint import CONTAINED_SHARE, EMPTY, MINHASH_SIZE, NEAR_MATCH, SIGNATURE_SIZE
 from veil.python_backend.threat_state import FALLBACK_THREAT, Observed, StateConfig, register
 
-ENTRY_BYTES = 3700
-"""Approximate Redis memory of one client entry with a full ring (``MEMORY USAGE``, measured by
-``tests/python_backend/test_threat_state.py``), for the ``veil_tracked_clients_bytes`` gauge."""
+
+def entry_bytes(fingerprints: int) -> int:
+    """Redis memory of one client entry with a full ring of ``fingerprints`` rows, at most (its
+    value plus a quarter and 512 bytes: ``MEMORY USAGE`` measured by
+    ``tests/python_backend/test_threat_state.py``), for the ``veil_tracked_clients_bytes`` gauge."""
+    return int(1.25 * (48 + 4 * SIGNATURE_SIZE * fingerprints)) + 512
+
+
 SHARED_KEYS = 2
 HEAD_FIELDS = ("rate", "dup", "last", "born", "initial", "rows")
 
@@ -266,6 +271,7 @@ class RedisState:
         self.keys = (config.key_prefix + "churn", config.key_prefix + "anon")
         self.reconnect = Reconnect(max_s=config.max_backoff_s)
         self.keys_seen = 0
+        self.entry_bytes = entry_bytes(adaptive.fingerprints)
 
     def key(self, client: str) -> str:
         return self.keys[1] if client == ANONYMOUS else f"{self.config.key_prefix}c:{client}"
@@ -302,7 +308,7 @@ class RedisState:
         return max(0, self.keys_seen - SHARED_KEYS)
 
     def memory_bytes(self) -> int:
-        return self.tracked() * ENTRY_BYTES
+        return self.tracked() * self.entry_bytes
 
     def problem(self) -> str | None:
         if not self.reconnect.failures:

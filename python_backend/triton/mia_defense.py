@@ -29,7 +29,7 @@ from veil import wire
 from veil.python_backend.adaptive import AdaptiveConfig, normalise_client_id, query_signature
 from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.defense import Defense, DefenseConfig
-from veil.python_backend.fingerprint import SIGNATURE_SIZE
+from veil.python_backend.fingerprint import SIGNATURE_SIZE, without
 from veil.python_backend.threat_state import StateConfig, ThreatState, make_state
 from veil.python_backend.triton.classifier import load_classifier, run_grouped, token_feed
 from veil.python_backend.triton.common import (
@@ -66,6 +66,7 @@ class TritonPythonModel:
                 args, version_dir(args) / "model.onnx", expected_sha256=params["classifier_sha256"]
             )
         self.defense = Defense(artifact, config=DefenseConfig(variant=params["variant"]), device=device)
+        self.tracker_mask = artifact.tracker_mask()
         adaptive = AdaptiveConfig(
             **{"max_clients": int(params.get("max_clients", "10000")), **json.loads(params.get("adaptive", "{}"))}
         )
@@ -127,7 +128,9 @@ class TritonPythonModel:
         if batch:
             threats, fallback = [0.0] * len(batch), False
             if self.defense.adaptive:
-                observed = self.state.observe([(c, query_signature(z, s)) for _, z, c, s in batch])
+                observed = self.state.observe(
+                    [(c, without(query_signature(z, s), self.tracker_mask)) for _, z, c, s in batch]
+                )
                 threats, fallback = observed.threats, observed.fallback
             z = np.concatenate([b[1] for b in batch])
             threat = np.concatenate([np.full(len(b[1]), t) for b, t in zip(batch, threats, strict=True)])

@@ -28,6 +28,8 @@ def test_levels_are_the_served_bin_counts(threats):
 
 def test_the_grid_holds_the_previous_ramp_and_the_default():
     from veil.python_backend.adaptive import AdaptiveConfig
+    from veil.python_backend.calibrate import CalibrationConfig
 
     cfg = AdaptiveConfig()
-    assert PREVIOUS in GRID and (cfg.fingerprints, (cfg.duplicate_low, cfg.duplicate_high)) in GRID
+    share = CalibrationConfig().tracker_common_share
+    assert PREVIOUS in GRID and (cfg.fingerprints, share, (cfg.duplicate_low, cfg.duplicate_high)) in GRID

@@ -29,6 +29,11 @@ class Clock:
 LOGITS = np.array([[2.0, -1.0]], np.float32)
 
 
+def _entry_bound(config: AdaptiveConfig) -> int:
+    """Bytes one table entry may take: its ring of signatures plus 1 kB for the id and the counters."""
+    return config.fingerprints * SIGNATURE_SIZE * 4 + 1_000
+
+
 def _signature(i: int) -> np.ndarray:
     return np.full((1, SIGNATURE_SIZE), i, np.int32)
 
@@ -63,7 +68,7 @@ def test_a_million_distinct_ids_stay_within_max_clients():
     assert len(tracker) == config.max_clients
     assert tracker.evicted == 1_000_000 - config.max_clients
     assert "client-0999999" in tracker.clients and "client-0000000" not in tracker.clients
-    assert end_bytes <= config.max_clients * 4_000
+    assert end_bytes <= config.max_clients * _entry_bound(config)
     assert abs(end_bytes - full_bytes) <= 0.01 * full_bytes
     assert tracker.memory_bytes() >= 0.5 * end_bytes  # the O(1) gauge is the right size
     assert rss_end - full_rss < 16 * 1024 * 1024, "the process kept growing after the table was full"
@@ -155,4 +160,4 @@ def test_the_servers_table_stays_bounded(production_stack):
     }
     print(f"\nserver table after {n} ids: {values}")
     assert values["veil_tracked_clients"] == PRODUCTION_MAX_CLIENTS
-    assert 0 < values["veil_tracked_clients_bytes"] <= PRODUCTION_MAX_CLIENTS * 4_000
+    assert 0 < values["veil_tracked_clients_bytes"] <= PRODUCTION_MAX_CLIENTS * _entry_bound(AdaptiveConfig())

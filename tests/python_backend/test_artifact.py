@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,17 @@ def test_round_trip(tmp_path):
     loaded = DefenseArtifact.load(tmp_path, expected_classifier_sha256="0" * 64)
     z = np.random.default_rng(0).normal(0, 4, (20, 3)).astype(np.float32)
     assert (Defense(art)(z).probabilities == Defense(loaded)(z).probabilities).all()
+    assert loaded.tracker_mask() is None  # built without calibration signatures: no mask
+
+
+def test_the_tracker_mask_round_trips_and_older_artifacts_have_none(tmp_path):
+    replace(make_artifact(2), tracker_common=[3, 7, 2**31 - 2]).save(tmp_path / "new")
+    np.testing.assert_array_equal(DefenseArtifact.load(tmp_path / "new").tracker_mask(), [3, 7, 2**31 - 2])
+    make_artifact(2).save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "defense.json").read_text())
+    meta.pop("tracker_common")  # as an artifact written before the field existed
+    (tmp_path / "old" / "defense.json").write_text(json.dumps(meta))
+    assert DefenseArtifact.load(tmp_path / "old").tracker_mask() is None
 
 
 def test_missing_file(tmp_path):

@@ -11,6 +11,7 @@ from veil.python_backend.fingerprint import (
     SIGNATURE_SIZE,
     SKETCH_SIZE,
     common_tokens,
+    common_values,
     contained,
     logit_signature,
     minhash,
@@ -19,6 +20,7 @@ from veil.python_backend.fingerprint import (
     sketch,
     sketch_jaccard,
     text_signature,
+    without,
 )
 
 
@@ -194,3 +196,36 @@ def test_sketch_jaccard_estimates_long_texts_and_sketch_part_is_optional():
     assert abs(np.mean(est) - 1 / 3) < 0.03
     assert sketch(np.zeros((2, MINHASH_SIZE), np.int32)) is None
     assert sketch(np.zeros((2, SIGNATURE_SIZE), np.int32)).shape == (2, SKETCH_SIZE)
+
+
+SKETCH_ROWS = st.lists(st.lists(st.integers(0, 30), max_size=SKETCH_SIZE, unique=True), min_size=0, max_size=40)
+
+
+def _rows(sketches: list[list[int]]) -> np.ndarray:
+    out = np.full((len(sketches), SIGNATURE_SIZE), EMPTY, np.int32)
+    for i, values in enumerate(sketches):
+        out[i, :MINHASH_SIZE] = i
+        out[i, MINHASH_SIZE : MINHASH_SIZE + len(values)] = sorted(values)
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(SKETCH_ROWS, st.floats(0.0, 1.0))
+def test_common_values_are_the_values_in_enough_rows(sketches, share):
+    got = common_values(_rows(sketches), min_share=share)
+    need = max(2, int(np.ceil(share * len(sketches))))
+    counts = {v: sum(v in s for s in sketches) for s in sketches for v in s}
+    assert got.tolist() == sorted(v for v, c in counts.items() if c >= need)
+
+
+@settings(max_examples=100, deadline=None)
+@given(SKETCH_ROWS, st.lists(st.integers(0, 30), max_size=10, unique=True))
+def test_without_drops_exactly_the_given_sketch_values(sketches, drop):
+    rows = _rows(sketches)
+    out = without(rows, np.asarray(sorted(drop), np.int32))
+    np.testing.assert_array_equal(out[:, :MINHASH_SIZE], rows[:, :MINHASH_SIZE])  # MinHash untouched
+    for i, values in enumerate(sketches):
+        kept = [v for v in out[i, MINHASH_SIZE:] if v != EMPTY]
+        assert sorted(kept) == sorted(set(values) - set(drop))
+    assert (rows == _rows(sketches)).all()  # the input is not modified
+    assert without(rows, None) is rows

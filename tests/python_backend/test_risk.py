@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from veil.python_backend.calibrate import calibrate
 from veil.python_backend.defense import Defense, DefenseConfig
+from veil.python_backend.fingerprint import MINHASH_SIZE, SIGNATURE_SIZE, common_values
 from veil.python_backend.leakage import threshold_attack_suite
 
 
@@ -34,6 +35,7 @@ def overfit_model(seed: int = 0, classes: int = 3, dim: int = 8, n: int = 1200):
 def test_risk_evaluator_separates_members_and_defense_hides_them():
     z, y, members = overfit_model()
     calib = np.arange(len(z)) % 2 == 0  # calibration rows; the others are evaluation rows
+    calib_sig = np.random.default_rng(1).integers(0, 3000, ((~members & calib).sum(), SIGNATURE_SIZE)).astype(np.int32)
     art = calibrate(
         member_logits=z[members & calib],
         member_labels=y[members & calib],
@@ -41,8 +43,12 @@ def test_risk_evaluator_separates_members_and_defense_hides_them():
         nonmember_labels=y[~members & calib],
         classifier_sha256="0" * 64,
         label_names=["a", "b", "c"],
+        calibration_signatures=calib_sig,
         progress=False,
     )
+    # adaptive intensity's mask: the sketch values in at least 0.3% of the calibration non-members
+    np.testing.assert_array_equal(art.tracker_mask(), common_values(calib_sig, min_share=0.003))
+    assert 0 < len(art.tracker_common) < len(np.unique(calib_sig[:, MINHASH_SIZE:]))
     ev = ~calib
     out = Defense(art, config=DefenseConfig(variant="levelset"))(z[ev])
     assert art.metrics["risk_auc_holdout"] > 0.75

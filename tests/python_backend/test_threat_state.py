@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from veil.python_backend.adaptive import ANONYMOUS, AdaptiveConfig
 from veil.python_backend.fingerprint import EMPTY, MINHASH_SIZE, SIGNATURE_SIZE, SKETCH_SIZE
-from veil.python_backend.redis_state import ENTRY_BYTES
+from veil.python_backend.redis_state import entry_bytes
 from veil.python_backend.threat_state import FALLBACK_THREAT, StateConfig, make_state
 from veil.serving.launcher import free_port
 from veil.serving.state_store import RedisServer
@@ -117,7 +117,7 @@ def test_concurrent_instances_update_atomically(redis_server):
 
 
 def test_entry_memory_and_native_expiry(redis_server):
-    """A client with a full ring costs about ENTRY_BYTES and carries the TTL; shared keys never expire."""
+    """A client with a full ring costs about ``entry_bytes`` and carries the TTL; shared keys never expire."""
     prefix = f"mem{next(_prefix)}:"
     default = AdaptiveConfig()
     state = redis_state(redis_server.url, prefix, config=default)
@@ -126,7 +126,8 @@ def test_entry_memory_and_native_expiry(redis_server):
     assert state.peek("erin")["ring_rows"] == default.fingerprints
     client = redis.Redis.from_url(redis_server.url)
     used = client.memory_usage(f"{prefix}c:erin")
-    assert ENTRY_BYTES / 2 < used <= ENTRY_BYTES
+    print(f"\nMEMORY USAGE of a client with a full ring of {default.fingerprints}: {used} bytes")
+    assert entry_bytes(default.fingerprints) / 2 < used <= entry_bytes(default.fingerprints)
     assert 0 < client.pttl(f"{prefix}c:erin") <= default.ttl_s * 1000
     assert client.pttl(f"{prefix}anon") == -1 and client.pttl(f"{prefix}churn") == -1
     assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "volatile-lru"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -169,3 +171,42 @@ def test_hosted_classifier_must_be_the_artifacts(pb_utils, tmp_path, tiny_onnx):
     params = {"variant": "veil", "classifier_sha256": "0" * 64, "hosts_classifier": "1"}
     with pytest.raises(RuntimeError, match="does not match the classifier"):
         m.initialize(model_args(tmp_path, name="mia_defense", parameters=params))
+
+
+def test_adaptive_state_sees_signatures_without_the_artifacts_common_values(pb_utils, tmp_path):
+    """The artifact's ``tracker_common`` values are left out of what the threat state sees (and
+    only there): the MinHash part and every other sketch value arrive as sent."""
+    from veil.python_backend.fingerprint import EMPTY, MINHASH_SIZE
+    from veil.python_backend.threat_state import Observed
+
+    common = [11, 12, 13]
+    art = replace(make_artifact(2), tracker_common=common)  # the cached artifact stays as it is
+    art.save(tmp_path / "1" / "defense")
+    m = load_adapter("mia_defense").TritonPythonModel()
+    params = {"variant": "veil", "classifier_sha256": "0" * 64, "metrics_flush_s": "0"}
+    m.initialize(model_args(tmp_path, name="mia_defense", parameters=params))
+    seen = []
+
+    class Recording:
+        def observe(self, batch, *, now=None):
+            seen.extend(sig for _, sig in batch)
+            return Observed([0.0] * len(batch))
+
+        def __getattr__(self, name):
+            return getattr(m_state, name)
+
+    m_state, m.state = m.state, Recording()
+    sig = np.full((2, SIGNATURE_SIZE), EMPTY, np.int32)
+    sig[:, :MINHASH_SIZE] = 12  # a MinHash value equal to a common one stays
+    sig[0, MINHASH_SIZE : MINHASH_SIZE + 4] = [5, 11, 13, 40]
+    sig[1, MINHASH_SIZE : MINHASH_SIZE + 2] = [12, 99]
+    logits = np.array([[2.0, -1.0], [0.0, 1.0]], np.float32)
+    (r,) = m.execute([FakeRequest({"logits": logits, "fingerprint": sig})])
+    assert r.error is None
+    (got,) = seen
+    np.testing.assert_array_equal(got[:, :MINHASH_SIZE], sig[:, :MINHASH_SIZE])
+    assert sorted(v for v in got[0, MINHASH_SIZE:] if v != EMPTY) == [5, 40]
+    assert sorted(v for v in got[1, MINHASH_SIZE:] if v != EMPTY) == [99]
+    # the member gate still gets the signature as sent: same output as the step without a mask
+    expected = Defense(make_artifact(2))(logits, threat=np.zeros(2), signatures=sig)
+    np.testing.assert_array_equal(r.tensors["probabilities"], expected.probabilities)
