@@ -49,7 +49,7 @@ from veil.privacy.models import DEV_SEED, EvalConfig, attacker_pool, splits_for_
 from veil.privacy.probe_crops import INTERLEAVE, kind_name, replay_threats, stream_order
 from veil.privacy.query_attacks import expand
 from veil.python_backend.adaptive import AdaptiveConfig
-from veil.python_backend.fingerprint import common_values
+from veil.python_backend.fingerprint import common_values, without
 from veil.python_backend.selective import SelectiveTables
 from veil.python_backend.tokens import text_signatures, write_common_tokens
 
@@ -132,22 +132,27 @@ def main(argv: list[str] | None = None) -> int:
         masks[name] = {m: None if m is None else common_values(mask_rows, min_share=m) for m in MASKS}
         sizes = ", ".join(f"{m}: {0 if v is None else len(v)} values" for m, v in masks[name].items())
         print(f"{name}: masks of {sizes}", flush=True)
+    # Each stream as the tracker sees it under each mask, once (not once per ramp and ring).
+    seen_benign = {
+        m: {n: {k: without(s, masks[n][m]) for k, s in streams.items()} for n, streams in benign.items()} for m in MASKS
+    }
+    seen_probes = {m: {k: without(s, masks["sst2"][m]) for k, s in probes.items()} for m in MASKS}
     n = args.rows
     rows = []
     floor_levels = levels(np.zeros(1))[0]
     for ring, share, (lo, hi) in (g for g in GRID if g[0] in args.rings):
         config = replace(AdaptiveConfig(), duplicate_low=lo, duplicate_high=hi, fingerprints=ring)
         coarser = max(
-            float((levels(replay_threats(s, np.arange(len(s)), config, mask=masks[name][share])) < floor_levels).mean())
-            for name, streams in benign.items()
+            float((levels(replay_threats(s, np.arange(len(s)), config)) < floor_levels).mean())
+            for streams in seen_benign[share].values()
             for s in streams.values()
         )
         label_only = {}
-        for kind, s in probes.items():
+        for kind, s in seen_probes[share].items():
             k = len(s) // n
             for inter in (1, INTERLEAVE, args.interleave_wide):
                 order = stream_order(n, k, interleave=inter, seed=DEV_SEED)
-                threat = replay_threats(s, order, config, mask=masks["sst2"][share])
+                threat = replay_threats(s, order, config)
                 label_only[f"{kind}/{inter}"] = float((levels(threat) == 1).mean())
         rows.append(((ring, share, (lo, hi)), coarser, label_only))
         print(

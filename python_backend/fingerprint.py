@@ -168,7 +168,9 @@ def without(signatures: np.ndarray, values: np.ndarray | None) -> np.ndarray:
     if values is None or not len(values) or not len(sig):
         return sig
     part = sig[:, MINHASH_SIZE:]
-    drop = np.isin(part, values, assume_unique=False) & (part != EMPTY)
+    # ``values`` is sorted: one binary search per sketch value (the served step calls this per request).
+    at = np.minimum(np.searchsorted(values, part), len(values) - 1)
+    drop = (np.asarray(values)[at] == part) & (part != EMPTY)
     if not drop.any():
         return sig
     out = sig.copy()
