@@ -36,6 +36,8 @@ class Outputs:
     def __post_init__(self) -> None:
         self.probabilities = np.asarray(self.probabilities, dtype=np.float32)
         self.labels = np.asarray(self.labels, dtype=np.int64)
+        if len(self.probabilities) != len(self.labels):  # one output per row: take() indexes both
+            raise ValueError(f"{len(self.probabilities)} outputs for {len(self.labels)} rows")
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -170,8 +170,10 @@ class Probe:
         )
 
     def evaluate(self, probs: np.ndarray, k: int) -> dict[str, AttackEval]:
-        """The augmentation attacks (upper-bound attacker, 5 halvings) on ``k`` outputs per text."""
-        o = Outputs(probs, self.labels, augmentation_features(probs, self.labels, k))
+        """The augmentation attacks (upper-bound attacker, 5 halvings) on ``k`` outputs per text
+        (``probs`` [texts * k, C], each text's rows consecutive); the learned attack's loss feature
+        is each text's first query."""
+        o = Outputs(probs[::k], self.labels, augmentation_features(probs, self.labels, k))
         return {
             name: cross_fitted(name, fit, o, self.member, seed=self.seed, boots=20, splits=5)
             for name, fit in augmentation_suite(self.seed).items()

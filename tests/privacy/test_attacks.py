@@ -105,3 +105,10 @@ def test_float_attack_finds_a_planted_one_ulp_side_channel():
     clean = np.mean([cross_fitted("f", fit, *planted(False, seed=k), seed=k).accuracy for k in range(3)])
     assert found > 0.7  # 0.8 is the Bayes accuracy
     assert abs(clean - 0.5) < 0.04
+
+
+def test_outputs_refuse_a_row_count_other_than_the_labels():
+    """One output per row: a flat [rows * k, C] array of query outputs with [rows] labels would
+    make ``take`` pick other rows' outputs (the crop probe's learned attack did until 2026-12-03)."""
+    with pytest.raises(ValueError, match="8 outputs for 4 rows"):
+        Outputs(np.full((8, 2), 0.5, np.float32), np.zeros(4, np.int64))
