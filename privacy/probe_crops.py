@@ -185,8 +185,9 @@ class Probe:
 
 
 def scored(probe: Probe, outputs: dict[str, np.ndarray], k: int) -> tuple[dict, dict, dict]:
-    """Per output: accuracy per attack, %; TPR at 1% FPR per attack, %; the strongest attack (by
-    accuracy) and its 95% bootstrap interval."""
+    """Per output: accuracy per attack, %; TPR at 1% FPR per attack, %; the strongest attack by
+    accuracy and its 95% bootstrap interval, and the strongest by TPR at 1% FPR and its interval
+    (1% of a few hundred non-members is a handful of rows: the interval says how coarse it is)."""
     row, tpr, strongest = {}, {}, {}
     for name, probs in outputs.items():
         evals = probe.evaluate(probs, k)
@@ -194,6 +195,10 @@ def scored(probe: Probe, outputs: dict[str, np.ndarray], k: int) -> tuple[dict, 
         tpr[name] = {a: round(100 * e.tpr_1, 1) for a, e in evals.items() if e.tpr_1 is not None}
         best = max(evals.values(), key=lambda e: e.accuracy)
         strongest[name] = {"attack": best.attack, "accuracy_ci": [round(100 * v, 1) for v in best.accuracy_ci]}
+        at_1 = [e for e in evals.values() if e.tpr_1 is not None and e.tpr_1_ci is not None]
+        if at_1:
+            best = max(at_1, key=lambda e: e.tpr_1)
+            strongest[name] |= {"tpr_attack": best.attack, "tpr_1_ci": [round(100 * v, 1) for v in best.tpr_1_ci]}
     return row, tpr, strongest
 
 

@@ -49,3 +49,6 @@ def test_scored_reports_accuracy_tpr_and_the_strongest_interval():
         lo, hi = strongest[name]["accuracy_ci"]
         assert lo <= row[name][strongest[name]["attack"]] <= hi
         assert strongest[name]["attack"] in row[name]
+        lo, hi = strongest[name]["tpr_1_ci"]
+        assert lo <= tpr[name][strongest[name]["tpr_attack"]] <= hi
+        assert tpr[name][strongest[name]["tpr_attack"]] == max(tpr[name].values())
