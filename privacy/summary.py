@@ -31,10 +31,19 @@ def selected_strongest(rows: dict[str, dict], strength: str, keys) -> float | No
     accuracy on one cross-fitted half, reported on the other half, both directions of every
     halving averaged. The maximum over ~20 estimates (:func:`strongest`) is biased upwards; this is
     not. None where the rows carry no per-half accuracies (older results, the realistic attacker)."""
-    folds = {k: rows[k][strength].get("fold_accuracy", []) for k in keys if k in rows}
+    return selected({k: rows[k][strength].get("fold_accuracy", []) for k in keys if k in rows})
+
+
+def selected(folds: dict[str, list[float]]) -> float | None:
+    """Per attack, one value per cross-fitted half (halving pairs consecutive) -> each half's value
+    of the attack that was best on the other half of its halving, averaged: the strongest attack
+    chosen without looking at the rows it is reported on. None without attacks, with mixed or odd
+    fold counts, or with a missing value."""
     sizes = {len(f) for f in folds.values()}
     if len(sizes) != 1 or (n := sizes.pop()) == 0 or n % 2:
         return None  # no attacks, mixed fold counts, no folds, or folds not in halving pairs
+    if any(v is None for f in folds.values() for v in f):
+        return None
     picks = []
     for chose_on in range(n):
         report_on = chose_on ^ 1  # the other half of the same halving

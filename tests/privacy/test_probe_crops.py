@@ -41,10 +41,13 @@ def test_scored_reports_accuracy_tpr_and_the_strongest_interval():
     raw = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     probe = Probe.__new__(Probe)
     probe.labels, probe.member, probe.seed = labels, member, 3
-    row, tpr, strongest = scored(probe, {"raw": raw, "label_only": label_only(raw)}, k)
+    row, tpr, strongest, chosen = scored(probe, {"raw": raw, "label_only": label_only(raw)}, k)
     assert set(row["raw"]) == set(tpr["raw"]) and len(row["raw"]) >= 3
     assert max(row["raw"].values()) > max(row["label_only"].values()) + 10
     assert max(tpr["raw"].values()) > max(tpr["label_only"].values())
+    # the attack chosen on the other half of each halving still reads raw above label-only
+    assert chosen["raw"]["accuracy"] > chosen["label_only"]["accuracy"] + 10
+    assert chosen["raw"]["tpr_1"] > chosen["label_only"]["tpr_1"]
     for name in row:
         lo, hi = strongest[name]["accuracy_ci"]
         assert lo <= row[name][strongest[name]["attack"]] <= hi

@@ -52,3 +52,10 @@ def test_never_above_the_maximum_of_the_means(folds):
     per_halving_best = (f[:, 0::2] + f[:, 1::2]).max(0) / 2
     assert chosen <= per_halving_best.mean() + 1e-12
     assert chosen >= f.min() - 1e-12
+
+
+def test_selected_needs_a_value_on_every_half():
+    from veil.privacy.summary import selected
+
+    assert selected({"a": [0.6, 0.5], "b": [0.7, 0.4]}) == np.mean([0.4, 0.6])
+    assert selected({"a": [0.6, None], "b": [0.7, 0.4]}) is None
