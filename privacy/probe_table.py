@@ -1,5 +1,6 @@
 """The crop probe's tables over seeds, as docs/evaluation.md prints them: per query kind and output,
 the excess over label-only (strongest attack's accuracy; TPR at 1% FPR), mean then per seed, the
+same with the attack selected on the other half of each halving (runs that have it), the
 strongest TPR attack's 95% interval next to label-only's, and benign traffic's utility.
 
     python -m veil.privacy.probe_table build/privacy/probe_crops_sst2_1000_seed{11,12,13}.json
@@ -56,6 +57,16 @@ def tables(runs: list[dict]) -> str:
         lines += ["|---" * (len(OUTPUTS) + 1) + "|"]
         for k in kinds:
             lines.append(f"| {KINDS[k]} | " + " | ".join(cell([r[k][key][o] for r in runs]) for o in OUTPUTS) + " |")
+        lines.append("")
+    for metric, what in (("accuracy", "accuracy"), ("tpr_1", "TPR at 1% FPR")):
+        if not all(metric in r[k].get("selected_excess_over_label_only", {}) for r in runs for k in kinds):
+            continue  # runs before the selected reading
+        lines += [f"The same, the attack selected on the other half of each halving, by {what}, pt:", ""]
+        lines += ["| queries per text | " + " | ".join(TITLES[o] for o in OUTPUTS) + " |"]
+        lines += ["|---" * (len(OUTPUTS) + 1) + "|"]
+        for k in kinds:
+            values = [[r[k]["selected_excess_over_label_only"][metric][o] for r in runs] for o in OUTPUTS]
+            lines.append(f"| {KINDS[k]} | " + " | ".join(cell(v) for v in values) + " |")
         lines.append("")
     lines += ["Strongest attack by TPR at 1% FPR, its 95% interval, %, per seed: floor; label-only:", ""]
     lines += ["| queries per text | floor | label-only |", "|---|---|---|"]
