@@ -105,6 +105,11 @@ def pads(text: str, k: int, filler: list[str]) -> list[str]:
     return out
 
 
+def padding_filler(probe: Probe) -> list[str]:
+    """Padding words: those of texts outside every split that are not queried as non-members."""
+    return " ".join(probe.ds.texts[i] for i in np.setdiff1d(probe.outside, probe.nonmember_rows)[-3000:]).split()
+
+
 def kind_name(kind: str, keep: float | None) -> str:
     return f"{kind}{'' if keep is None else f'_{keep:g}'}"
 
@@ -222,9 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [k for k in KINDS if kind_name(*k) in args.kinds.split(",")]
     probe = Probe.open(args.dataset, seed=args.seed, rows=args.rows)
     texts, labels, member, seed, target = probe.texts, probe.labels, probe.member, probe.seed, probe.target
-    artifact, score, ds = probe.artifact, probe.score, probe.ds
+    artifact, score = probe.artifact, probe.score
     index = artifact.member_index()
-    outside, nonmember_rows = probe.outside, probe.nonmember_rows
     tables = artifact.selective
     floor_bins = tables.bin_count(tables.level(None, adaptive=False))
 
@@ -252,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     print("benign", json.dumps(results["benign"]), flush=True)
-    # Padding words: texts outside every split that are not queried as non-members.
-    filler = " ".join(ds.texts[i] for i in np.setdiff1d(outside, nonmember_rows)[-3000:]).split()
+    filler = padding_filler(probe)
     for kind, keep in kinds:
         if kind == "edit":
             k, flat = 6, expand(texts, 6, seed)[0]

@@ -1,0 +1,134 @@
+"""Development-seed ablation of the fixed floor at 1% FPR: what averaged word edits read there, and
+what two changes of the floor do to it. Chooses nothing (the served design is unchanged).
+
+Under 6 averaged word edits the floor's learned attack reads TPR at 1% FPR about a point above
+label-only's, as raw outputs do, although the member gate moves 95% of members' edits onto what
+non-members get. The suspected mechanism: a member's label survives edits (memorisation) whatever
+its confidence, a non-member's mostly when it is confident; the whole-match map sends members to
+the non-members' confidence distribution *of their class and correctness*, so a member that the
+map sends low keeps a stable label, which non-members at that confidence rarely have. Two changes
+are scored against the served floor (16 levels):
+
+- **stability-weighted map**: the map's non-member side re-weighted by each calibration
+  non-member's label stability under the defender's own edits (4 per text, seeded apart from any
+  attacker): all kept (``hard``), or weight = share kept to the power 1, 2 or 4. Members then land
+  where stable non-members are.
+- **coarser floor**: 8 or 4 confidence levels per class (the served map).
+
+Scored on the development seed's probe rows (1,000 + 1,000): the texts themselves (one query),
+6 averaged edits and 6 paddings; excess over label-only by the maximum over the attacks and by the
+attack selected on the other half of each halving (:func:`veil.privacy.summary.selected`), accuracy
+and TPR at 1% FPR, and benign utility on the held-out texts.
+
+    python -m veil.privacy.ablate_floor          # about 12 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import numpy as np
+
+from veil.privacy.baselines import label_only
+from veil.privacy.models import DEV_SEED
+from veil.privacy.probe_crops import PADS, Probe, padding_filler, pads
+from veil.privacy.query_attacks import expand
+from veil.privacy.summary import selected
+from veil.privacy.utility import ece, error_detection_auroc
+from veil.python_backend import selective
+from veil.python_backend.probabilities import softmax64
+
+DEFENDER_EDITS = 4
+EDITS = 6
+WEIGHTS = {"hard": None, "share": 1.0, "share^2": 2.0, "share^4": 4.0}
+"""Stability weightings: ``None`` keeps only calibration non-members whose every edit kept the label."""
+
+
+def weighted_quantiles(x: np.ndarray, w: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Quantiles of ``x`` under weights ``w`` >= 0: each row at the weight before it over the total
+    less the last row's, so equal weights give ``np.quantile``'s (linear) and zero-weight rows drop out."""
+    keep = np.asarray(w, dtype=np.float64) > 0
+    x, w = np.asarray(x, dtype=np.float64)[keep], np.asarray(w, dtype=np.float64)[keep]
+    order = np.argsort(x, kind="stable")
+    x, w = x[order], w[order]
+    if len(x) == 1:
+        return np.full(len(np.atleast_1d(q)), x[0])
+    at = (np.cumsum(w) - w) / (w.sum() - w[-1])
+    return np.interp(q, at, x)
+
+
+def stability_tables(
+    tables: selective.SelectiveTables, logits: np.ndarray, labels: np.ndarray, weight: np.ndarray
+) -> selective.SelectiveTables:
+    """``tables`` with the whole-match map's non-member side re-weighted per calibration row."""
+    predicted, s = selective.top_log_odds(np.asarray(logits, dtype=np.float32))
+    correct = predicted == np.asarray(labels)
+    nonmember_q = [[list(g) for g in per_class] for per_class in tables.nonmember_q]
+    for c in range(tables.num_classes):
+        for k, side in ((0, correct), (1, ~correct)):
+            rows = (predicted == c) & side
+            if nonmember_q[c][k] and weight[rows].sum() >= selective.MIN_ROWS:
+                nonmember_q[c][k] = weighted_quantiles(s[rows], weight[rows], selective.LEVELS).tolist()
+    return replace(tables, nonmember_q=nonmember_q)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="sst2")
+    ap.add_argument("--rows", type=int, default=1000)
+    args = ap.parse_args(argv)
+    probe = Probe.open(args.dataset, seed=DEV_SEED, rows=args.rows)
+    tables, index = probe.artifact.selective, probe.artifact.member_index()
+    floor = float(tables.level(None, adaptive=False)[0])
+    calib = probe.splits.take(probe.ds, "nonmember_calib")
+    z_calib, _ = probe.score(list(calib.texts))
+    z_edits, _ = probe.score(expand(list(calib.texts), DEFENDER_EDITS, f"defender:{DEV_SEED}")[0])
+    predicted = selective.top_log_odds(z_calib.astype(np.float32))[0]
+    kept = (z_edits.argmax(1).reshape(-1, DEFENDER_EDITS) == predicted[:, None]).mean(1)
+    print(f"calibration non-members whose label survives all {DEFENDER_EDITS} defender edits: {(kept == 1).mean():.1%}")
+    filler = padding_filler(probe)
+    queries = {
+        "texts": (1, *probe.score(probe.texts)),
+        "edits": (EDITS, *probe.score(expand(probe.texts, EDITS, probe.seed)[0])),
+        "paddings": (PADS, *probe.score([p for t in probe.texts for p in pads(t, PADS, filler)])),
+    }
+    reference = {name: _readings(probe, label_only(softmax64(z)), k) for name, (k, z, _) in queries.items()}
+    variants: dict[str, tuple[selective.SelectiveTables, float]] = {"served (16 levels)": (tables, floor)}
+    for name, power in WEIGHTS.items():
+        weight = (kept == 1).astype(np.float64) if power is None else kept**power
+        variants[f"stability-weighted map, {name}"] = (stability_tables(tables, z_calib, calib.labels, weight), floor)
+    for levels in (8, 4):
+        q = 1.0 - np.log2(levels) / np.log2(tables.coarse_levels)
+        variants[f"coarser floor, {levels} levels"] = (tables, float(q))
+    held_out = ~probe.member
+    print("excess over label-only, pt: accuracy max / selected, TPR at 1% FPR max / selected; benign AUROC / ECE")
+    print("variant | " + " | ".join(queries) + " | benign")
+    for name, (t, level) in variants.items():
+        cells = []
+        for query, (k, z, sig) in queries.items():
+            out = selective.defend(z.astype(np.float32), t, index=index, signatures=sig, threat=np.full(len(z), level))
+            got = _readings(probe, out.probabilities, k)
+            cells.append(" / ".join(f"{g - r:+.1f}" for g, r in zip(got, reference[query], strict=True)))
+            if query == "texts":
+                p, y = out.probabilities[held_out], probe.labels[held_out]
+                benign = f"{error_detection_auroc(p, y):.3f} / {ece(p, y):.3f}"
+        print(f"{name} | " + " | ".join(cells) + f" | {benign}", flush=True)
+    return 0
+
+
+def _readings(probe: Probe, probs: np.ndarray, k: int) -> tuple[float, float, float, float]:
+    """Accuracy (max over attacks, selected), TPR at 1% FPR (max, selected), %."""
+    evals = probe.evaluate(probs, k)
+    acc = selected({a: [f["accuracy"] for f in e.folds] for a, e in evals.items()})
+    tpr = selected({a: [f["tpr_1"] for f in e.folds] for a, e in evals.items()})
+    return (
+        100 * max(e.accuracy for e in evals.values()),
+        100 * (acc or 0.0),
+        100 * max(e.tpr_1 or 0.0 for e in evals.values()),
+        100 * (tpr or 0.0),
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""The floor ablation's weighted map: equal weights reproduce the served tables, zero weights drop rows."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from veil.privacy.ablate_floor import stability_tables, weighted_quantiles
+from veil.python_backend import selective
+
+VALUES = st.lists(st.floats(-50, 50, allow_nan=False), min_size=2, max_size=60)
+
+
+@settings(max_examples=80, deadline=None)
+@given(x=VALUES, scale=st.floats(0.1, 10))
+def test_equal_weights_are_numpys_quantiles(x, scale):
+    x = np.asarray(x)
+    got = weighted_quantiles(x, np.full(len(x), scale), selective.LEVELS)
+    np.testing.assert_allclose(got, np.quantile(x, selective.LEVELS), atol=1e-9)
+
+
+@settings(max_examples=80, deadline=None)
+@given(x=VALUES, drop=st.lists(st.booleans(), min_size=60, max_size=60))
+def test_zero_weight_rows_drop_out(x, drop):
+    x = np.asarray(x)
+    w = np.where(np.asarray(drop[: len(x)]), 0.0, 1.0)
+    if not w.any():
+        w[0] = 1.0
+    np.testing.assert_allclose(
+        weighted_quantiles(x, w, selective.LEVELS), np.quantile(x[w > 0], selective.LEVELS), atol=1e-9
+    )
+
+
+def test_stability_weights_move_only_the_whole_match_maps_non_member_side():
+    rng = np.random.default_rng(0)
+    zm, zn = rng.normal(0, 3, (400, 2)), rng.normal(0, 2, (400, 2))
+    ym, yn = zm.argmax(1), np.where(rng.random(400) < 0.8, zn.argmax(1), 1 - zn.argmax(1))
+    tables = selective.fit_tables(member_logits=zm, member_labels=ym, nonmember_logits=zn, nonmember_labels=yn)
+    same = stability_tables(tables, zn, yn, np.ones(400))
+    np.testing.assert_allclose(np.asarray(same.nonmember_q[0][0]), np.asarray(tables.nonmember_q[0][0]), atol=1e-9)
+    confident = np.abs(zn[:, 0] - zn[:, 1]) > 2  # keep only confident non-members: the map's target sharpens
+    sharper = stability_tables(tables, zn, yn, confident.astype(float))
+    assert np.median(sharper.nonmember_q[0][0]) > np.median(tables.nonmember_q[0][0])
+    assert sharper.member_q == tables.member_q and sharper.nonmember_sorted == tables.nonmember_sorted
