@@ -32,9 +32,8 @@ import numpy as np
 
 from veil.privacy.baselines import label_only
 from veil.privacy.models import DEV_SEED
-from veil.privacy.probe_crops import PADS, Probe, padding_filler, pads
+from veil.privacy.probe_crops import PADS, Probe, padding_filler, pads, scored
 from veil.privacy.query_attacks import expand
-from veil.privacy.summary import selected
 from veil.privacy.utility import ece, error_detection_auroc
 from veil.python_backend import selective
 from veil.python_backend.probabilities import softmax64
@@ -118,15 +117,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _readings(probe: Probe, probs: np.ndarray, k: int) -> tuple[float, float, float, float]:
-    """Accuracy (max over attacks, selected), TPR at 1% FPR (max, selected), %."""
-    evals = probe.evaluate(probs, k)
-    acc = selected({a: [f["accuracy"] for f in e.folds] for a, e in evals.items()})
-    tpr = selected({a: [f["tpr_1"] for f in e.folds] for a, e in evals.items()})
+    """Accuracy (max over attacks, selected), TPR at 1% FPR (max, selected), %: the crop probe's
+    own readings (:func:`veil.privacy.probe_crops.scored`)."""
+    row, tpr, _, chosen = scored(probe, {"out": probs}, k)
     return (
-        100 * max(e.accuracy for e in evals.values()),
-        100 * (acc or 0.0),
-        100 * max(e.tpr_1 or 0.0 for e in evals.values()),
-        100 * (tpr or 0.0),
+        max(row["out"].values()),
+        chosen["out"]["accuracy"] or 0.0,
+        max(tpr["out"].values(), default=0.0),
+        chosen["out"]["tpr_1"] or 0.0,
     )
 
 

@@ -25,8 +25,9 @@ from veil.privacy.metrics import Fit, threshold_fit
 EDIT_KINDS = ("delete", "swap", "duplicate")
 
 
-def edits(text: str, k: int, seed: int) -> list[str]:
-    """``k`` seeded word-level edits of ``text``, cycling deletion, adjacent swap, duplication."""
+def edits(text: str, k: int, seed: int | str) -> list[str]:
+    """``k`` seeded word-level edits of ``text``, cycling deletion, adjacent swap, duplication
+    (``seed``: an int, or a string salting a party's edits apart from an attacker's)."""
     h = int.from_bytes(hashlib.sha256(f"{seed}:{text}".encode()).digest()[:8], "little")
     rng = np.random.default_rng(h)
     words = text.split()
@@ -46,7 +47,7 @@ def edits(text: str, k: int, seed: int) -> list[str]:
     return out
 
 
-def expand(texts: list[str], k: int, seed: int) -> tuple[list[str], np.ndarray]:
+def expand(texts: list[str], k: int, seed: int | str) -> tuple[list[str], np.ndarray]:
     """All edits of all texts in one list, and each edit's row index."""
     flat, group = [], []
     for i, t in enumerate(texts):
