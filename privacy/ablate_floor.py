@@ -13,6 +13,14 @@ are scored against the served floor (16 levels):
   non-member's label stability under the defender's own edits (4 per text, seeded apart from any
   attacker): all kept (``hard``), or weight = share kept to the power 1, 2 or 4. Members then land
   where stable non-members are.
+- **stability-ranked map**: the single query's distribution kept, the coupling changed: within
+  each (class, correctness) group, training texts are ranked by their label's stability under the
+  defender's edits (all kept, one lost, more), then by score, and each stratum is sent to its own
+  slice of the non-members' quantiles, the least stable to the lowest. Members' mapped scores still
+  have the non-members' distribution (the slices tile it), but a member the map sends low is now
+  one whose label is unstable too, as a non-member there mostly is. The served step would need
+  each training text's stratum in the artifact (one byte a text) and the matched text's stratum
+  from the look-up; here a second index whose labels carry the stratum stands in for it.
 - **coarser floor**: 8 or 4 confidence levels per class (the served map).
 
 Scored on the development seed's probe rows (1,000 + 1,000): the texts themselves (one query),
@@ -26,6 +34,7 @@ and TPR at 1% FPR, and benign utility on the held-out texts.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -36,12 +45,16 @@ from veil.privacy.probe_crops import PADS, Probe, padding_filler, pads, scored
 from veil.privacy.query_attacks import expand
 from veil.privacy.utility import ece, error_detection_auroc
 from veil.python_backend import selective
+from veil.python_backend.fingerprint import minhash, sketch
+from veil.python_backend.member_index import MemberIndex
 from veil.python_backend.probabilities import softmax64
 
 DEFENDER_EDITS = 4
 EDITS = 6
 WEIGHTS = {"hard": None, "share": 1.0, "share^2": 2.0, "share^4": 4.0}
 """Stability weightings: ``None`` keeps only calibration non-members whose every edit kept the label."""
+STRATA = 3
+"""Stability strata of the ranked map: labels kept under all defender edits, all but one, fewer."""
 
 
 def weighted_quantiles(x: np.ndarray, w: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -72,6 +85,52 @@ def stability_tables(
     return replace(tables, nonmember_q=nonmember_q)
 
 
+def ranked_tables(
+    tables: selective.SelectiveTables, member_logits: np.ndarray, member_labels: np.ndarray, stratum: np.ndarray
+) -> list[selective.SelectiveTables]:
+    """Per stability stratum (0 = least stable): ``tables`` with the whole-match map sending the
+    stratum's members (quantiles of their own scores) onto its slice ``[P(stratum < t), P(stratum
+    <= t)]`` of the non-members' quantiles, per (class, correctness) group. A group or stratum with
+    fewer than :data:`selective.MIN_ROWS` members keeps the served map."""
+    predicted, s = selective.top_log_odds(np.asarray(member_logits, dtype=np.float32))
+    correct = predicted == np.asarray(member_labels)
+    stratum = np.asarray(stratum)
+    out = []
+    for t in range(int(stratum.max()) + 1):
+        member_q = [[list(g) for g in per_class] for per_class in tables.member_q]
+        nonmember_q = [[list(g) for g in per_class] for per_class in tables.nonmember_q]
+        for c in range(tables.num_classes):
+            for k, side in ((0, correct), (1, ~correct)):
+                group = (predicted == c) & side
+                inner = group & (stratum == t)
+                if not (tables.member_q[c][k] and tables.nonmember_q[c][k]) or inner.sum() < selective.MIN_ROWS:
+                    continue
+                lo, hi = (stratum[group] < t).mean(), (stratum[group] <= t).mean()
+                member_q[c][k] = np.quantile(s[inner], selective.LEVELS).tolist()
+                nq = np.asarray(tables.nonmember_q[c][k], dtype=np.float64)
+                nonmember_q[c][k] = np.interp(lo + selective.LEVELS * (hi - lo), selective.LEVELS, nq).tolist()
+        out.append(replace(tables, member_q=member_q, nonmember_q=nonmember_q))
+    return out
+
+
+def ranked_defender(
+    per_stratum: list[selective.SelectiveTables], index: MemberIndex, stratum_index: MemberIndex
+) -> Callable[[np.ndarray, np.ndarray, float], np.ndarray]:
+    """``(logits, signatures, level) -> probabilities``: each row served by its stratum's tables, the
+    stratum of the training text the look-up matches (``stratum_index``: the member index with
+    ``label + classes * stratum`` as labels; the same look-up, so the same match)."""
+    classes = per_stratum[0].num_classes
+
+    def serve(z: np.ndarray, sig: np.ndarray, level: float) -> np.ndarray:
+        _, code = stratum_index.nearest(minhash(sig), sketches=sketch(sig))
+        t = np.where(code >= 0, code // classes, 0)
+        z32, threat = z.astype(np.float32), np.full(len(z), level)
+        outs = [selective.defend(z32, tb, index=index, signatures=sig, threat=threat) for tb in per_stratum]
+        return np.stack([o.probabilities for o in outs])[t, np.arange(len(z))]
+
+    return serve
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="sst2")
@@ -86,6 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     predicted = selective.top_log_odds(z_calib.astype(np.float32))[0]
     kept = (z_edits.argmax(1).reshape(-1, DEFENDER_EDITS) == predicted[:, None]).mean(1)
     print(f"calibration non-members whose label survives all {DEFENDER_EDITS} defender edits: {(kept == 1).mean():.1%}")
+    members = probe.splits.take(probe.ds, "members")
+    if len(members) != len(index) or not np.array_equal(np.asarray(members.labels), index.labels):
+        raise RuntimeError("the member index is not in the training texts' order")
+    z_members, _ = probe.score(list(members.texts))
+    z_member_edits, _ = probe.score(expand(list(members.texts), DEFENDER_EDITS, f"defender:{DEV_SEED}")[0])
+    member_pred = selective.top_log_odds(z_members.astype(np.float32))[0]
+    lost = DEFENDER_EDITS - (z_member_edits.argmax(1).reshape(-1, DEFENDER_EDITS) == member_pred[:, None]).sum(1)
+    stratum = STRATA - 1 - np.minimum(lost, STRATA - 1)
+    print(f"training texts per stratum (least stable first): {np.bincount(stratum, minlength=STRATA).tolist()}")
+    stratum_index = MemberIndex(index.signatures, index.labels + tables.num_classes * stratum, sketches=index.sketches)
+    ranked = ranked_defender(ranked_tables(tables, z_members, members.labels, stratum), index, stratum_index)
     filler = padding_filler(probe)
     queries = {
         "texts": (1, *probe.score(probe.texts)),
@@ -93,24 +163,34 @@ def main(argv: list[str] | None = None) -> int:
         "paddings": (PADS, *probe.score([p for t in probe.texts for p in pads(t, PADS, filler)])),
     }
     reference = {name: _readings(probe, label_only(softmax64(z)), k) for name, (k, z, _) in queries.items()}
-    variants: dict[str, tuple[selective.SelectiveTables, float]] = {"served (16 levels)": (tables, floor)}
+
+    def served(t: selective.SelectiveTables, level: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        return lambda z, sig: (
+            selective.defend(
+                z.astype(np.float32), t, index=index, signatures=sig, threat=np.full(len(z), level)
+            ).probabilities
+        )
+
+    variants = {"served (16 levels)": served(tables, floor)}
+    variants["stability-ranked map"] = lambda z, sig: ranked(z, sig, floor)
     for name, power in WEIGHTS.items():
         weight = (kept == 1).astype(np.float64) if power is None else kept**power
-        variants[f"stability-weighted map, {name}"] = (stability_tables(tables, z_calib, calib.labels, weight), floor)
+        weighted = stability_tables(tables, z_calib, calib.labels, weight)
+        variants[f"stability-weighted map, {name}"] = served(weighted, floor)
     for levels in (8, 4):
         q = 1.0 - np.log2(levels) / np.log2(tables.coarse_levels)
-        variants[f"coarser floor, {levels} levels"] = (tables, float(q))
+        variants[f"coarser floor, {levels} levels"] = served(tables, float(q))
     held_out = ~probe.member
     print("excess over label-only, pt: accuracy max / selected, TPR at 1% FPR max / selected; benign AUROC / ECE")
     print("variant | " + " | ".join(queries) + " | benign")
-    for name, (t, level) in variants.items():
+    for name, serve in variants.items():
         cells = []
         for query, (k, z, sig) in queries.items():
-            out = selective.defend(z.astype(np.float32), t, index=index, signatures=sig, threat=np.full(len(z), level))
-            got = _readings(probe, out.probabilities, k)
+            probs = serve(z, sig)
+            got = _readings(probe, probs, k)
             cells.append(" / ".join(f"{g - r:+.1f}" for g, r in zip(got, reference[query], strict=True)))
             if query == "texts":
-                p, y = out.probabilities[held_out], probe.labels[held_out]
+                p, y = probs[held_out], probe.labels[held_out]
                 benign = f"{error_detection_auroc(p, y):.3f} / {ece(p, y):.3f}"
         print(f"{name} | " + " | ".join(cells) + f" | {benign}", flush=True)
     return 0

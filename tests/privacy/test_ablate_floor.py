@@ -1,10 +1,12 @@
 """The floor ablation's weighted map: equal weights reproduce the served tables, zero weights drop rows."""
 
+import itertools
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veil.privacy.ablate_floor import stability_tables, weighted_quantiles
+from veil.privacy.ablate_floor import ranked_tables, stability_tables, weighted_quantiles
 from veil.python_backend import selective
 
 VALUES = st.lists(st.floats(-50, 50, allow_nan=False), min_size=2, max_size=60)
@@ -41,3 +43,38 @@ def test_stability_weights_move_only_the_whole_match_maps_non_member_side():
     sharper = stability_tables(tables, zn, yn, confident.astype(float))
     assert np.median(sharper.nonmember_q[0][0]) > np.median(tables.nonmember_q[0][0])
     assert sharper.member_q == tables.member_q and sharper.nonmember_sorted == tables.nonmember_sorted
+
+
+def test_ranked_map_tiles_the_non_members_quantiles_by_stratum():
+    """Each stratum lands on its own slice (least stable lowest), and together the members' mapped
+    scores keep the non-members' distribution: the single query sees the served map's marginal."""
+    rng = np.random.default_rng(1)
+    zm, zn = rng.normal(0, 4, (3000, 2)), rng.normal(0, 2, (3000, 2))
+    ym, yn = zm.argmax(1), zn.argmax(1)  # every row correct: one group per class
+    tables = selective.fit_tables(member_logits=zm, member_labels=ym, nonmember_logits=zn, nonmember_labels=yn)
+    stratum = rng.integers(0, 3, 3000)
+    per_stratum = ranked_tables(tables, zm, ym, stratum)
+    assert len(per_stratum) == 3
+    label, s = selective.top_log_odds(zm.astype(np.float32))
+    for c in (0, 1):
+        mapped = []
+        for t in range(3):
+            rows = (label == c) & (stratum == t)
+            mapped.append(per_stratum[t].map_members(s[rows], np.full(rows.sum(), c), np.ones(rows.sum(), bool)))
+        for low, high in itertools.pairwise(mapped):
+            assert np.quantile(low, 0.95) <= np.quantile(high, 0.05)
+        together = np.concatenate(mapped)
+        nonmember = np.asarray(tables.nonmember_q[c][0])
+        inner = selective.LEVELS[10:-10]
+        expected = np.interp(inner, selective.LEVELS, nonmember)
+        np.testing.assert_allclose(np.quantile(together, inner), expected, atol=0.15)
+
+
+def test_a_stratum_too_small_keeps_the_served_map():
+    rng = np.random.default_rng(2)
+    zm, zn = rng.normal(0, 4, (400, 2)), rng.normal(0, 2, (400, 2))
+    ym, yn = zm.argmax(1), zn.argmax(1)
+    tables = selective.fit_tables(member_logits=zm, member_labels=ym, nonmember_logits=zn, nonmember_labels=yn)
+    stratum = np.r_[np.zeros(3, int), np.ones(397, int)]  # stratum 0 has fewer than MIN_ROWS rows in every group
+    low, _ = ranked_tables(tables, zm, ym, stratum)
+    assert low.member_q == tables.member_q and low.nonmember_q == tables.nonmember_q
