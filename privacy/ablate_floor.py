@@ -21,6 +21,10 @@ are scored against the served floor (16 levels):
   one whose label is unstable too, as a non-member there mostly is. The served step would need
   each training text's stratum in the artifact (one byte a text) and the matched text's stratum
   from the look-up; here a second index whose labels carry the stratum stands in for it.
+- **stability-conditional map**: per stratum, the whole-match map fitted on that stratum's
+  members and that stratum's calibration non-members: members land where non-members as stable as
+  they are land, at the price of the single query's marginal (the members' strata shares are not
+  the non-members').
 - **coarser floor**: 8 or 4 confidence levels per class (the served map).
 
 Scored on the development seed's probe rows (1,000 + 1,000): the texts themselves (one query),
@@ -113,6 +117,51 @@ def ranked_tables(
     return out
 
 
+def conditional_tables(
+    tables: selective.SelectiveTables,
+    *,
+    member_logits: np.ndarray,
+    member_labels: np.ndarray,
+    member_stratum: np.ndarray,
+    nonmember_logits: np.ndarray,
+    nonmember_labels: np.ndarray,
+    nonmember_stratum: np.ndarray,
+) -> list[selective.SelectiveTables]:
+    """Per stability stratum: ``tables`` with the whole-match map fitted on that stratum's members
+    and that stratum's calibration non-members alone (per class and correctness), so a member is sent
+    where non-members *as stable as it* are. A group with fewer than :data:`selective.MIN_ROWS` rows
+    on either side keeps the served map. Members are more stable than non-members, so the single
+    query's marginal is the strata's mixture at the members' shares, not the non-members'."""
+    member_stratum, nonmember_stratum = np.asarray(member_stratum), np.asarray(nonmember_stratum)
+    out = []
+    for t in range(int(max(member_stratum.max(), nonmember_stratum.max())) + 1):
+        m, n = member_stratum == t, nonmember_stratum == t
+        if not (m.any() and n.any()):
+            out.append(tables)
+            continue
+        mq, nq = selective.quantile_tables(
+            np.asarray(member_logits, dtype=np.float32)[m],
+            np.asarray(member_labels)[m],
+            np.asarray(nonmember_logits, dtype=np.float32)[n],
+            np.asarray(nonmember_labels)[n],
+        )
+        member_q = [[list(g) for g in per_class] for per_class in tables.member_q]
+        nonmember_q = [[list(g) for g in per_class] for per_class in tables.nonmember_q]
+        for c in range(tables.num_classes):
+            for k in (0, 1):
+                if mq[c][k] and nq[c][k] and tables.member_q[c][k]:
+                    member_q[c][k], nonmember_q[c][k] = mq[c][k], nq[c][k]
+        out.append(replace(tables, member_q=member_q, nonmember_q=nonmember_q))
+    return out
+
+
+def strata(kept: np.ndarray) -> np.ndarray:
+    """Stability stratum from the number of defender edits that kept the label (of
+    :data:`DEFENDER_EDITS`): ``STRATA - 1`` all kept, down to 0 for ``STRATA - 1`` or more lost."""
+    lost = DEFENDER_EDITS - np.asarray(kept)
+    return STRATA - 1 - np.minimum(lost, STRATA - 1)
+
+
 def ranked_defender(
     per_stratum: list[selective.SelectiveTables], index: MemberIndex, stratum_index: MemberIndex
 ) -> Callable[[np.ndarray, np.ndarray, float], np.ndarray]:
@@ -151,11 +200,25 @@ def main(argv: list[str] | None = None) -> int:
     z_members, _ = probe.score(list(members.texts))
     z_member_edits, _ = probe.score(expand(list(members.texts), DEFENDER_EDITS, f"defender:{DEV_SEED}")[0])
     member_pred = selective.top_log_odds(z_members.astype(np.float32))[0]
-    lost = DEFENDER_EDITS - (z_member_edits.argmax(1).reshape(-1, DEFENDER_EDITS) == member_pred[:, None]).sum(1)
-    stratum = STRATA - 1 - np.minimum(lost, STRATA - 1)
+    stratum = strata((z_member_edits.argmax(1).reshape(-1, DEFENDER_EDITS) == member_pred[:, None]).sum(1))
+    calib_stratum = strata(np.rint(kept * DEFENDER_EDITS).astype(int))
     print(f"training texts per stratum (least stable first): {np.bincount(stratum, minlength=STRATA).tolist()}")
+    print(f"calibration non-members per stratum: {np.bincount(calib_stratum, minlength=STRATA).tolist()}")
     stratum_index = MemberIndex(index.signatures, index.labels + tables.num_classes * stratum, sketches=index.sketches)
     ranked = ranked_defender(ranked_tables(tables, z_members, members.labels, stratum), index, stratum_index)
+    conditional = ranked_defender(
+        conditional_tables(
+            tables,
+            member_logits=z_members,
+            member_labels=members.labels,
+            member_stratum=stratum,
+            nonmember_logits=z_calib,
+            nonmember_labels=calib.labels,
+            nonmember_stratum=calib_stratum,
+        ),
+        index,
+        stratum_index,
+    )
     filler = padding_filler(probe)
     queries = {
         "texts": (1, *probe.score(probe.texts)),
@@ -173,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = {"served (16 levels)": served(tables, floor)}
     variants["stability-ranked map"] = lambda z, sig: ranked(z, sig, floor)
+    variants["stability-conditional map"] = lambda z, sig: conditional(z, sig, floor)
     for name, power in WEIGHTS.items():
         weight = (kept == 1).astype(np.float64) if power is None else kept**power
         weighted = stability_tables(tables, z_calib, calib.labels, weight)

@@ -1,4 +1,5 @@
-"""The floor ablation's weighted map: equal weights reproduce the served tables, zero weights drop rows."""
+"""The floor ablation's maps: weighted (equal weights reproduce the served tables, zero weights drop
+rows), ranked (strata tile the non-members' quantiles) and conditional (each stratum on its own)."""
 
 import itertools
 
@@ -6,7 +7,15 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veil.privacy.ablate_floor import ranked_tables, stability_tables, weighted_quantiles
+from veil.privacy.ablate_floor import (
+    DEFENDER_EDITS,
+    STRATA,
+    conditional_tables,
+    ranked_tables,
+    stability_tables,
+    strata,
+    weighted_quantiles,
+)
 from veil.python_backend import selective
 
 VALUES = st.lists(st.floats(-50, 50, allow_nan=False), min_size=2, max_size=60)
@@ -78,3 +87,41 @@ def test_a_stratum_too_small_keeps_the_served_map():
     stratum = np.r_[np.zeros(3, int), np.ones(397, int)]  # stratum 0 has fewer than MIN_ROWS rows in every group
     low, _ = ranked_tables(tables, zm, ym, stratum)
     assert low.member_q == tables.member_q and low.nonmember_q == tables.nonmember_q
+
+
+def test_strata_count_lost_edits_from_the_top():
+    kept = np.arange(DEFENDER_EDITS + 1)
+    got = strata(kept)
+    assert got[-1] == STRATA - 1 and got[-2] == STRATA - 2 and (got[: DEFENDER_EDITS - STRATA + 2] == 0).all()
+    assert (np.diff(got) >= 0).all()
+
+
+def test_conditional_map_sends_each_stratum_to_its_own_non_members():
+    """Stratum t's members land on stratum t's non-members' scores; a stratum with too few rows
+    keeps the served map."""
+    rng = np.random.default_rng(3)
+    zm, zn = rng.normal(0, 4, (2000, 2)), rng.normal(0, 2, (3000, 2))
+    ym, yn = zm.argmax(1), zn.argmax(1)
+    tables = selective.fit_tables(member_logits=zm, member_labels=ym, nonmember_logits=zn, nonmember_labels=yn)
+    _, sn = selective.top_log_odds(zn.astype(np.float32))
+    n_stratum = np.where(sn > np.median(sn), 2, 1)  # the confident half of non-members is the stable one
+    m_stratum = np.r_[np.zeros(4, int), rng.integers(1, 3, 1996)]
+    per_stratum = conditional_tables(
+        tables,
+        member_logits=zm,
+        member_labels=ym,
+        member_stratum=m_stratum,
+        nonmember_logits=zn,
+        nonmember_labels=yn,
+        nonmember_stratum=n_stratum,
+    )
+    assert len(per_stratum) == 3
+    assert per_stratum[0].member_q == tables.member_q and per_stratum[0].nonmember_q == tables.nonmember_q
+    label, s = selective.top_log_odds(zm.astype(np.float32))
+    for c in (0, 1):
+        ln = selective.top_log_odds(zn.astype(np.float32))[0]
+        for t in (1, 2):
+            rows = (label == c) & (m_stratum == t)
+            mapped = per_stratum[t].map_members(s[rows], np.full(rows.sum(), c), np.ones(rows.sum(), bool))
+            target = sn[(ln == c) & (n_stratum == t)]
+            assert abs(np.median(mapped) - np.median(target)) < 0.1 * np.std(sn)
