@@ -14,6 +14,7 @@ from veil.privacy.ablate_floor import (
     ranked_tables,
     stability_tables,
     strata,
+    strongest_excess,
     weighted_quantiles,
 )
 from veil.python_backend import selective
@@ -125,3 +126,15 @@ def test_conditional_map_sends_each_stratum_to_its_own_non_members():
             mapped = per_stratum[t].map_members(s[rows], np.full(rows.sum(), c), np.ones(rows.sum(), bool))
             target = sn[(ln == c) & (n_stratum == t)]
             assert abs(np.median(mapped) - np.median(target)) < 0.1 * np.std(sn)
+
+
+def test_strongest_excess_compares_the_maxima_over_kinds():
+    """A kind where the output leaks less than label-only's best kind costs nothing: the suite
+    compares the strongest attack of any kind on each side."""
+    reference = {"texts": (54.0, 53.0, 1.0, 1.0), "edits": (56.0, 55.0, 2.0, 1.5)}
+    readings = {"texts": (55.5, 54.0, 1.2, 1.0), "edits": (55.8, 55.0, 2.6, 2.0)}
+    acc, tpr = strongest_excess(readings, reference)
+    assert np.isclose(acc, -0.2) and np.isclose(tpr, 0.6)
+    readings["texts"] = (57.0, 54.0, 3.5, 1.0)
+    acc, tpr = strongest_excess(readings, reference)
+    assert np.isclose(acc, 1.0) and np.isclose(tpr, 1.5)
