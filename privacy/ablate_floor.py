@@ -25,6 +25,14 @@ are scored against the served floor (16 levels):
   members and that stratum's calibration non-members: members land where non-members as stable as
   they are land, at the price of the single query's marginal (the members' strata shares are not
   the non-members').
+- **edit-fitted near-duplicate map**: a query the gate matches to a training text but not exactly
+  (similarity under 1: an edited copy) goes through a whole-match map fitted on what such queries
+  are: the defender's own edits of training texts that the gate matches but not exactly, onto its
+  edits of calibration non-members (which the gate does not move: what a non-member's edit is
+  served). Exact copies keep the served map, so the single query cannot change. The suspected
+  mechanism it targets: the served map is fitted on the training texts themselves, so an edit,
+  a little less confident than its text, lands in the members' lower quantiles and is sent low,
+  while its label stays (memorised): low and stable is the member's tell.
 - **coarser floor**: 8 or 4 confidence levels per class (the served map).
 
 Scored on the development seed's probe rows (1,000 + 1,000): the texts themselves (one query),
@@ -155,6 +163,51 @@ def conditional_tables(
     return out
 
 
+def near_tables(
+    tables: selective.SelectiveTables,
+    *,
+    member_edit_logits: np.ndarray,
+    member_edit_labels: np.ndarray,
+    near: np.ndarray,
+    nonmember_edit_logits: np.ndarray,
+    nonmember_edit_labels: np.ndarray,
+) -> selective.SelectiveTables:
+    """``tables`` with the whole-match map fitted on the defender's edits: training texts' edits
+    that the gate matches but not exactly (``near``; labels: their texts') onto calibration
+    non-members' edits (labels: their texts'), per class and correctness. A group with fewer than
+    :data:`selective.MIN_ROWS` rows on either side keeps the served map."""
+    near = np.asarray(near, dtype=bool)
+    mq, nq = selective.quantile_tables(
+        np.asarray(member_edit_logits, dtype=np.float32)[near],
+        np.asarray(member_edit_labels)[near],
+        np.asarray(nonmember_edit_logits, dtype=np.float32),
+        np.asarray(nonmember_edit_labels),
+    )
+    member_q = [[list(g) for g in per_class] for per_class in tables.member_q]
+    nonmember_q = [[list(g) for g in per_class] for per_class in tables.nonmember_q]
+    for c in range(tables.num_classes):
+        for k in (0, 1):
+            if mq[c][k] and nq[c][k] and tables.member_q[c][k]:
+                member_q[c][k], nonmember_q[c][k] = mq[c][k], nq[c][k]
+    return replace(tables, member_q=member_q, nonmember_q=nonmember_q)
+
+
+def near_defender(
+    tables: selective.SelectiveTables, near: selective.SelectiveTables, index: MemberIndex
+) -> Callable[[np.ndarray, np.ndarray, float], np.ndarray]:
+    """``(logits, signatures, level) -> probabilities``: exact matches (similarity 1) and unmatched
+    rows served as before, inexact matches by ``near``'s whole-match map."""
+
+    def serve(z: np.ndarray, sig: np.ndarray, level: float) -> np.ndarray:
+        sim, _ = index.nearest(minhash(sig), sketches=sketch(sig))
+        z32, threat = z.astype(np.float32), np.full(len(z), level)
+        served = selective.defend(z32, tables, index=index, signatures=sig, threat=threat).probabilities
+        edited = selective.defend(z32, near, index=index, signatures=sig, threat=threat).probabilities
+        return np.where((sim < 1.0)[:, None], edited, served)
+
+    return serve
+
+
 def strata(kept: np.ndarray) -> np.ndarray:
     """Stability stratum from the number of defender edits that kept the label (of
     :data:`DEFENDER_EDITS`): ``STRATA - 1`` all kept, down to 0 for ``STRATA - 1`` or more lost."""
@@ -191,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     calib = probe.splits.take(probe.ds, "nonmember_calib")
     z_calib, _ = probe.score(list(calib.texts))
     z_edits, _ = probe.score(expand(list(calib.texts), DEFENDER_EDITS, f"defender:{DEV_SEED}")[0])
+    calib_edit_labels = np.repeat(np.asarray(calib.labels), DEFENDER_EDITS)
     predicted = selective.top_log_odds(z_calib.astype(np.float32))[0]
     kept = (z_edits.argmax(1).reshape(-1, DEFENDER_EDITS) == predicted[:, None]).mean(1)
     print(f"calibration non-members whose label survives all {DEFENDER_EDITS} defender edits: {(kept == 1).mean():.1%}")
@@ -198,7 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(members) != len(index) or not np.array_equal(np.asarray(members.labels), index.labels):
         raise RuntimeError("the member index is not in the training texts' order")
     z_members, _ = probe.score(list(members.texts))
-    z_member_edits, _ = probe.score(expand(list(members.texts), DEFENDER_EDITS, f"defender:{DEV_SEED}")[0])
+    z_member_edits, sig_member_edits = probe.score(
+        expand(list(members.texts), DEFENDER_EDITS, f"defender:{DEV_SEED}")[0]
+    )
+    member_edit_sim, _ = index.nearest(minhash(sig_member_edits), sketches=sketch(sig_member_edits))
+    near = (tables.member_weight(member_edit_sim) > 0) & (member_edit_sim < 1.0)
+    exact = (member_edit_sim >= 1.0).mean()
+    print(f"defender edits of training texts matched but not exactly: {near.mean():.1%} (exactly: {exact:.1%})")
     member_pred = selective.top_log_odds(z_members.astype(np.float32))[0]
     stratum = strata((z_member_edits.argmax(1).reshape(-1, DEFENDER_EDITS) == member_pred[:, None]).sum(1))
     calib_stratum = strata(np.rint(kept * DEFENDER_EDITS).astype(int))
@@ -219,6 +279,18 @@ def main(argv: list[str] | None = None) -> int:
         index,
         stratum_index,
     )
+    edit_fitted = near_defender(
+        tables,
+        near_tables(
+            tables,
+            member_edit_logits=z_member_edits,
+            member_edit_labels=np.repeat(np.asarray(members.labels), DEFENDER_EDITS),
+            near=near,
+            nonmember_edit_logits=z_edits,
+            nonmember_edit_labels=calib_edit_labels,
+        ),
+        index,
+    )
     filler = padding_filler(probe)
     queries = {
         "texts": (1, *probe.score(probe.texts)),
@@ -235,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     variants = {"served (16 levels)": served(tables, floor)}
+    variants["edit-fitted near-duplicate map"] = lambda z, sig: edit_fitted(z, sig, floor)
     variants["stability-ranked map"] = lambda z, sig: ranked(z, sig, floor)
     variants["stability-conditional map"] = lambda z, sig: conditional(z, sig, floor)
     for name, power in WEIGHTS.items():

@@ -11,6 +11,7 @@ from veil.privacy.ablate_floor import (
     DEFENDER_EDITS,
     STRATA,
     conditional_tables,
+    near_tables,
     ranked_tables,
     stability_tables,
     strata,
@@ -138,3 +139,42 @@ def test_strongest_excess_compares_the_maxima_over_kinds():
     readings["texts"] = (57.0, 54.0, 3.5, 1.0)
     acc, tpr = strongest_excess(readings, reference)
     assert np.isclose(acc, 1.0) and np.isclose(tpr, 1.5)
+
+
+def test_edit_fitted_map_sends_edits_onto_non_members_edits():
+    """Members' inexact matches (edits, a little less confident than their texts) land on the
+    non-members' edits' scores, not in the served map's low quantiles; unmatched edits are left
+    out of the fit, and a group too small keeps the served map."""
+    rng = np.random.default_rng(4)
+    zm, zn = rng.normal(0, 4, (1000, 2)), rng.normal(0, 2, (3000, 2))
+    ym, yn = zm.argmax(1), zn.argmax(1)
+    tables = selective.fit_tables(member_logits=zm, member_labels=ym, nonmember_logits=zn, nonmember_labels=yn)
+    member_edits = np.repeat(zm, DEFENDER_EDITS, axis=0) * 0.7  # edits: less confident, same label
+    nonmember_edits = np.repeat(zn, DEFENDER_EDITS, axis=0) * 0.9
+    edit_labels = np.repeat(ym, DEFENDER_EDITS)
+    near = rng.random(len(member_edits)) < 0.9
+    fitted = near_tables(
+        tables,
+        member_edit_logits=member_edits,
+        member_edit_labels=edit_labels,
+        near=near,
+        nonmember_edit_logits=nonmember_edits,
+        nonmember_edit_labels=np.repeat(yn, DEFENDER_EDITS),
+    )
+    label, s = selective.top_log_odds(member_edits.astype(np.float32))
+    ln, sn = selective.top_log_odds(nonmember_edits.astype(np.float32))
+    for c in (0, 1):
+        rows = near & (label == c)
+        args = (s[rows], np.full(rows.sum(), c), np.ones(rows.sum(), bool))
+        target = np.median(sn[ln == c])
+        assert abs(np.median(fitted.map_members(*args)) - target) < 0.1 * np.std(sn)
+        assert np.median(tables.map_members(*args)) < target - 0.1 * np.std(sn)  # the served map sends edits low
+    none = near_tables(
+        tables,
+        member_edit_logits=member_edits,
+        member_edit_labels=edit_labels,
+        near=np.zeros(len(member_edits), bool),
+        nonmember_edit_logits=nonmember_edits,
+        nonmember_edit_labels=np.repeat(yn, DEFENDER_EDITS),
+    )
+    assert none.member_q == tables.member_q and none.nonmember_q == tables.nonmember_q
