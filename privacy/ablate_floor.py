@@ -36,11 +36,13 @@ are scored against the served floor (16 levels):
 - **coarser floor**: 8 or 4 confidence levels per class (the served map).
 
 Scored on the development seed's probe rows (1,000 + 1,000): the texts themselves (one query),
-6 averaged edits and 6 paddings; excess over label-only by the maximum over the attacks and by the
-attack selected on the other half of each halving (:func:`veil.privacy.summary.selected`), accuracy
-and TPR at 1% FPR, and benign utility on the held-out texts.
+6 averaged edits, 6 paddings and 8 crops keeping half the words (a random subset); excess over
+label-only by the maximum over the attacks and by the attack selected on the other half of each
+halving (:func:`veil.privacy.summary.selected`), accuracy and TPR at 1% FPR; the suite's reading
+over all kinds; and benign utility on the held-out texts.
 
-    python -m veil.privacy.ablate_floor          # about 12 min on 2 cores
+    python -m veil.privacy.ablate_floor                    # about 15 min on 2 cores
+    python -m veil.privacy.ablate_floor --dataset agnews   # trains the development target first
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from veil.export.crops import crops
 from veil.privacy.baselines import label_only
 from veil.privacy.models import DEV_SEED
 from veil.privacy.probe_crops import PADS, Probe, padding_filler, pads, scored
@@ -63,6 +66,7 @@ from veil.python_backend.probabilities import softmax64
 
 DEFENDER_EDITS = 4
 EDITS = 6
+CROPS = 8
 WEIGHTS = {"hard": None, "share": 1.0, "share^2": 2.0, "share^4": 4.0}
 """Stability weightings: ``None`` keeps only calibration non-members whose every edit kept the label."""
 STRATA = 3
@@ -296,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "texts": (1, *probe.score(probe.texts)),
         "edits": (EDITS, *probe.score(expand(probe.texts, EDITS, probe.seed)[0])),
         "paddings": (PADS, *probe.score([p for t in probe.texts for p in pads(t, PADS, filler)])),
+        "half-crops": (CROPS, *probe.score([c for t in probe.texts for c in crops(t, CROPS, 0.5, "subset")])),
     }
     reference = {name: _readings(probe, label_only(softmax64(z)), k) for name, (k, z, _) in queries.items()}
 
