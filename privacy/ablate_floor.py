@@ -198,16 +198,17 @@ def near_tables(
 
 def near_defender(
     tables: selective.SelectiveTables, near: selective.SelectiveTables, index: MemberIndex
-) -> Callable[[np.ndarray, np.ndarray, float], np.ndarray]:
-    """``(logits, signatures, level) -> probabilities``: exact matches (similarity 1) and unmatched
-    rows served as before, inexact matches by ``near``'s whole-match map."""
+) -> Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]:
+    """``(logits, signatures, copy, level) -> probabilities``: copies of a training text (``copy``;
+    served, a hash of the text's tokens in the index would tell) and unmatched rows served as before,
+    other matches by ``near``'s whole-match map. MinHash cannot tell: most edits of a short text
+    estimate similarity 1."""
 
-    def serve(z: np.ndarray, sig: np.ndarray, level: float) -> np.ndarray:
-        sim, _ = index.nearest(minhash(sig), sketches=sketch(sig))
+    def serve(z: np.ndarray, sig: np.ndarray, copy: np.ndarray, level: float) -> np.ndarray:
         z32, threat = z.astype(np.float32), np.full(len(z), level)
         served = selective.defend(z32, tables, index=index, signatures=sig, threat=threat).probabilities
         edited = selective.defend(z32, near, index=index, signatures=sig, threat=threat).probabilities
-        return np.where((sim < 1.0)[:, None], edited, served)
+        return np.where(np.asarray(copy, dtype=bool)[:, None], served, edited)
 
     return serve
 
@@ -256,13 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(members) != len(index) or not np.array_equal(np.asarray(members.labels), index.labels):
         raise RuntimeError("the member index is not in the training texts' order")
     z_members, _ = probe.score(list(members.texts))
-    z_member_edits, sig_member_edits = probe.score(
-        expand(list(members.texts), DEFENDER_EDITS, f"defender:{DEV_SEED}")[0]
-    )
+    training = frozenset(members.texts)
+    member_edit_texts = expand(list(members.texts), DEFENDER_EDITS, f"defender:{DEV_SEED}")[0]
+    z_member_edits, sig_member_edits = probe.score(member_edit_texts)
     member_edit_sim, _ = index.nearest(minhash(sig_member_edits), sketches=sketch(sig_member_edits))
-    near = (tables.member_weight(member_edit_sim) > 0) & (member_edit_sim < 1.0)
-    exact = (member_edit_sim >= 1.0).mean()
-    print(f"defender edits of training texts matched but not exactly: {near.mean():.1%} (exactly: {exact:.1%})")
+    near = (tables.member_weight(member_edit_sim) > 0) & ~np.isin(member_edit_texts, list(training))
+    print(
+        f"defender edits of training texts the gate matches, not copies: {near.mean():.1%} "
+        f"(similarity estimated 1: {(member_edit_sim >= 1.0).mean():.1%})"
+    )
     member_pred = selective.top_log_odds(z_members.astype(np.float32))[0]
     stratum = strata((z_member_edits.argmax(1).reshape(-1, DEFENDER_EDITS) == member_pred[:, None]).sum(1))
     calib_stratum = strata(np.rint(kept * DEFENDER_EDITS).astype(int))
@@ -296,25 +299,27 @@ def main(argv: list[str] | None = None) -> int:
         index,
     )
     filler = padding_filler(probe)
-    queries = {
-        "texts": (1, *probe.score(probe.texts)),
-        "edits": (EDITS, *probe.score(expand(probe.texts, EDITS, probe.seed)[0])),
-        "paddings": (PADS, *probe.score([p for t in probe.texts for p in pads(t, PADS, filler)])),
-        "half-crops": (CROPS, *probe.score([c for t in probe.texts for c in crops(t, CROPS, 0.5, "subset")])),
+    flat = {
+        "texts": (1, list(probe.texts)),
+        "edits": (EDITS, expand(probe.texts, EDITS, probe.seed)[0]),
+        "paddings": (PADS, [p for t in probe.texts for p in pads(t, PADS, filler)]),
+        "half-crops": (CROPS, [c for t in probe.texts for c in crops(t, CROPS, 0.5, "subset")]),
     }
+    queries = {name: (k, *probe.score(rows)) for name, (k, rows) in flat.items()}
+    copies = {name: np.isin(rows, list(training)) for name, (_, rows) in flat.items()}
     reference = {name: _readings(probe, label_only(softmax64(z)), k) for name, (k, z, _) in queries.items()}
 
-    def served(t: selective.SelectiveTables, level: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-        return lambda z, sig: (
+    def served(t: selective.SelectiveTables, level: float) -> Callable[..., np.ndarray]:
+        return lambda z, sig, copy: (
             selective.defend(
                 z.astype(np.float32), t, index=index, signatures=sig, threat=np.full(len(z), level)
             ).probabilities
         )
 
     variants = {"served (16 levels)": served(tables, floor)}
-    variants["edit-fitted near-duplicate map"] = lambda z, sig: edit_fitted(z, sig, floor)
-    variants["stability-ranked map"] = lambda z, sig: ranked(z, sig, floor)
-    variants["stability-conditional map"] = lambda z, sig: conditional(z, sig, floor)
+    variants["edit-fitted near-duplicate map"] = lambda z, sig, copy: edit_fitted(z, sig, copy, floor)
+    variants["stability-ranked map"] = lambda z, sig, copy: ranked(z, sig, floor)
+    variants["stability-conditional map"] = lambda z, sig, copy: conditional(z, sig, floor)
     for name, power in WEIGHTS.items():
         weight = (kept == 1).astype(np.float64) if power is None else kept**power
         weighted = stability_tables(tables, z_calib, calib.labels, weight)
@@ -329,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, serve in variants.items():
         cells, readings = [], {}
         for query, (k, z, sig) in queries.items():
-            probs = serve(z, sig)
+            probs = serve(z, sig, copies[query])
             readings[query] = got = _readings(probe, probs, k)
             cells.append(" / ".join(f"{g - r:+.1f}" for g, r in zip(got, reference[query], strict=True)))
             if query == "texts":
