@@ -151,20 +151,40 @@ def conditional_tables(
         if not (m.any() and n.any()):
             out.append(tables)
             continue
-        mq, nq = selective.quantile_tables(
-            np.asarray(member_logits, dtype=np.float32)[m],
-            np.asarray(member_labels)[m],
-            np.asarray(nonmember_logits, dtype=np.float32)[n],
-            np.asarray(nonmember_labels)[n],
+        out.append(
+            refit(
+                tables,
+                np.asarray(member_logits)[m],
+                np.asarray(member_labels)[m],
+                np.asarray(nonmember_logits)[n],
+                np.asarray(nonmember_labels)[n],
+            )
         )
-        member_q = [[list(g) for g in per_class] for per_class in tables.member_q]
-        nonmember_q = [[list(g) for g in per_class] for per_class in tables.nonmember_q]
-        for c in range(tables.num_classes):
-            for k in (0, 1):
-                if mq[c][k] and nq[c][k] and tables.member_q[c][k]:
-                    member_q[c][k], nonmember_q[c][k] = mq[c][k], nq[c][k]
-        out.append(replace(tables, member_q=member_q, nonmember_q=nonmember_q))
     return out
+
+
+def refit(
+    tables: selective.SelectiveTables,
+    member_logits: np.ndarray,
+    member_labels: np.ndarray,
+    nonmember_logits: np.ndarray,
+    nonmember_labels: np.ndarray,
+) -> selective.SelectiveTables:
+    """``tables`` with the whole-match map refitted on these rows, per class and correctness; a
+    group with fewer than :data:`selective.MIN_ROWS` rows on either side keeps the served map."""
+    mq, nq = selective.quantile_tables(
+        np.asarray(member_logits, dtype=np.float32),
+        np.asarray(member_labels),
+        np.asarray(nonmember_logits, dtype=np.float32),
+        np.asarray(nonmember_labels),
+    )
+    member_q = [[list(g) for g in per_class] for per_class in tables.member_q]
+    nonmember_q = [[list(g) for g in per_class] for per_class in tables.nonmember_q]
+    for c in range(tables.num_classes):
+        for k in (0, 1):
+            if mq[c][k] and nq[c][k] and tables.member_q[c][k]:
+                member_q[c][k], nonmember_q[c][k] = mq[c][k], nq[c][k]
+    return replace(tables, member_q=member_q, nonmember_q=nonmember_q)
 
 
 def near_tables(
@@ -181,19 +201,13 @@ def near_tables(
     non-members' edits (labels: their texts'), per class and correctness. A group with fewer than
     :data:`selective.MIN_ROWS` rows on either side keeps the served map."""
     near = np.asarray(near, dtype=bool)
-    mq, nq = selective.quantile_tables(
-        np.asarray(member_edit_logits, dtype=np.float32)[near],
+    return refit(
+        tables,
+        np.asarray(member_edit_logits)[near],
         np.asarray(member_edit_labels)[near],
-        np.asarray(nonmember_edit_logits, dtype=np.float32),
-        np.asarray(nonmember_edit_labels),
+        nonmember_edit_logits,
+        nonmember_edit_labels,
     )
-    member_q = [[list(g) for g in per_class] for per_class in tables.member_q]
-    nonmember_q = [[list(g) for g in per_class] for per_class in tables.nonmember_q]
-    for c in range(tables.num_classes):
-        for k in (0, 1):
-            if mq[c][k] and nq[c][k] and tables.member_q[c][k]:
-                member_q[c][k], nonmember_q[c][k] = mq[c][k], nq[c][k]
-    return replace(tables, member_q=member_q, nonmember_q=nonmember_q)
 
 
 def near_defender(
