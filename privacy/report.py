@@ -225,10 +225,15 @@ def findings(summary: dict) -> list[str]:
     out = [raw_vs_label_only(summary)] if "none" in summary and REFERENCE in summary else []
     for n in _order(summary):
         r = summary[n]
-        for d in r["nondeterministic"]:
+        per_mode: dict[str, list[int]] = {}
+        for d in r["nondeterministic"]:  # one dict a seed
             for m, k in d.items():
-                if k:
-                    out.append(f"{display(n)}: {k} rows gave different outputs on identical repeated queries ({m}).")
+                per_mode.setdefault(m, []).append(k)
+        for m, ks in per_mode.items():
+            if any(ks):
+                counts = " / ".join(str(k) for k in ks)
+                what = f"rows answered differently on identical repeated queries ({m}), per seed"
+                out.append(f"{display(n)}: {what}: {counts}.")
         e = mean(r[UPPER]["excess"])
         if e is not None and e > 0.01 and n != "none":
             worst = max(x for x in r[UPPER]["excess"] if x is not None)
