@@ -11,6 +11,7 @@ from veil.privacy.ablate_floor import (
     DEFENDER_EDITS,
     STRATA,
     conditional_tables,
+    near_defender,
     near_tables,
     ranked_tables,
     stability_tables,
@@ -19,6 +20,8 @@ from veil.privacy.ablate_floor import (
     weighted_quantiles,
 )
 from veil.python_backend import selective
+from veil.python_backend.fingerprint import SIGNATURE_SIZE, minhash, sketch
+from veil.python_backend.member_index import MemberIndex
 
 VALUES = st.lists(st.floats(-50, 50, allow_nan=False), min_size=2, max_size=60)
 
@@ -178,3 +181,34 @@ def test_edit_fitted_map_sends_edits_onto_non_members_edits():
         nonmember_edit_labels=np.repeat(yn, DEFENDER_EDITS),
     )
     assert none.member_q == tables.member_q and none.nonmember_q == tables.nonmember_q
+
+
+def test_near_defender_serves_copies_by_the_served_map_and_the_rest_by_the_edit_map():
+    """Each row is served once, by its own tables, and gets exactly what a whole batch served by
+    those tables gets for it (outputs do not depend on the batch's other rows)."""
+    rng = np.random.default_rng(5)
+    zm, zn = rng.normal(0, 4, (400, 2)), rng.normal(0, 2, (1200, 2))
+    ym, yn = zm.argmax(1), zn.argmax(1)
+    tables = selective.fit_tables(member_logits=zm, member_labels=ym, nonmember_logits=zn, nonmember_labels=yn)
+    edited = near_tables(
+        tables,
+        member_edit_logits=zm * 0.5,
+        member_edit_labels=ym,
+        near=np.ones(len(zm), bool),
+        nonmember_edit_logits=zn,
+        nonmember_edit_labels=yn,
+    )
+    sig = rng.integers(0, 2**31 - 1, (len(zm), SIGNATURE_SIZE)).astype(np.int32)
+    index = MemberIndex(minhash(sig), ym, sketches=sketch(sig))
+    copy = rng.random(len(zm)) < 0.5
+    got = near_defender(tables, edited, index)(zm, sig, copy, 0.0)
+    threat = np.zeros(len(zm))
+    for t, rows in ((tables, copy), (edited, ~copy)):
+        whole = selective.defend(zm.astype(np.float32), t, index=index, signatures=sig, threat=threat)
+        np.testing.assert_array_equal(got[rows], whole.probabilities[rows])
+    assert not np.array_equal(
+        got[~copy],
+        selective.defend(zm.astype(np.float32), tables, index=index, signatures=sig, threat=threat).probabilities[
+            ~copy
+        ],
+    )  # the edit map moves them elsewhere
