@@ -22,14 +22,16 @@ import numpy as np
 from veil.export.build_dir import BuildDir
 from veil.export.crops import DEFENDER_TEXTS, defender_crops
 from veil.export.data import Splits, TextDataset, dedupe, fingerprint, load_dataset, make_splits
+from veil.export.edits import DEFENDER_TEXTS as EDIT_TEXTS
+from veil.export.edits import defender_edits
 from veil.export.onnx_export import check_parity, export_onnx
 from veil.export.train import TrainReport, fine_tune, load_model, model_input_names
 from veil.model_repository.spec import ServingOptions
 from veil.model_repository.writer import write_repository
 from veil.python_backend.artifact import sha256_file
-from veil.python_backend.calibrate import CalibrationConfig, CropRows, calibrate
+from veil.python_backend.calibrate import CalibrationConfig, CropRows, EditRows, calibrate
 from veil.python_backend.onnx_classifier import OnnxClassifier
-from veil.python_backend.tokens import TextEncoder, text_signatures, write_common_tokens
+from veil.python_backend.tokens import TextEncoder, text_fingerprints, text_signatures, write_common_tokens
 from veil.python_backend.variants import REGISTRY
 
 
@@ -49,6 +51,8 @@ class BuildConfig:
     attacker: int = 0
     crop_texts: int = DEFENDER_TEXTS
     """Texts per side the defender crops for the partial-match map (training texts, calibration non-members)."""
+    edit_texts: int = EDIT_TEXTS
+    """Texts per side the defender edits for the near-copy map."""
     epochs: int = 3
     lr: float = 5e-5
     batch_size: int = 32
@@ -203,6 +207,19 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         nonmember_logits=score(crops_n),
         nonmember_labels=np.asarray(calib_n.labels)[of_n],
     )
+    # The near-copy map's rows: the defender's own word edits of training texts and of calibration non-members.
+    edits_m, ed_m = defender_edits(list(members.texts), seed=cfg.seed, limit=cfg.edit_texts)
+    edits_n, ed_n = defender_edits(list(calib_n.texts), seed=cfg.seed, limit=cfg.edit_texts)
+    edit_sig, edit_seq = text_fingerprints(hf_dir, names, edits_m, max_length=cfg.max_length)
+    edit_rows = EditRows(
+        member_logits=score(edits_m),
+        member_labels=np.asarray(members.labels)[ed_m],
+        member_signatures=edit_sig,
+        member_sequences=edit_seq,
+        nonmember_logits=score(edits_n),
+        nonmember_labels=np.asarray(calib_n.labels)[ed_n],
+    )
+    index_sig, index_seq = text_fingerprints(hf_dir, names, members.texts, max_length=cfg.max_length)
     artifact = calibrate(
         member_logits=zm,
         member_labels=calib_m.labels,
@@ -210,7 +227,9 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         nonmember_labels=calib_n.labels,
         classifier_sha256=digest,
         label_names=ds.label_names,
-        index_signatures=text_signatures(hf_dir, names, members.texts, max_length=cfg.max_length),
+        index_signatures=index_sig,
+        index_sequences=index_seq,
+        edits=edit_rows,
         index_labels=members.labels,
         index_logits=zt,
         crops=crop_rows,
@@ -236,6 +255,12 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
             f" and {part['nonmember_crops']} of calibration non-members"
             if part
             else "no partial-match map"
+        )
+        + (
+            f"; near-copy map on {near['member_edits_near']} matched edits of training texts that are not copies"
+            f" and {near['nonmember_edits']} of calibration non-members"
+            if (near := sel.get("near"))
+            else "; no near-copy map"
         )
     )
 
@@ -296,6 +321,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
     p.add_argument(
         "--crop-texts", type=int, default=d.crop_texts, help="texts per side cropped for the partial-match map"
     )
+    p.add_argument("--edit-texts", type=int, default=d.edit_texts, help="texts per side edited for the near-copy map")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -327,6 +353,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
         calibration_nonmembers=a.calibration_nonmembers,
         attacker=a.attacker,
         crop_texts=a.crop_texts,
+        edit_texts=a.edit_texts,
         epochs=a.epochs,
         lr=a.lr,
         batch_size=a.batch_size,

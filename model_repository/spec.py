@@ -158,6 +158,7 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
     c = opts.num_classes
     token_tensors = [Tensor(n, "TYPE_INT64", (-1,)) for n in opts.input_names]
     fingerprint = Tensor(wire.FINGERPRINT, "TYPE_INT32", (SIGNATURE_SIZE,))
+    sequence = Tensor(wire.SEQUENCE, "TYPE_INT64", (1,))
     text = Tensor(wire.TEXT, "TYPE_STRING", (1,))
     logits = Tensor(wire.LOGITS, "TYPE_FP32", (c,))
     outputs = [Tensor(wire.PROBABILITIES, "TYPE_FP32", (c,)), Tensor(wire.LABEL, "TYPE_INT64", (1,))]
@@ -169,7 +170,7 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
             "tokenizer",
             "python",
             [text],
-            [*token_tensors, fingerprint],
+            [*token_tensors, fingerprint, sequence],
             mbs,
             "common",
             adapter="veil.python_backend.triton.tokenizer",
@@ -191,6 +192,7 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
         Tensor(wire.LOGITS, "TYPE_FP32", (c,), optional=hosted),
         *([Tensor(t.name, t.dtype, t.dims, optional=True) for t in token_tensors] if hosted else []),
         Tensor(wire.FINGERPRINT, "TYPE_INT32", (SIGNATURE_SIZE,), optional=True),
+        Tensor(wire.SEQUENCE, "TYPE_INT64", (1,), optional=True),
     ]
     for variant in opts.variants:
         name = defense_model_name(variant)
@@ -278,7 +280,7 @@ def _ensemble(name: str, last: str, opts: ServingOptions, *, hosted: bool, finge
     """TEXT -> tokenizer -> [classifier ->] ``last`` -> PROBABILITIES, LABEL. ``hosted``: ``last``
     takes the token tensors itself (it runs the classifier)."""
     tokens_map = {n: n for n in opts.input_names}
-    extra = {wire.FINGERPRINT: wire.FINGERPRINT} if fingerprint else {}
+    extra = {wire.FINGERPRINT: wire.FINGERPRINT, wire.SEQUENCE: wire.SEQUENCE} if fingerprint else {}
     served = {wire.PROBABILITIES: wire.PROBABILITIES, wire.LABEL: wire.LABEL}
     steps = [Step("tokenizer", {wire.TEXT: wire.TEXT}, {**tokens_map, **extra})]
     if hosted:

@@ -1,5 +1,8 @@
 """Development-seed ablation of the fixed floor at 1% FPR: what averaged word edits read there, and
-what two changes of the floor do to it. Chooses nothing (the served design is unchanged).
+what changes of the floor do to it. Chooses nothing. Its "served" row is the floor as served
+before the near-copy map (no sequence hashes passed: every whole match through the copies' map),
+the baseline the edit-fitted near-copy map was adopted against; that map is now served
+(:func:`veil.python_backend.calibrate.fit_near`).
 
 Under 6 averaged word edits the floor's learned attack reads TPR at 1% FPR about a point above
 label-only's, as raw outputs do, although the member gate moves 95% of members' edits onto what

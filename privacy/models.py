@@ -18,6 +18,7 @@ from rich.console import Console
 from veil.export.crops import DEFENDER_TEXTS
 from veil.export.data import SPLIT_NAMES, Splits, TextDataset, make_splits
 from veil.export.dp import dp_fine_tune
+from veil.export.edits import DEFENDER_TEXTS as EDIT_TEXTS
 from veil.export.pipeline import BuildConfig, build, split_sizes
 from veil.export.train import fine_tune, load_model, predict_logits
 from veil.privacy.metrics import CROSSFIT_SPLITS
@@ -79,6 +80,8 @@ class EvalConfig:
     """A CI-sized baseline sweep (two clamp values, one of each other knob)."""
     crop_texts: int = DEFENDER_TEXTS
     """Texts per side the defender crops for the partial-match map (``veil-build --crop-texts``)."""
+    edit_texts: int = EDIT_TEXTS
+    """Texts per side the defender edits for the near-copy map (``veil-build --edit-texts``)."""
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -123,6 +126,7 @@ def quick(cfg: EvalConfig) -> EvalConfig:
         crossfit_splits=2,
         few_knobs=True,
         crop_texts=100,
+        edit_texts=100,
     )
 
 
@@ -222,6 +226,7 @@ def build_cfg(cfg: EvalConfig, seed: int, out: Path, variants: tuple[str, ...]) 
         nonmembers=cfg.nonmembers,
         calibration_nonmembers=cfg.calibration_nonmembers,
         crop_texts=cfg.crop_texts,
+        edit_texts=cfg.edit_texts,
         epochs=cfg.epochs,
         lr=cfg.lr,
         batch_size=cfg.batch_size,

@@ -55,7 +55,7 @@ from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.fingerprint import without
 from veil.python_backend.offline import defend
 from veil.python_backend.probabilities import softmax64
-from veil.python_backend.tokens import text_signatures
+from veil.python_backend.tokens import text_sequences, text_signatures
 
 KINDS = (("edit", None), ("subset", 0.5), ("window", 0.5), ("subset", 0.3), ("pad", None))
 """Query kinds: word edits, crops (random subsets, windows) keeping a share of the words, and
@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     artifact, score = probe.artifact, probe.score
     index = artifact.member_index()
     tables = artifact.selective
+    build = BuildDir(target)
+    opts = build.options()
     floor_bins = tables.bin_count(tables.level(None, adaptive=False))
 
     def bins(threat: np.ndarray) -> np.ndarray:
@@ -266,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             k, flat = args.crops, [c for t in texts for c in crops(t, args.crops, keep, kind)]
         z, sig = score(flat)
         # Which gate moves each query, as the served step decides it.
-        moves = selective.defend(z.astype(np.float32), tables, index=index, signatures=sig, threat=None)
+        seq = text_sequences(build.hf, list(opts.input_names), flat, max_length=opts.max_length)
+        moves = selective.defend(z.astype(np.float32), tables, index=index, signatures=sig, sequences=seq, threat=None)
         gated = (moves.member_weight > 0).reshape(len(texts), k)
+        near = moves.near.reshape(len(texts), k)
         partial = ((moves.partial_weight > 0) & (moves.member_weight == 0)).reshape(len(texts), k)
         raw = softmax64(z)
         outputs = {"raw": raw, "label_only": label_only(raw)}
@@ -304,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         row["gated_share"] = {"members": float(gated[member].mean()), "nonmembers": float(gated[~member].mean())}
         row["partial_share"] = {"members": float(partial[member].mean()), "nonmembers": float(partial[~member].mean())}
+        row["near_share"] = {"members": float(near[member].mean()), "nonmembers": float(near[~member].mean())}
         row["threat"] = threat_rows
         results[kind_name(kind, keep)] = row
         print(
@@ -314,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(row["selected_excess_over_label_only"]),
             json.dumps(row["gated_share"]),
             json.dumps(row["partial_share"]),
+            json.dumps(row["near_share"]),
             json.dumps(row["threat"]),
             flush=True,
         )

@@ -1,9 +1,10 @@
 """Query-based attacks: augmentation (edited copies of a text) and repeated identical queries.
 
 Augmentation (label-only attacks of Choquette-Choo et al. 2021, word level): each text gets
-``edits`` seeded word-level edits (deletion, swap of adjacent words, duplication), all queried;
-per text the attacker aggregates the share of edits keeping the true label and the mean and min
-true-class probability. Members' labels and confidences survive edits more often.
+``edits`` seeded word-level edits (deletion, swap of adjacent words, duplication:
+:func:`veil.export.edits.edits`), all queried; per text the attacker aggregates the share of edits
+keeping the true label and the mean and min true-class probability. Members' labels and
+confidences survive edits more often.
 
 Repeated queries: each text sent ``repeats`` times; a served output that differs between repeats
 is itself a finding (outputs must be deterministic); the aggregate is the mean and spread.
@@ -14,37 +15,13 @@ two attacker strengths as the single-query attacks.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
 import numpy as np
 
+from veil.export.edits import edits
 from veil.privacy.attacks import TINY, Outputs, learned_fit, loss_score
 from veil.privacy.metrics import Fit, threshold_fit
-
-EDIT_KINDS = ("delete", "swap", "duplicate")
-
-
-def edits(text: str, k: int, seed: int | str) -> list[str]:
-    """``k`` seeded word-level edits of ``text``, cycling deletion, adjacent swap, duplication
-    (``seed``: an int, or a string salting a party's edits apart from an attacker's)."""
-    h = int.from_bytes(hashlib.sha256(f"{seed}:{text}".encode()).digest()[:8], "little")
-    rng = np.random.default_rng(h)
-    words = text.split()
-    out = []
-    for j in range(k):
-        w = list(words)
-        kind = EDIT_KINDS[j % len(EDIT_KINDS)]
-        if kind == "delete" and len(w) > 1:
-            del w[int(rng.integers(len(w)))]
-        elif kind == "swap" and len(w) > 1:
-            i = int(rng.integers(len(w) - 1))
-            w[i], w[i + 1] = w[i + 1], w[i]
-        elif w:
-            i = int(rng.integers(len(w)))
-            w.insert(i, w[i])
-        out.append(" ".join(w) if w else text)
-    return out
 
 
 def expand(texts: list[str], k: int, seed: int | str) -> tuple[list[str], np.ndarray]:

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     label, s = selective.top_log_odds(z)
     order = selective.class_order(z, label)
     for name, correct in (("the predicted label", np.ones(len(z), bool)), ("the true label", label == y)):
-        top = t.confidence(t.map_members(s, label, correct, partial=True), label, np.full(len(z), level))
+        top = t.confidence(t.map_members(s, label, correct, kind="partial"), label, np.full(len(z), level))
         p = t.probabilities(label, top, order)
         auroc, calibration = error_detection_auroc(p, y), ece(p, y)
         print(f"every held-out text moved, matched to {name}: AUROC {auroc:.3f}, ECE {calibration:.3f}")

@@ -64,6 +64,9 @@ class DefenseArtifact:
     """[N, S] int32 signatures of the training texts (the member index): MinHash then content
     sketch; an artifact built before the sketch holds the MinHash part only."""
     index_labels: np.ndarray | None = field(default=None, repr=False)
+    index_sequences: np.ndarray | None = field(default=None, repr=False)
+    """[N] int64 token-sequence hashes of the training texts (the gate's copy test; None: an
+    artifact built before them, every whole match served as a copy)."""
     tracker_common: list[int] | None = None
     """Content-sketch values adaptive intensity leaves out (frequent in the calibration
     non-members: :func:`fingerprint.common_values`); None (an artifact built before it): none."""
@@ -77,7 +80,7 @@ class DefenseArtifact:
         if self.index_signatures is None or self.index_labels is None:
             return None
         sig = self.index_signatures
-        return MemberIndex(minhash(sig), self.index_labels, sketches=sketch(sig))
+        return MemberIndex(minhash(sig), self.index_labels, sketches=sketch(sig), sequences=self.index_sequences)
 
     def thresholds(self, predicted: np.ndarray) -> np.ndarray:
         """tau of each row's predicted class."""
@@ -97,9 +100,13 @@ class DefenseArtifact:
                 np.ascontiguousarray(self.index_signatures, np.int32)
             )
             tensors[INDEX_PREFIX + "labels"] = torch.from_numpy(np.ascontiguousarray(self.index_labels, np.int64))
+            if self.index_sequences is not None:
+                tensors[INDEX_PREFIX + "sequences"] = torch.from_numpy(
+                    np.ascontiguousarray(self.index_sequences, np.int64)
+                )
         save_file(tensors, directory / TENSOR_FILE)
         meta = asdict(self)
-        for key in ("risk_state", "index_signatures", "index_labels"):
+        for key in ("risk_state", "index_signatures", "index_labels", "index_sequences"):
             meta.pop(key)
         meta["selective"] = self.selective.to_json() if self.selective is not None else None
         meta["tensors_sha256"] = sha256_file(directory / TENSOR_FILE)
@@ -145,6 +152,7 @@ class DefenseArtifact:
                 selective=SelectiveTables.from_json(tables) if tables is not None else None,
                 index_signatures=index.get("signatures"),
                 index_labels=index.get("labels"),
+                index_sequences=index.get("sequences"),
             )
             art.risk_evaluator()  # shapes must fit
             if art.selective is not None and art.selective.num_classes != art.num_classes:

@@ -22,7 +22,12 @@ topic rarely do, so the caller's ring can be long enough to hold several crops o
 interleaved texts. Calibration non-members, not training texts: the mask must not depend on
 whether a query's text is a member.
 
-The tokenizer computes both; the defense step only compares integers. Without a signature
+A third value, apart from the signature (:func:`sequence_hash`, its own wire tensor): a hash of
+the token ids the classifier sees, in order. MinHash and sketch see token *sets*, so an edit that
+swaps or repeats words of a training text looks like the text itself; the member gate tells exact
+copies (which get exactly the training text's output) from such edits by this hash.
+
+The tokenizer computes all three; the defense step only compares integers. Without a signature
 (``mia_defense`` called directly with logits) the logits quantised to a fine grid stand in for the
 MinHash, which catches exact repeats only, with an empty sketch.
 """
@@ -65,6 +70,25 @@ def text_signature(
     sketch = np.full((len(ids), SKETCH_SIZE), EMPTY, dtype=np.int64)
     sketch[:, : content.shape[1]] = np.where(content < _NONE, content, EMPTY)
     return np.concatenate([minhash, sketch], axis=1).astype(np.int32)
+
+
+NO_SEQUENCE = -1
+"""The sequence hash of a row that carries none (logits sent without the tokenizer's outputs)."""
+_FNV_OFFSET = np.uint64(14695981039346656037)
+_FNV_PRIME = np.uint64(1099511628211)
+
+
+def sequence_hash(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """[n, L] token ids -> [n] int64 in [0, 2^63): FNV-1a over each row's real token ids in order
+    (padding ignored, so the length bucket does not matter). Equal exactly when the classifier
+    sees the same tokens (up to 64-bit collisions)."""
+    ids = np.asarray(input_ids, dtype=np.int64).astype(np.uint64)
+    real = np.asarray(attention_mask, dtype=bool)
+    h = np.full(len(ids), _FNV_OFFSET, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(ids.shape[1] if ids.ndim == 2 else 0):
+            h = np.where(real[:, j], (h ^ ids[:, j]) * _FNV_PRIME, h)
+    return (h >> np.uint64(1)).astype(np.int64)
 
 
 def common_tokens(token_sets: Iterable[Iterable[int]], *, count: int = COMMON_TOKENS) -> list[int]:

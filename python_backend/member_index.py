@@ -84,8 +84,16 @@ class MemberIndex:
     ``searchsorted`` per band and compares all (query, candidate) pairs in one numpy expression.
     Batches of at most :data:`SMALL_BATCH` rows use per-band dicts over the same sorted runs."""
 
-    def __init__(self, signatures: np.ndarray, labels: np.ndarray, *, sketches: np.ndarray | None = None) -> None:
-        """``signatures``: [N, S] MinHash values; ``sketches``: [N, K] content sketches (optional)."""
+    def __init__(
+        self,
+        signatures: np.ndarray,
+        labels: np.ndarray,
+        *,
+        sketches: np.ndarray | None = None,
+        sequences: np.ndarray | None = None,
+    ) -> None:
+        """``signatures``: [N, S] MinHash values; ``sketches``: [N, K] content sketches and
+        ``sequences``: [N] token-sequence hashes (both optional: an index built before them)."""
         self.signatures = np.ascontiguousarray(signatures, dtype=np.int32)
         self.labels = np.ascontiguousarray(labels, dtype=np.int64)
         if self.signatures.ndim != 2 or len(self.signatures) != len(self.labels):
@@ -93,6 +101,9 @@ class MemberIndex:
         self.sketches = None if sketches is None else np.ascontiguousarray(sketches, dtype=np.int32)
         if self.sketches is not None and (self.sketches.ndim != 2 or len(self.sketches) != len(self.labels)):
             raise ValueError("member sketches must be [N, K], one row per member")
+        if sequences is not None and np.shape(sequences) != (len(self.labels),):
+            raise ValueError("member sequences must be [N], one hash per member")
+        self.sequences = None if sequences is None else np.unique(np.asarray(sequences, dtype=np.int64))
         keys = _band_keys(self.signatures)
         self.order = np.argsort(keys, axis=0, kind="stable")  # [N, bands]: members by key, then index
         self.sorted_keys = np.take_along_axis(keys, self.order, axis=0)
@@ -118,6 +129,21 @@ class MemberIndex:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def has_sequences(self) -> bool:
+        return self.sequences is not None
+
+    def exact(self, sequences: np.ndarray) -> np.ndarray:
+        """[n] bool: the query's token-sequence hash is a training text's (an exact copy of it, as
+        the classifier sees it). Needs an index built with sequences."""
+        if self.sequences is None:
+            raise ValueError("this member index has no sequence hashes (an artifact built before them)")
+        q = np.asarray(sequences, dtype=np.int64).reshape(-1)
+        if not len(self.sequences):
+            return np.zeros(len(q), dtype=bool)
+        at = np.minimum(np.searchsorted(self.sequences, q), len(self.sequences) - 1)
+        return self.sequences[at] == q
 
     @property
     def size(self) -> int:

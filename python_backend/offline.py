@@ -1,7 +1,7 @@
 """The served defense step replayed in-process on a build's artifact (frontier sweeps, benches).
 
 The same :class:`~veil.python_backend.defense.Defense` the Triton adapter runs, fed the same
-inputs (logits and the tokenizer's signatures), so the probabilities are exactly what the served
+inputs (logits and the tokenizer's signatures and sequence hashes), so the probabilities are exactly what the served
 step returns for those rows at that threat level; the evaluation still queries the served
 endpoint for its reported operating points.
 """
@@ -15,8 +15,8 @@ import numpy as np
 from veil.export.build_dir import BuildDir
 from veil.python_backend.artifact import META_FILE, DefenseArtifact
 from veil.python_backend.defense import Defense, DefenseConfig
-from veil.python_backend.fingerprint import SIGNATURE_SIZE
-from veil.python_backend.tokens import text_signatures
+from veil.python_backend.fingerprint import NO_SEQUENCE, SIGNATURE_SIZE
+from veil.python_backend.tokens import text_fingerprints
 
 _CACHE: dict[tuple, object] = {}
 
@@ -52,15 +52,17 @@ def defend(
     art = _cached(("artifact", str(build.defense), stamp), lambda: DefenseArtifact.load(build.defense))
     texts = list(texts)
     if gated:
-        sig = _cached(
-            ("signatures", str(build.hf), hash(tuple(texts))),
-            lambda: text_signatures(build.hf, list(options.input_names), texts, max_length=options.max_length),
+        sig, seq = _cached(
+            ("fingerprints", str(build.hf), hash(tuple(texts))),
+            lambda: text_fingerprints(build.hf, list(options.input_names), texts, max_length=options.max_length),
         )
     else:  # what the adapter fills in for a request without a fingerprint
         sig = np.full((len(logits), SIGNATURE_SIZE), -1, np.int32)
+        seq = np.full(len(logits), NO_SEQUENCE, np.int64)
     defense = Defense(art, config=DefenseConfig(variant=variant, intensity=knob))
     return defense(
         np.asarray(logits, dtype=np.float32),
         threat=np.broadcast_to(np.asarray(threat, dtype=np.float64), (len(logits),)).copy(),
         signatures=sig,
+        sequences=seq,
     ).probabilities

@@ -19,7 +19,12 @@ class and correctness*. So:
    A partial match goes through the same kind of map fitted on the defender's own crops: crops of
    training texts (those the partial gate recognises) to crops of calibration non-members, so a
    member's crop answers like a non-member's crop (chosen on the development seed; measured in
-   docs/evaluation.md, "Partial matches").
+   docs/evaluation.md, "Partial matches") A whole match that is *not* an exact
+   copy of its training text (the token sequence differs: a word deleted, swapped or repeated)
+   goes through a third map, fitted on the defender's own edits of training texts onto its edits
+   of calibration non-members (:func:`veil.python_backend.calibrate.fit_near`): an edit is a little
+   less confident than its text, so the copies' map sent it low while its label stayed, a tell
+   that non-members' edits do not have (docs/evaluation.md, "An edit-fitted map for near copies").
 3. **Serve**: the score is placed on ``K`` equal-mass bins of the calibration non-members' scores
    of its class, and the bin is served at its *calibrated* confidence (Laplace-smoothed accuracy
    of the calibration non-members in the bin, shrunk towards the class's accuracy and made
@@ -45,10 +50,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from veil.python_backend.fingerprint import minhash, sketch
+from veil.python_backend.fingerprint import NO_SEQUENCE, minhash, sketch
 from veil.python_backend.member_index import PARTIAL_MIN_SHARED, MemberIndex
 
 LEVELS = np.linspace(0.0, 1.0, 201)
+MAP_KINDS = ("whole", "near", "partial")
 S_MAX = 60.0
 """Top log-odds are clipped to +-S_MAX (float64 sigmoid is 1 - 1e-26 there): finite for every input."""
 PRIOR_ROWS = 2.0
@@ -115,6 +121,10 @@ class SelectiveTables:
     """Like ``member_q``, for the defender's crops of training texts ([] = no partial-match map:
     an artifact built before it, or no crops given)."""
     partial_nonmember_q: list[list[list[float]]] = field(default_factory=list)
+    near_member_q: list[list[list[float]]] = field(default_factory=list)
+    """Like ``member_q``, for the defender's edits of training texts that the gate matches but
+    that are not copies ([] = no near-copy map: every whole match goes through ``member_q``)."""
+    near_nonmember_q: list[list[list[float]]] = field(default_factory=list)
     partial_gate: tuple[float, float] = (0.75, 1.0)
     """Overlap coefficient with the closest training text at which a partial match's weight starts
     rising from 0, and reaches 1."""
@@ -131,7 +141,7 @@ class SelectiveTables:
         self._bins: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         # The fitted lists as the arrays each batch needs, made once (a batch of one row otherwise
         # spends most of its time converting 201-entry lists).
-        self._maps: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray] | None] = {}
+        self._maps: dict[tuple[int, int, str], tuple[np.ndarray, np.ndarray] | None] = {}
         self._tail = np.asarray(self.tail_profile, dtype=np.float64)
 
     def to_json(self) -> dict:
@@ -207,23 +217,36 @@ class SelectiveTables:
     def has_partial(self) -> bool:
         return bool(self.partial_member_q)
 
-    def _map(self, c: int, k: int, partial: bool) -> tuple[np.ndarray, np.ndarray] | None:
-        """Group (class ``c``, 0 correct / 1 wrong): its monotone quantile tables, None if too few rows."""
-        if (c, k, partial) not in self._maps:
-            mq, nq = (self.partial_member_q, self.partial_nonmember_q) if partial else (self.member_q, self.nonmember_q)
-            fitted = mq[c][k] and nq[c][k]
-            self._maps[(c, k, partial)] = (_monotone(mq[c][k]), _monotone(nq[c][k])) if fitted else None
-        return self._maps[(c, k, partial)]
+    @property
+    def has_near(self) -> bool:
+        return bool(self.near_member_q)
 
-    def map_members(
-        self, s: np.ndarray, label: np.ndarray, correct: np.ndarray, *, partial: bool = False
-    ) -> np.ndarray:
+    def _map(self, c: int, k: int, kind: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Group (class ``c``, 0 correct / 1 wrong) of map ``kind`` (:data:`MAP_KINDS`): its monotone
+        quantile tables, None if too few rows. A near-copy group too small to fit is the copies' map."""
+        key = (c, k, kind)
+        if key not in self._maps:
+            mq, nq = {
+                "whole": (self.member_q, self.nonmember_q),
+                "partial": (self.partial_member_q, self.partial_nonmember_q),
+                "near": (self.near_member_q, self.near_nonmember_q),
+            }[kind]
+            if mq and mq[c][k] and nq[c][k]:
+                self._maps[key] = (_monotone(mq[c][k]), _monotone(nq[c][k]))
+            else:
+                self._maps[key] = self._map(c, k, "whole") if kind == "near" else None
+        return self._maps[key]
+
+    def map_members(self, s: np.ndarray, label: np.ndarray, correct: np.ndarray, *, kind: str = "whole") -> np.ndarray:
         """Scores of rows matching a training text (``correct``: the row's label is that text's)
-        -> the non-member side's at the same quantile; ``partial``: the partial-match map."""
+        -> the non-member side's at the same quantile, by map ``kind``: "whole" (copies of the
+        text), "near" (whole matches that are not copies), "partial"."""
+        if kind not in MAP_KINDS:
+            raise ValueError(f"map kind must be one of {MAP_KINDS}, got {kind!r}")
         out = s.copy()
         wrong = ~np.asarray(correct, dtype=bool)
         for c, k in sorted(set(zip(label.tolist(), wrong.astype(np.int64).tolist(), strict=True))):
-            tables = self._map(c, k, partial)
+            tables = self._map(c, k, kind)
             if tables is not None:  # only the groups present in the batch
                 sel = (label == c) & (wrong if k else ~wrong)
                 out[sel] = _map_monotone(s[sel], *tables)
@@ -296,6 +319,8 @@ class SelectiveResult:
     score_after: np.ndarray
     confidence: np.ndarray
     partial_weight: np.ndarray
+    near: np.ndarray
+    """Rows whose whole match went through the near-copy map (matched, not a copy)."""
 
 
 def defend(
@@ -306,8 +331,12 @@ def defend(
     signatures: np.ndarray | None,
     threat: np.ndarray | None,
     gated: bool = True,
+    sequences: np.ndarray | None = None,
 ) -> SelectiveResult:
-    """The selective defense on a [B, C] batch (see the module docstring)."""
+    """The selective defense on a [B, C] batch (see the module docstring). ``sequences``: each
+    query's token-sequence hash (:func:`~veil.python_backend.fingerprint.sequence_hash`); a whole
+    match whose hash is no training text's goes through the near-copy map. Without them (or
+    :data:`~veil.python_backend.fingerprint.NO_SEQUENCE`) a whole match is served as a copy."""
     label, s = top_log_odds(logits)
     b = len(label)
     partial, partial_label = np.zeros(b), np.full(b, -1)
@@ -325,17 +354,21 @@ def defend(
     served = s.copy()
     if (partial > 0).any():  # partial matches first; a (near-)whole match outweighs them
         p = partial > 0
-        crop = tables.map_members(s[p], label[p], partial_label[p] == label[p], partial=True)
+        crop = tables.map_members(s[p], label[p], partial_label[p] == label[p], kind="partial")
         served[p] = (1.0 - partial[p]) * s[p] + partial[p] * crop
     moved = weight > 0
-    if moved.any():
-        correct = member_label[moved] == label[moved]
-        mapped = tables.map_members(s[moved], label[moved], correct)
-        served[moved] = (1.0 - weight[moved]) * served[moved] + weight[moved] * mapped
+    near = np.zeros(b, dtype=bool)
+    if moved.any() and tables.has_near and sequences is not None and index is not None and index.has_sequences:
+        seq = np.asarray(sequences, dtype=np.int64).reshape(b)
+        near = moved & (seq != NO_SEQUENCE) & ~index.exact(seq)
+    for rows, kind in ((moved & ~near, "whole"), (near, "near")):
+        if rows.any():
+            mapped = tables.map_members(s[rows], label[rows], member_label[rows] == label[rows], kind=kind)
+            served[rows] = (1.0 - weight[rows]) * served[rows] + weight[rows] * mapped
     level = np.zeros(b) if threat is None else np.broadcast_to(np.asarray(threat, dtype=np.float64), (b,))
     top = tables.confidence(served, label, level)
     probs = tables.probabilities(label, top, class_order(logits, label))
-    return SelectiveResult(probs, label, weight, s, served, top, partial)
+    return SelectiveResult(probs, label, weight, s, served, top, partial, near)
 
 
 def quantile_tables(

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from veil import wire
-from veil.python_backend.fingerprint import common_tokens, text_signature
+from veil.python_backend.fingerprint import SIGNATURE_SIZE, common_tokens, sequence_hash, text_signature
 
 
 class InputError(ValueError):
@@ -62,7 +62,8 @@ texts look contained, so callers get more protection and less useful outputs, ne
 class TextEncoder:
     """A Hugging Face fast tokenizer loaded from a local folder, producing the model's inputs
     plus ``fingerprint`` (MinHash and content sketch of each text's tokens: the member gate and
-    adaptive intensity, :mod:`fingerprint`)."""
+    adaptive intensity, :mod:`fingerprint`) and ``sequence`` (a hash of the token ids in order:
+    the member gate's test for an exact copy of a training text)."""
 
     def __init__(self, tokenizer_dir: str | Path, *, input_names: Sequence[str], max_length: int) -> None:
         from transformers import AutoTokenizer
@@ -98,6 +99,7 @@ class TextEncoder:
             special_ids=self.tokenizer.all_special_ids,
             common_ids=self.common_ids,
         )
+        out[wire.SEQUENCE] = sequence_hash(out["input_ids"], out["attention_mask"])[:, None]
         return out
 
 
@@ -118,5 +120,31 @@ def text_signatures(
 ) -> np.ndarray:
     """[n, SIGNATURE_SIZE] the signatures the served tokenizer computes for ``texts`` (the member
     index's keys, and what an offline replay of the defense step needs)."""
+    return _encoded(tokenizer_dir, input_names, texts, max_length=max_length)[wire.FINGERPRINT]
+
+
+def text_sequences(
+    tokenizer_dir: str | Path, input_names: Sequence[str], texts: list[str], *, max_length: int
+) -> np.ndarray:
+    """[n] the sequence hashes the served tokenizer computes for ``texts``."""
+    return _encoded(tokenizer_dir, input_names, texts, max_length=max_length)[wire.SEQUENCE][:, 0]
+
+
+def text_fingerprints(
+    tokenizer_dir: str | Path, input_names: Sequence[str], texts: list[str], *, max_length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both at once: (:func:`text_signatures`, :func:`text_sequences`)."""
+    out = _encoded(tokenizer_dir, input_names, texts, max_length=max_length)
+    return out[wire.FINGERPRINT], out[wire.SEQUENCE][:, 0]
+
+
+def _encoded(
+    tokenizer_dir: str | Path, input_names: Sequence[str], texts: list[str], *, max_length: int
+) -> dict[str, np.ndarray]:
+    """The fingerprint and sequence tensors of ``texts``, encoded 256 at a time."""
     encoder = TextEncoder(tokenizer_dir, input_names=input_names, max_length=max_length)
-    return np.concatenate([encoder(texts[i : i + 256])[wire.FINGERPRINT] for i in range(0, len(texts), 256)])
+    parts = [encoder(texts[i : i + 256]) for i in range(0, len(texts), 256)]
+    keys = (wire.FINGERPRINT, wire.SEQUENCE)
+    if not parts:
+        return {wire.FINGERPRINT: np.zeros((0, SIGNATURE_SIZE), np.int32), wire.SEQUENCE: np.zeros((0, 1), np.int64)}
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys}

@@ -52,5 +52,8 @@ LOGITS = "logits"
 """Classifier output, defense-step input: FP32 [batch, C]."""
 FINGERPRINT = "fingerprint"
 """Tokenizer output, defense-step input: INT32 [batch, SIGNATURE_SIZE], MinHash and content sketch of the tokens."""
+SEQUENCE = "sequence"
+"""Tokenizer output, defense-step input: INT64 [batch, 1], a hash of the token ids in order (the
+member gate tells an exact copy of a training text from a reordered or repeated-word edit by it)."""
 LABEL_NAMES_PARAMETER = "label_names"
 """Ensemble config parameter: JSON list naming the classes."""

@@ -29,7 +29,7 @@ from veil import wire
 from veil.python_backend.adaptive import AdaptiveConfig, normalise_client_id, query_signature
 from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.defense import Defense, DefenseConfig
-from veil.python_backend.fingerprint import SIGNATURE_SIZE, without
+from veil.python_backend.fingerprint import NO_SEQUENCE, SIGNATURE_SIZE, without
 from veil.python_backend.threat_state import StateConfig, ThreatState, make_state
 from veil.python_backend.triton.classifier import load_classifier, run_grouped, token_feed
 from veil.python_backend.triton.common import (
@@ -108,7 +108,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
-        batch: list[tuple[int, np.ndarray, str, np.ndarray | None]] = []
+        batch: list[tuple[int, np.ndarray, str, np.ndarray | None, np.ndarray | None]] = []
         max_bytes = self.max_client_id_bytes
         for i, logits in sorted(self._logits(requests, responses).items()):
             request = requests[i]
@@ -120,16 +120,19 @@ class TritonPythonModel:
                     raise ValueError(
                         f"fingerprint must have shape [{len(logits)}, {SIGNATURE_SIZE}], got {list(signature.shape)}"
                     )
+                sequence = optional_input(request, wire.SEQUENCE)
+                if sequence is not None and sequence.shape != (len(logits), 1):
+                    raise ValueError(f"sequence must have shape [{len(logits)}, 1], got {list(sequence.shape)}")
             except ValueError as err:
                 responses[i] = invalid(str(err))
                 self.telemetry.error()
                 continue
-            batch.append((i, logits, client, signature))
+            batch.append((i, logits, client, signature, sequence))
         if batch:
             threats, fallback = [0.0] * len(batch), False
             if self.defense.adaptive:
                 observed = self.state.observe(
-                    [(c, without(query_signature(z, s), self.tracker_mask)) for _, z, c, s in batch]
+                    [(c, without(query_signature(z, s), self.tracker_mask)) for _, z, c, s, _ in batch]
                 )
                 threats, fallback = observed.threats, observed.fallback
             z = np.concatenate([b[1] for b in batch])
@@ -138,8 +141,12 @@ class TritonPythonModel:
             sig = np.concatenate(
                 [b[3] if b[3] is not None else np.full((len(b[1]), SIGNATURE_SIZE), -1, np.int32) for b in batch]
             )
+            # A request without sequence hashes has its whole matches served as copies.
+            seq = np.concatenate(
+                [b[4][:, 0] if b[4] is not None else np.full(len(b[1]), NO_SEQUENCE, np.int64) for b in batch]
+            )
             try:
-                out = self.defense(z, threat=threat, signatures=sig, checked=True)
+                out = self.defense(z, threat=threat, signatures=sig, sequences=seq, checked=True)
             except Exception as err:
                 for i, *_ in batch:
                     responses[i] = internal(f"defense failed; no output returned: {err}")

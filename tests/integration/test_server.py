@@ -154,6 +154,41 @@ def test_the_selective_step_serves_exactly_the_core(server, tiny_build, eval_tex
     assert len({r.tobytes() for r in served}) <= 2 * art.selective.coarse_levels
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_edits_of_training_texts_reach_the_near_copy_map(server, tiny_build, eval_texts, protocol):
+    """The tokenizer's sequence hash travels to the step: a training text with two words swapped
+    (the same token set, so the gate matches it fully) is served through the near-copy map, exactly
+    as the core replays it with the sequence hashes, and differently from serving it as a copy;
+    the training texts themselves are copies."""
+    from veil.export.build_dir import BuildDir
+    from veil.export.edits import edits
+    from veil.export.pipeline import onnx_logits
+    from veil.python_backend import offline, selective
+    from veil.python_backend.tokens import text_fingerprints
+
+    build = BuildDir(tiny_build)
+    opts = build.options()
+    art = DefenseArtifact.load(build.defense)
+    assert art.selective.has_near and art.selective.metrics["near"]["member_edits_near"] > 0
+    training = eval_texts[0][:60]
+    swapped = [edits(t, 2, "near-copy-test")[1] for t in training]
+    texts = [t for t, s in zip(training, swapped, strict=True) if s != t]
+    swapped = [s for t, s in zip(training, swapped, strict=True) if s != t]
+    names = list(opts.input_names)
+    logits = onnx_logits(build.onnx, build.hf, names, swapped, max_length=opts.max_length)
+    with client_for(server, protocol) as c:
+        served, _ = c.classify(swapped, model="veil_fixed_intensity")
+    assert (served == offline.defend(tiny_build, swapped, logits, variant="fixed_intensity")).all()
+    index, level = art.member_index(), art.selective.level(None, adaptive=False)
+    sig, seq = text_fingerprints(build.hf, names, swapped, max_length=opts.max_length)
+    near = selective.defend(logits, art.selective, index=index, signatures=sig, sequences=seq, threat=level)
+    as_copies = selective.defend(logits, art.selective, index=index, signatures=sig, threat=level)
+    assert near.near[near.member_weight > 0].all() and (near.member_weight == 1).mean() > 0.5
+    assert (near.score_after != as_copies.score_after).any()
+    _, own = text_fingerprints(build.hf, names, texts, max_length=opts.max_length)
+    assert index.exact(own).all() and not index.exact(seq).any()
+
+
 def test_ungated_replay_is_what_the_step_serves_for_bare_logits(server, tiny_build, eval_texts):
     """The evaluation defends the attacker's own model outputs with ``gated=False``: those are the
     bytes the served step returns for logits sent without a fingerprint, and on training texts they

@@ -31,6 +31,19 @@ def test_the_tracker_mask_round_trips_and_older_artifacts_have_none(tmp_path):
     assert DefenseArtifact.load(tmp_path / "old").tracker_mask() is None
 
 
+def test_sequence_hashes_round_trip_and_older_artifacts_serve_every_match_as_a_copy(tmp_path):
+    art = make_artifact(2)
+    seqs = np.arange(len(art.index_labels), dtype=np.int64) * 7 + 2**40
+    replace(art, index_sequences=seqs).save(tmp_path / "new")
+    index = DefenseArtifact.load(tmp_path / "new").member_index()
+    assert index.has_sequences and index.exact(np.array([seqs[5], seqs[5] + 1])).tolist() == [True, False]
+    art.save(tmp_path / "old")
+    old = DefenseArtifact.load(tmp_path / "old").member_index()
+    assert not old.has_sequences
+    with pytest.raises(ValueError, match="no sequence hashes"):
+        old.exact(seqs[:1])
+
+
 def test_missing_file(tmp_path):
     make_artifact(2).save(tmp_path)
     (tmp_path / "defense.safetensors").unlink()

@@ -12,11 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.stats import ks_2samp
+from sklearn.metrics import roc_auc_score
 
 from veil.python_backend import calibrate, selective
 from veil.python_backend.calibrate import CalibrationConfig, calibrate_selective
 from veil.python_backend.defense import Defense, DefenseConfig
-from veil.python_backend.fingerprint import EMPTY, MINHASH_SIZE, SIGNATURE_SIZE, minhash, sketch
+from veil.python_backend.fingerprint import EMPTY, MINHASH_SIZE, NO_SEQUENCE, SIGNATURE_SIZE, minhash, sketch
 from veil.python_backend.leakage import threshold_attack_suite
 from veil.python_backend.member_index import MemberIndex
 
@@ -307,3 +308,112 @@ def test_partial_matches_keep_the_label_for_every_finite_logit_vector(z, threat)
     assert (out.labels == z.argmax(1)).all() and (out.probabilities.argmax(1) == out.labels).all()
     assert np.isfinite(out.probabilities).all() and (out.probabilities >= 0).all()
     np.testing.assert_allclose(out.probabilities.sum(1), 1.0, atol=1e-5)
+
+
+@lru_cache(maxsize=1)
+def _edit_world(seed: int = 6):
+    """Training texts (random signatures and sequence hashes) and edits of them that keep the token
+    set (a swap: the same signature, another sequence), less confident than the texts; non-members'
+    edits (signatures no training text has) less confident still. The near-copy map is fitted on the
+    defender's edits of the first 1,000 texts; the attacker edits the other 500."""
+    rng = np.random.default_rng(seed)
+    n = 1500
+    sig = member_signatures(n, seed=seed)
+    seq = rng.integers(0, 2**62, n)
+    members = synthetic_logits(n, 2, sharp=9.0, seed=seed)
+    y_m = members.argmax(1)
+    nonmembers = synthetic_logits(1500, 2, sharp=3.0, seed=seed + 1)
+    y_n = synthetic_labels(nonmembers, seed=seed + 2, wrong=0.1)
+    tables = calibrate_selective(
+        member_logits=members[:500],
+        member_labels=y_m[:500],
+        nonmember_logits=nonmembers,
+        nonmember_labels=y_n,
+        training_logits=members,
+        training_labels=y_m,
+        config=CalibrationConfig(floor_grid=(0.0,)),
+    )
+    index = MemberIndex(minhash(sig), y_m, sketches=sketch(sig), sequences=seq)
+    edit_m = synthetic_logits(n, 2, sharp=4.0, seed=seed + 3)  # same classes as their texts
+    edit_m[edit_m.argmax(1) != y_m] = edit_m[edit_m.argmax(1) != y_m][:, ::-1]
+    edit_n = synthetic_logits(n, 2, sharp=3.0, seed=seed + 4)
+    y_en = synthetic_labels(edit_n, seed=seed + 5, wrong=0.2)
+    edit_seq = seq + 1  # not a training text's
+    fit = np.arange(1000)
+    calibrate.fit_near(
+        tables,
+        calibrate.EditRows(
+            member_logits=edit_m[fit],
+            member_labels=y_m[fit],
+            member_signatures=sig[fit],
+            member_sequences=np.r_[edit_seq[fit[:-100]], seq[fit[-100:]]],  # 100 edits left the text as it was
+            nonmember_logits=edit_n[:1000],
+            nonmember_labels=y_en[:1000],
+        ),
+        index,
+    )
+    return SimpleNamespace(**locals())
+
+
+def test_members_edits_are_served_what_non_members_edits_get():
+    """With teeth: a training text's edit that keeps its token set (the gate matches it fully) but
+    not its token sequence goes through the near-copy map and is answered like a non-member's edit
+    (KS, simple attacks at the label-only reference); through the copies' map, as before, it is sent
+    below them and the same attacks read it. Exact copies, and rows without a sequence hash, are
+    served exactly as without the near-copy map."""
+    w = _edit_world()
+    tables, index = w.tables, w.index
+    assert tables.has_near and tables.metrics["near"]["member_edits_near"] == 900
+    assert tables.metrics["near"]["member_edits_copies"] == 100
+    assert selective.SelectiveTables.from_json(tables.to_json()).to_json() == tables.to_json()
+    rows = np.arange(1000, 1500)
+    strangers = member_signatures(500, seed=99)
+    z = np.concatenate([w.edit_m[rows], w.edit_n[1000:]])
+    y = np.r_[w.y_m[rows], w.y_en[1000:]]
+    sig = np.concatenate([w.sig[rows], strangers])
+    seq = np.r_[w.edit_seq[rows], np.arange(500)]
+    is_member = np.r_[np.ones(500, bool), np.zeros(500, bool)]
+    q = np.zeros(1000)
+    served = selective.defend(z, tables, index=index, signatures=sig, threat=q, sequences=seq)
+    as_copies = selective.defend(z, tables, index=index, signatures=sig, threat=q)
+    assert (served.member_weight[is_member] == 1).all() and (served.member_weight[~is_member] == 0).all()
+    assert served.near[is_member].all() and not served.near[~is_member].any() and not as_copies.near.any()
+    np.testing.assert_array_equal(served.probabilities[~is_member], as_copies.probabilities[~is_member])
+    assert (served.labels == z.argmax(1)).all() and (served.probabilities.argmax(1) == served.labels).all()
+    # Members' edits answered like non-members' edits; through the copies' map they are sent below them.
+    correct = served.labels == y
+    for out, hidden in ((served, True), (as_copies, False)):
+        m, n = out.confidence[is_member & correct], out.confidence[~is_member & correct]
+        auc = roc_auc_score(np.r_[np.ones(len(m)), np.zeros(len(n))], np.r_[m, n])
+        p = ks_2samp(m, n).pvalue
+        assert (p > 1e-3 and abs(auc - 0.5) < 0.05) if hidden else (p < 1e-6 and auc < 0.45)
+    # Copies (the training text itself) and rows sent without a sequence: the copies' map, bytes unchanged.
+    old = replace(tables, near_member_q=[], near_nonmember_q=[])
+    for s in (w.seq[rows], np.full(500, NO_SEQUENCE)):
+        copies = selective.defend(
+            w.members[rows], tables, index=index, signatures=w.sig[rows], threat=q[:500], sequences=s
+        )
+        before = selective.defend(
+            w.members[rows], old, index=index, signatures=w.sig[rows], threat=q[:500], sequences=s
+        )
+        assert not copies.near.any()
+        assert copies.probabilities.tobytes() == before.probabilities.tobytes()
+    # One row alone or in the batch: the same bytes.
+    for i in (0, 499, 500, 999):
+        alone = selective.defend(
+            z[i : i + 1], tables, index=index, signatures=sig[i : i + 1], threat=q[:1], sequences=seq[i : i + 1]
+        )
+        assert alone.probabilities.tobytes() == served.probabilities[i : i + 1].tobytes()
+
+
+def test_a_near_copy_group_too_small_to_fit_is_served_by_the_copies_map():
+    w = _edit_world()
+    thin = replace(w.tables, near_member_q=[[[], []], [[], []]], near_nonmember_q=[[[], []], [[], []]])
+    rows = np.arange(1000, 1500)
+    args = dict(index=w.index, signatures=w.sig[rows], threat=np.zeros(500), sequences=w.edit_seq[rows])
+    near = selective.defend(w.edit_m[rows], thin, **args)
+    copies = selective.defend(w.edit_m[rows], thin, **{**args, "sequences": None})
+    assert near.near.all()
+    assert near.probabilities.tobytes() == copies.probabilities.tobytes()
+    with pytest.raises(ValueError, match="map kind"):
+        w.tables.map_members(np.zeros(1), np.zeros(1, np.int64), np.ones(1, bool), kind="crop")

@@ -210,3 +210,47 @@ def test_adaptive_state_sees_signatures_without_the_artifacts_common_values(pb_u
     # the member gate still gets the signature as sent: same output as the step without a mask
     expected = Defense(make_artifact(2))(logits, threat=np.zeros(2), signatures=sig)
     np.testing.assert_array_equal(r.tensors["probabilities"], expected.probabilities)
+
+
+def test_sequence_hashes_reach_the_gate_and_a_misshapen_one_is_refused(pb_utils, tmp_path):
+    """The tokenizer's ``sequence`` tensor decides copy or near copy: a training text's signature
+    with its own sequence hash is served by the copies' map, with another hash by the near-copy
+    map (what the step computes in-process either way); a request without one is served as a copy;
+    a misshapen one is the caller's error, alone."""
+    from veil.python_backend import selective
+    from veil.python_backend.fingerprint import NO_SEQUENCE
+
+    from ..conftest import synthetic_logits
+
+    base = make_artifact(2)
+    rng = np.random.default_rng(3)
+    seqs = rng.integers(0, 2**62, len(base.index_labels))
+    edits = synthetic_logits(300, 2, sharp=2.0, seed=5)
+    near_m, near_n = selective.quantile_tables(edits, edits.argmax(1), edits * 0.3, edits.argmax(1))
+    tables = replace(base.selective, near_member_q=near_m, near_nonmember_q=near_n, intensity_floor=0.0)
+    art = replace(base, selective=tables, index_sequences=seqs)
+    art.save(tmp_path / "1" / "defense")
+    m = load_adapter("mia_defense").TritonPythonModel()
+    params = {"variant": "fixed_intensity", "classifier_sha256": "0" * 64, "metrics_flush_s": "0"}
+    m.initialize(model_args(tmp_path, name="mia_defense", parameters=params))
+    logits = synthetic_logits(40, 2, sharp=6.0, seed=2)
+    sig = art.index_signatures[:40]
+    copy, other = seqs[:40, None], seqs[:40, None] + 1
+    responses = m.execute(
+        [
+            FakeRequest({"logits": logits, "fingerprint": sig, "sequence": copy}),
+            FakeRequest({"logits": logits, "fingerprint": sig, "sequence": other}),
+            FakeRequest({"logits": logits, "fingerprint": sig}),
+            FakeRequest({"logits": logits, "fingerprint": sig, "sequence": copy[:, 0]}),
+        ]
+    )
+    local = Defense(art, config=replace(m.defense.config))
+    for r, s in zip(responses[:3], (copy[:, 0], other[:, 0], np.full(40, NO_SEQUENCE)), strict=True):
+        assert r.error is None
+        expected = local(logits, threat=np.zeros(40), signatures=sig, sequences=s).probabilities
+        assert r.tensors["probabilities"].tobytes() == expected.tobytes()
+    assert responses[0].tensors["probabilities"].tobytes() == responses[2].tensors["probabilities"].tobytes()
+    assert responses[0].tensors["probabilities"].tobytes() != responses[1].tensors["probabilities"].tobytes()
+    assert (
+        responses[3].error.code == "INVALID_ARG" and "sequence must have shape [40, 1]" in responses[3].error.message()
+    )

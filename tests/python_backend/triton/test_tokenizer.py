@@ -40,8 +40,9 @@ def test_tokenizer_adapter(pb_utils, tmp_path):
         ]
     )
     ok = responses[0]
-    assert ok.error is None and set(ok.tensors) == {"input_ids", "attention_mask", "fingerprint"}
+    assert ok.error is None and set(ok.tensors) == {"input_ids", "attention_mask", "fingerprint", "sequence"}
     assert ok.tensors["fingerprint"].shape == (2, SIGNATURE_SIZE)
+    assert ok.tensors["sequence"].shape == (2, 1) and ok.tensors["sequence"].dtype == np.int64
     assert ok.tensors["input_ids"].shape == (2, 16)
     msgs = [r.error.message() for r in responses[1:]]
     assert "empty or whitespace" in msgs[0]
