@@ -34,7 +34,7 @@ from veil.python_backend.adaptive import AdaptiveConfig, ThreatTracker
 from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.defense import Defense, DefenseConfig
 from veil.python_backend.tokens import TextEncoder
-from veil.wire import FINGERPRINT
+from veil.wire import FINGERPRINT, SEQUENCE
 
 BATCHES = (1, 64)
 
@@ -67,7 +67,13 @@ def pipelines(bundle: Path, device: str) -> dict[str, Callable[[list[str]], np.n
         z = logits_of(tensors).float().cpu().numpy()
         defense.check(z)
         threat = tracker.observe("gpu-check", z, tensors[FINGERPRINT])
-        return defense(z, threat=np.full(len(z), threat), signatures=tensors[FINGERPRINT], checked=True).probabilities
+        return defense(
+            z,
+            threat=np.full(len(z), threat),
+            signatures=tensors[FINGERPRINT],
+            sequences=tensors[SEQUENCE][:, 0],
+            checked=True,
+        ).probabilities
 
     return {"undefended": undefended, "defended": defended}
 
