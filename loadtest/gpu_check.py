@@ -9,7 +9,9 @@ Why a bundle: the device has Python 3.12, CUDA torch and transformers but no net
 computes the evaluation logits once (the defense step only ever sees logits) and ships them with the
 defense artifact, the fine-tuned weights in float16 (about 45 MB), the tokenizer and some texts.
 
-Stage 1: ``veil.loadtest.defense_bench`` on those logits, on CPU and CUDA. Stage 2:
+Stage 0: every variant on those logits on the CPU and twice on CUDA (labels, bit-identical
+repeats, the selective variants' bytes equal to the CPU's). Stage 1: ``veil.loadtest.defense_bench``
+on those logits, on CPU and CUDA. Stage 2:
 ``veil.loadtest.gpu_pipeline``, the defended and the undefended computation per request with the
 classifier on the GPU, interleaved, and the served ratios projected from them. Stage 3
 (``--with-triton``, only if it fits in 64 MiB, which it does not beside the weights) adds the
@@ -124,6 +126,50 @@ def prepare(bundle: Path, build_dir: Path, *, rows: int, with_triton: bool, whee
 # --- device side -------------------------------------------------------------------------------
 
 
+DETERMINISM_VARIANTS = ("veil", "fixed_intensity", "levelset", "pgd")
+
+
+def determinism(bundle: Path, *, device: str) -> dict:
+    """Stage 0: each variant on the bundled rows (threats spread over [0, 1]) on the CPU and twice on
+    ``device``: the labels must be the raw argmax everywhere and a repeat on ``device`` bit-identical
+    (a repeated query can average nothing away); the selective variants (numpy) must give the CPU's
+    bytes exactly; the torch variants report how many rows differ from the CPU and by how much."""
+    from veil.python_backend.artifact import DefenseArtifact
+    from veil.python_backend.defense import Defense, DefenseConfig
+
+    art = DefenseArtifact.load(bundle / "defense")
+    data = np.load(bundle / "eval_inputs.npz")
+    z, sig = data["logits"].astype(np.float32), data["signatures"]
+    threat = np.linspace(0.0, 1.0, len(z))
+    rows = {}
+    for variant in DETERMINISM_VARIANTS:
+        config = DefenseConfig(variant=variant)
+        cpu = Defense(art, config=config, device="cpu")(z, threat=threat, signatures=sig)
+        dev = [Defense(art, config=config, device=device)(z, threat=threat, signatures=sig) for _ in range(2)]
+        same = (cpu.probabilities == dev[0].probabilities).all(1)
+        selective_method = Defense(art, config=config).spec.method == "selective"
+        row = {
+            "labels_are_argmax": bool((dev[0].labels == z.argmax(1)).all() and (cpu.labels == z.argmax(1)).all()),
+            "repeat_bit_identical": dev[0].probabilities.tobytes() == dev[1].probabilities.tobytes(),
+            "rows_equal_to_cpu": float(same.mean()),
+            "max_abs_diff_to_cpu": float(np.abs(cpu.probabilities - dev[0].probabilities).max()),
+        }
+        row["ok"] = row["labels_are_argmax"] and row["repeat_bit_identical"] and (same.all() or not selective_method)
+        rows[variant] = row
+    return {"device": device, "rows": len(z), "variants": rows, "ok": all(r["ok"] for r in rows.values())}
+
+
+def stage_determinism(bundle: Path) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("[gpu-check] stage 0 skipped: no CUDA device")
+        return 0
+    result = determinism(bundle, device="cuda")
+    print("[gpu-check] determinism " + json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
 def stage_defense_bench(bundle: Path, *, repeats: int) -> int:
     """``python -m veil.loadtest.defense_bench`` on the bundled inputs (CPU, and CUDA when present):
     the host computed logits and signatures, so the device needs neither transformers nor onnx."""
@@ -233,7 +279,14 @@ def run(bundle: Path, *, repeats: int, kind: str, requests_per_batch: int, skip_
     print(f"[gpu-check] python {sys.version.split()[0]}, torch {torch.__version__}, numpy {np.__version__}")
     print(f"[gpu-check] CUDA available: {cuda} ({name}); bundle {json.loads((bundle / 'manifest.json').read_text())}")
     t = time.perf_counter()
-    rc = stage_defense_bench(bundle, repeats=repeats)
+    try:
+        rc = stage_determinism(bundle)
+    except Exception as exc:  # report, and go on to the timings
+        print(f"[gpu-check] stage 0 failed: {type(exc).__name__}: {exc}")
+        rc = 1
+    print(f"[gpu-check] stage 0 (CPU against CUDA, repeats) done in {time.perf_counter() - t:.0f}s")
+    t = time.perf_counter()
+    rc = stage_defense_bench(bundle, repeats=repeats) or rc
     print(f"[gpu-check] stage 1 (defense step) done in {time.perf_counter() - t:.0f}s")
     t = time.perf_counter()
     try:

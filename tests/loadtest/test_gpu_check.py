@@ -21,6 +21,10 @@ def test_bundle_fits_and_the_pipeline_stage_runs_on_it(tiny_build, tmp_path, cap
     assert {"classifier", "defense", "options.json", "texts.json", "eval_inputs.npz"} <= {
         p.name for p in bundle.iterdir()
     }
+    # stage 0's plumbing, the CPU standing in for the device: every variant passes against itself
+    det = gpu_check.determinism(bundle, device="cpu")
+    assert det["ok"] and set(det["variants"]) == set(gpu_check.DETERMINISM_VARIANTS)
+    assert all(v["rows_equal_to_cpu"] == 1.0 for v in det["variants"].values())
     assert gpu_pipeline.main(["--bundle", str(bundle), "--device", "cpu", "--repeats", "6"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [r["batch"] for r in result["rows"]] == list(gpu_pipeline.BATCHES)
