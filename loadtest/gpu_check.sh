@@ -30,6 +30,9 @@ case "$cmd" in
                 || echo "[gpu-check] pip could not unpack the bundled wheels; continuing with what is installed" >&2
         fi
         export PYTHONPATH="$work/src:${PYTHONPATH:+$PYTHONPATH:}$work/site"
+        # python -m puts the working directory first on sys.path, where ./veil holds only the
+        # package root: PYTHONSAFEPATH (3.11+) leaves it out, so veil.* resolves through $work/src.
+        export PYTHONSAFEPATH=1
         export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
         nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
         timeout 290 "$PY" -m veil.loadtest.gpu_check run --bundle "$BUNDLE" "$@"
