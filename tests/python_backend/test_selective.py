@@ -222,14 +222,9 @@ def _crop_world(seed: int = 4):
     return texts, values, strangers, members, y_m, crop_m, crops_of, crop_n
 
 
-@lru_cache(maxsize=1)
-def _crop_tables():
-    """Selective tables with a partial-match map fitted on the defender's crops of half the training
-    texts, and the index; plus what the tests attack with."""
-    texts, values, strangers, members, y_m, crop_m, crops_of, crop_n = _crop_world()
-    nonmembers = synthetic_logits(1500, 2, sharp=3.0, seed=40)
-    y_n = synthetic_labels(nonmembers, seed=41, wrong=0.1)
-    tables = calibrate_selective(
+def _fitted(members: np.ndarray, y_m: np.ndarray, nonmembers: np.ndarray, y_n: np.ndarray) -> selective.SelectiveTables:
+    """Tables at 64 levels: the map's member side on every training text, the floor rule on the first 500."""
+    return calibrate_selective(
         member_logits=members[:500],
         member_labels=y_m[:500],
         nonmember_logits=nonmembers,
@@ -238,6 +233,16 @@ def _crop_tables():
         training_labels=y_m,
         config=CalibrationConfig(floor_grid=(0.0,)),
     )
+
+
+@lru_cache(maxsize=1)
+def _crop_tables():
+    """Selective tables with a partial-match map fitted on the defender's crops of half the training
+    texts, and the index; plus what the tests attack with."""
+    texts, values, strangers, members, y_m, crop_m, crops_of, crop_n = _crop_world()
+    nonmembers = synthetic_logits(1500, 2, sharp=3.0, seed=40)
+    y_n = synthetic_labels(nonmembers, seed=41, wrong=0.1)
+    tables = _fitted(members, y_m, nonmembers, y_n)
     index = MemberIndex(minhash(texts), y_m, sketches=sketch(texts))
     assert not tables.has_partial
     fit_rows = np.arange(1000)  # the defender crops half of its training texts, and its calibration non-members
@@ -324,15 +329,7 @@ def _edit_world(seed: int = 6):
     y_m = members.argmax(1)
     nonmembers = synthetic_logits(1500, 2, sharp=3.0, seed=seed + 1)
     y_n = synthetic_labels(nonmembers, seed=seed + 2, wrong=0.1)
-    tables = calibrate_selective(
-        member_logits=members[:500],
-        member_labels=y_m[:500],
-        nonmember_logits=nonmembers,
-        nonmember_labels=y_n,
-        training_logits=members,
-        training_labels=y_m,
-        config=CalibrationConfig(floor_grid=(0.0,)),
-    )
+    tables = _fitted(members, y_m, nonmembers, y_n)
     index = MemberIndex(minhash(sig), y_m, sketches=sketch(sig), sequences=seq)
     edit_m = synthetic_logits(n, 2, sharp=4.0, seed=seed + 3)  # same classes as their texts
     edit_m[edit_m.argmax(1) != y_m] = edit_m[edit_m.argmax(1) != y_m][:, ::-1]
