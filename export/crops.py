@@ -16,8 +16,8 @@ DEFENDER_KEEP = (0.3, 0.5, 0.5, 0.7)
 """The defender's crops of each text: a third, two halves and 0.7 of the words, subsets and windows alternating."""
 DEFENDER_CROPS = len(DEFENDER_KEEP)
 DEFENDER_TEXTS = 2000
-"""Texts per side the defender crops at most (a seeded sample): 8,000 crops a side, about a minute
-each for MiniLM on 2 CPU cores."""
+"""Texts per side the defender crops (and edits, :mod:`veil.export.edits`) at most (a seeded
+sample, :func:`defender_sample`): 8,000 crops a side, about a minute each for MiniLM on 2 CPU cores."""
 
 
 def crops(text: str, k: int, keep: float, kind: str, *, salt: str = "") -> list[str]:
@@ -38,13 +38,20 @@ def crops(text: str, k: int, keep: float, kind: str, *, salt: str = "") -> list[
     return out
 
 
+def defender_sample(n: int, *, seed: int, limit: int = DEFENDER_TEXTS) -> np.ndarray:
+    """The rows of ``n`` texts the defender varies (crops, edits): all of them, or a sorted sample
+    of ``limit`` seeded by ``seed``."""
+    rows = np.arange(n)
+    if n > limit:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+    return rows
+
+
 def defender_crops(texts: list[str], *, seed: int, limit: int = DEFENDER_TEXTS) -> tuple[list[str], np.ndarray]:
     """:data:`DEFENDER_CROPS` crops of each of at most ``limit`` texts (a sample seeded by ``seed``;
     crops salted "defender:", so no attacker in this repo draws the same ones): (the crops, flat;
     the index of each crop's text in ``texts``)."""
-    rows = np.arange(len(texts))
-    if len(rows) > limit:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+    rows = defender_sample(len(texts), seed=seed, limit=limit)
     flat = []
     for text in (texts[i] for i in rows):
         for j, keep in enumerate(DEFENDER_KEEP):

@@ -13,11 +13,11 @@ import hashlib
 
 import numpy as np
 
+from veil.export.crops import DEFENDER_TEXTS, defender_sample
+
 EDIT_KINDS = ("delete", "swap", "duplicate")
 DEFENDER_EDITS = 4
 """Edits per text the defender fits the near-copy map on (one of each kind, then a deletion)."""
-DEFENDER_TEXTS = 2000
-"""Texts per side the defender edits at most (a seeded sample): 8,000 edits a side."""
 
 
 def edits(text: str, k: int, seed: int | str) -> list[str]:
@@ -43,10 +43,8 @@ def edits(text: str, k: int, seed: int | str) -> list[str]:
 
 
 def defender_edits(texts: list[str], *, seed: int, limit: int = DEFENDER_TEXTS) -> tuple[list[str], np.ndarray]:
-    """:data:`DEFENDER_EDITS` edits of each of at most ``limit`` texts (a sample seeded by ``seed``;
+    """:data:`DEFENDER_EDITS` edits of each of at most ``limit`` texts (:func:`defender_sample`;
     edits salted "defender:{seed}"): (the edits, flat; the index of each edit's text in ``texts``)."""
-    rows = np.arange(len(texts))
-    if len(rows) > limit:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+    rows = defender_sample(len(texts), seed=seed, limit=limit)
     flat = [e for i in rows for e in edits(texts[i], DEFENDER_EDITS, f"defender:{seed}")]
     return flat, np.repeat(rows, DEFENDER_EDITS)

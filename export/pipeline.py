@@ -22,7 +22,6 @@ import numpy as np
 from veil.export.build_dir import BuildDir
 from veil.export.crops import DEFENDER_TEXTS, defender_crops
 from veil.export.data import Splits, TextDataset, dedupe, fingerprint, load_dataset, make_splits
-from veil.export.edits import DEFENDER_TEXTS as EDIT_TEXTS
 from veil.export.edits import defender_edits
 from veil.export.onnx_export import check_parity, export_onnx
 from veil.export.train import TrainReport, fine_tune, load_model, model_input_names
@@ -51,7 +50,7 @@ class BuildConfig:
     attacker: int = 0
     crop_texts: int = DEFENDER_TEXTS
     """Texts per side the defender crops for the partial-match map (training texts, calibration non-members)."""
-    edit_texts: int = EDIT_TEXTS
+    edit_texts: int = DEFENDER_TEXTS
     """Texts per side the defender edits for the near-copy map."""
     epochs: int = 3
     lr: float = 5e-5

@@ -18,7 +18,6 @@ from rich.console import Console
 from veil.export.crops import DEFENDER_TEXTS
 from veil.export.data import SPLIT_NAMES, Splits, TextDataset, make_splits
 from veil.export.dp import dp_fine_tune
-from veil.export.edits import DEFENDER_TEXTS as EDIT_TEXTS
 from veil.export.pipeline import BuildConfig, build, split_sizes
 from veil.export.train import fine_tune, load_model, predict_logits
 from veil.privacy.metrics import CROSSFIT_SPLITS
@@ -80,7 +79,7 @@ class EvalConfig:
     """A CI-sized baseline sweep (two clamp values, one of each other knob)."""
     crop_texts: int = DEFENDER_TEXTS
     """Texts per side the defender crops for the partial-match map (``veil-build --crop-texts``)."""
-    edit_texts: int = EDIT_TEXTS
+    edit_texts: int = DEFENDER_TEXTS
     """Texts per side the defender edits for the near-copy map (``veil-build --edit-texts``)."""
     progress: bool = True
     extra: dict = field(default_factory=dict)

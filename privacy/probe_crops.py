@@ -55,7 +55,7 @@ from veil.python_backend.artifact import DefenseArtifact
 from veil.python_backend.fingerprint import without
 from veil.python_backend.offline import defend
 from veil.python_backend.probabilities import softmax64
-from veil.python_backend.tokens import text_sequences, text_signatures
+from veil.python_backend.tokens import text_fingerprints, text_signatures
 
 KINDS = (("edit", None), ("subset", 0.5), ("window", 0.5), ("subset", 0.3), ("pad", None))
 """Query kinds: word edits, crops (random subsets, windows) keeping a share of the words, and
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             k, flat = args.crops, [c for t in texts for c in crops(t, args.crops, keep, kind)]
         z, sig = score(flat)
         # Which gate moves each query, as the served step decides it.
-        seq = text_sequences(build.hf, list(opts.input_names), flat, max_length=opts.max_length)
+        seq = text_fingerprints(build.hf, list(opts.input_names), flat, max_length=opts.max_length)[1]
         moves = selective.defend(z.astype(np.float32), tables, index=index, signatures=sig, sequences=seq, threat=None)
         gated = (moves.member_weight > 0).reshape(len(texts), k)
         near = moves.near.reshape(len(texts), k)

@@ -123,17 +123,10 @@ def text_signatures(
     return _encoded(tokenizer_dir, input_names, texts, max_length=max_length)[wire.FINGERPRINT]
 
 
-def text_sequences(
-    tokenizer_dir: str | Path, input_names: Sequence[str], texts: list[str], *, max_length: int
-) -> np.ndarray:
-    """[n] the sequence hashes the served tokenizer computes for ``texts``."""
-    return _encoded(tokenizer_dir, input_names, texts, max_length=max_length)[wire.SEQUENCE][:, 0]
-
-
 def text_fingerprints(
     tokenizer_dir: str | Path, input_names: Sequence[str], texts: list[str], *, max_length: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Both at once: (:func:`text_signatures`, :func:`text_sequences`)."""
+    """(:func:`text_signatures`, [n] the sequence hashes the served tokenizer computes), one encoding."""
     out = _encoded(tokenizer_dir, input_names, texts, max_length=max_length)
     return out[wire.FINGERPRINT], out[wire.SEQUENCE][:, 0]
 
