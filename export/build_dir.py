@@ -4,6 +4,7 @@
         splits.json          the seeded, disjoint row indices (members, non-members, attacker)
         trained.json         what the fine-tuned model was trained on (for --resume)
         hf/                  the fine-tuned model and tokenizer (Hugging Face format)
+        leave_out/part<k>/   the leave-out part models (never served; trained.json each, for --resume)
         model.onnx           the exported classifier
         defense/             the calibrated defense artifact
         model_repository/    the Triton repository (common/ + platform folders, options.json)
@@ -43,6 +44,9 @@ class BuildDir:
     @property
     def hf(self) -> Path:
         return self.root / "hf"
+
+    def leave_out(self, part: int) -> Path:
+        return self.root / "leave_out" / f"part{part}"
 
     @property
     def onnx(self) -> Path:

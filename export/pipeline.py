@@ -23,12 +23,13 @@ from veil.export.build_dir import BuildDir
 from veil.export.crops import DEFENDER_TEXTS, defender_crops
 from veil.export.data import Splits, TextDataset, dedupe, fingerprint, load_dataset, make_splits
 from veil.export.edits import defender_edits
+from veil.export.leave_out import PARTS, train_leave_out
 from veil.export.onnx_export import check_parity, export_onnx
 from veil.export.train import TrainReport, fine_tune, load_model, model_input_names
 from veil.model_repository.spec import ServingOptions
 from veil.model_repository.writer import write_repository
 from veil.python_backend.artifact import sha256_file
-from veil.python_backend.calibrate import CalibrationConfig, CropRows, EditRows, calibrate
+from veil.python_backend.calibrate import CalibrationConfig, CropRows, EditRows, LeaveOutRows, calibrate
 from veil.python_backend.onnx_classifier import OnnxClassifier
 from veil.python_backend.tokens import TextEncoder, text_fingerprints, text_signatures, write_common_tokens
 from veil.python_backend.variants import REGISTRY
@@ -52,6 +53,10 @@ class BuildConfig:
     """Texts per side the defender crops for the partial-match map (training texts, calibration non-members)."""
     edit_texts: int = DEFENDER_TEXTS
     """Texts per side the defender edits for the near-copy map."""
+    leave_out: int = PARTS
+    """Leave-out part models whose scores exact copies of training texts are served
+    (:mod:`veil.export.leave_out`; 0: none, copies go through the whole-match map). Not with a
+    custom trainer (DP-SGD targets are served undefended)."""
     epochs: int = 3
     lr: float = 5e-5
     batch_size: int = 32
@@ -219,6 +224,25 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         nonmember_labels=np.asarray(calib_n.labels)[ed_n],
     )
     index_sig, index_seq = text_fingerprints(hf_dir, names, members.texts, max_length=cfg.max_length)
+    leave_out: LeaveOutRows | None = None
+    if cfg.leave_out > 1 and trainer is None:
+        leave_out = train_leave_out(
+            members,
+            list(calib_n.texts),
+            folder=layout.leave_out,
+            key=train_key,
+            parts=cfg.leave_out,
+            model=cfg.model,
+            num_labels=ds.num_classes,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            seed=cfg.seed,
+            progress=cfg.progress,
+            resume=cfg.resume,
+            log=_log,
+        )
     artifact = calibrate(
         member_logits=zm,
         member_labels=calib_m.labels,
@@ -229,6 +253,7 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         index_signatures=index_sig,
         index_sequences=index_seq,
         edits=edit_rows,
+        leave_out=leave_out,
         index_labels=members.labels,
         index_logits=zt,
         crops=crop_rows,
@@ -260,6 +285,12 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
             f" and {near['nonmember_edits']} of calibration non-members"
             if (near := sel.get("near"))
             else "; no near-copy map"
+        )
+        + (
+            f"; copies served {lo['parts']} leave-out part models' scores"
+            f" (their accuracy on the texts they left out {lo['held_out_accuracy']:.1%})"
+            if (lo := sel.get("leave_out"))
+            else "; copies through the whole-match map"
         )
     )
 
@@ -321,6 +352,12 @@ def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
         "--crop-texts", type=int, default=d.crop_texts, help="texts per side cropped for the partial-match map"
     )
     p.add_argument("--edit-texts", type=int, default=d.edit_texts, help="texts per side edited for the near-copy map")
+    p.add_argument(
+        "--leave-out",
+        type=int,
+        default=d.leave_out,
+        help="leave-out part models for exact copies of training texts (0: none)",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -353,6 +390,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
         attacker=a.attacker,
         crop_texts=a.crop_texts,
         edit_texts=a.edit_texts,
+        leave_out=a.leave_out,
         epochs=a.epochs,
         lr=a.lr,
         batch_size=a.batch_size,

@@ -18,6 +18,7 @@ from rich.console import Console
 from veil.export.crops import DEFENDER_TEXTS
 from veil.export.data import SPLIT_NAMES, Splits, TextDataset, make_splits
 from veil.export.dp import dp_fine_tune
+from veil.export.leave_out import PARTS
 from veil.export.pipeline import BuildConfig, build, split_sizes
 from veil.export.train import fine_tune, load_model, predict_logits
 from veil.privacy.metrics import CROSSFIT_SPLITS
@@ -81,6 +82,8 @@ class EvalConfig:
     """Texts per side the defender crops for the partial-match map (``veil-build --crop-texts``)."""
     edit_texts: int = DEFENDER_TEXTS
     """Texts per side the defender edits for the near-copy map (``veil-build --edit-texts``)."""
+    leave_out: int = PARTS
+    """Leave-out part models of each target's build (``veil-build --leave-out``)."""
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -226,6 +229,7 @@ def build_cfg(cfg: EvalConfig, seed: int, out: Path, variants: tuple[str, ...]) 
         calibration_nonmembers=cfg.calibration_nonmembers,
         crop_texts=cfg.crop_texts,
         edit_texts=cfg.edit_texts,
+        leave_out=cfg.leave_out,
         epochs=cfg.epochs,
         lr=cfg.lr,
         batch_size=cfg.batch_size,

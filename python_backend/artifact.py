@@ -67,6 +67,10 @@ class DefenseArtifact:
     index_sequences: np.ndarray | None = field(default=None, repr=False)
     """[N] int64 token-sequence hashes of the training texts (the gate's copy test; None: an
     artifact built before them, every whole match served as a copy)."""
+    index_leave_out: np.ndarray | None = field(default=None, repr=False)
+    """[N, C] float64 each training text's served score per class as an exact copy (leave-out part
+    models on this model's scale: :func:`calibrate.fit_leave_out`; None: copies go through the
+    whole-match map)."""
     tracker_common: list[int] | None = None
     """Content-sketch values adaptive intensity leaves out (frequent in the calibration
     non-members: :func:`fingerprint.common_values`); None (an artifact built before it): none."""
@@ -80,7 +84,13 @@ class DefenseArtifact:
         if self.index_signatures is None or self.index_labels is None:
             return None
         sig = self.index_signatures
-        return MemberIndex(minhash(sig), self.index_labels, sketches=sketch(sig), sequences=self.index_sequences)
+        return MemberIndex(
+            minhash(sig),
+            self.index_labels,
+            sketches=sketch(sig),
+            sequences=self.index_sequences,
+            leave_out=self.index_leave_out,
+        )
 
     def thresholds(self, predicted: np.ndarray) -> np.ndarray:
         """tau of each row's predicted class."""
@@ -104,9 +114,13 @@ class DefenseArtifact:
                 tensors[INDEX_PREFIX + "sequences"] = torch.from_numpy(
                     np.ascontiguousarray(self.index_sequences, np.int64)
                 )
+            if self.index_leave_out is not None:
+                tensors[INDEX_PREFIX + "leave_out"] = torch.from_numpy(
+                    np.ascontiguousarray(self.index_leave_out, np.float64)
+                )
         save_file(tensors, directory / TENSOR_FILE)
         meta = asdict(self)
-        for key in ("risk_state", "index_signatures", "index_labels", "index_sequences"):
+        for key in ("risk_state", "index_signatures", "index_labels", "index_sequences", "index_leave_out"):
             meta.pop(key)
         meta["selective"] = self.selective.to_json() if self.selective is not None else None
         meta["tensors_sha256"] = sha256_file(directory / TENSOR_FILE)
@@ -153,7 +167,13 @@ class DefenseArtifact:
                 index_signatures=index.get("signatures"),
                 index_labels=index.get("labels"),
                 index_sequences=index.get("sequences"),
+                index_leave_out=index.get("leave_out"),
             )
+            n = None if art.index_labels is None else len(art.index_labels)
+            if art.index_leave_out is not None and (
+                art.index_sequences is None or art.index_leave_out.shape != (n, art.num_classes)
+            ):
+                raise ValueError("leave-out scores must be [N, classes] beside the sequence hashes")
             art.risk_evaluator()  # shapes must fit
             if art.selective is not None and art.selective.num_classes != art.num_classes:
                 raise ValueError("selective tables are for another number of classes")

@@ -130,6 +130,46 @@ class EditRows:
     nonmember_labels: np.ndarray
 
 
+@dataclass(frozen=True)
+class LeaveOutRows:
+    """Leave-out part models' logits (:func:`veil.export.leave_out.train_leave_out`): each training
+    text's from the part model that did not train on it (index order), and every part model's on
+    the calibration non-members (the scale correction's side)."""
+
+    held_out_logits: np.ndarray
+    calibration_logits: list[np.ndarray]
+
+
+def class_log_odds(logits: np.ndarray, c: int) -> np.ndarray:
+    """[B] log(p_c / (1 - p_c)) = z_c - logsumexp(z_other), in float64 (finite, no cancellation)."""
+    z = np.asarray(logits, dtype=np.float64)
+    others = np.delete(z, c, axis=1)
+    m = others.max(1)
+    return np.clip(z[:, c] - m - np.log(np.exp(others - m[:, None]).sum(1)), -selective.S_MAX, selective.S_MAX)
+
+
+def fit_leave_out(rows: LeaveOutRows, nonmember_logits: np.ndarray) -> np.ndarray:
+    """[N, C] each training text's served score per class as an exact copy: the leave-out model's
+    log-odds of that class, moved onto this model's non-member scale by a per-class quantile map
+    (the part models' log-odds of class ``c`` on calibration non-members this model predicts as
+    ``c`` -> this model's), since a part model trained on fewer texts is less confident. A class
+    with fewer than :data:`selective.MIN_ROWS` such rows keeps the part models' scale."""
+    held = np.asarray(rows.held_out_logits, dtype=np.float64)
+    label, s = selective.top_log_odds(np.asarray(nonmember_logits, dtype=np.float32))
+    out = np.empty(held.shape, dtype=np.float64)
+    for c in range(held.shape[1]):
+        own = class_log_odds(held, c)
+        mine = label == c
+        if mine.sum() < selective.MIN_ROWS:
+            out[:, c] = own
+            continue
+        parts = np.concatenate([class_log_odds(z[mine], c) for z in rows.calibration_logits])
+        out[:, c] = selective.quantile_map(
+            own, np.quantile(parts, selective.LEVELS), np.quantile(s[mine], selective.LEVELS)
+        )
+    return out
+
+
 def calibrate(
     *,
     member_logits: np.ndarray,
@@ -144,6 +184,7 @@ def calibrate(
     crops: CropRows | None = None,
     index_sequences: np.ndarray | None = None,
     edits: EditRows | None = None,
+    leave_out: LeaveOutRows | None = None,
     calibration_signatures: np.ndarray | None = None,
     config: CalibrationConfig = CalibrationConfig(),
     progress: bool = True,
@@ -154,6 +195,8 @@ def calibrate(
     ``crops``: the partial-match map's rows (none: no partial-match map);
     ``index_sequences``: the training texts' token-sequence hashes (the gate's copy test) and
     ``edits``: the near-copy map's rows (either missing: no near-copy map);
+    ``leave_out``: the leave-out part models' logits (none, or no sequence hashes: copies go
+    through the whole-match map);
     ``calibration_signatures``: the calibration non-members' (adaptive intensity's mask; none: no mask)."""
     member_logits = np.asarray(member_logits, dtype=np.float32)
     nonmember_logits = np.asarray(nonmember_logits, dtype=np.float32)
@@ -277,6 +320,13 @@ def calibrate(
             fit_partial(art.selective, crops, index)
         if edits is not None and index is not None and index.has_sequences:
             fit_near(art.selective, edits, index)
+        if leave_out is not None and index_sequences is not None:
+            art.index_leave_out = fit_leave_out(leave_out, nonmember_logits)
+            correct = np.asarray(leave_out.held_out_logits).argmax(1) == art.index_labels
+            art.selective.metrics["leave_out"] = {
+                "parts": len(leave_out.calibration_logits),
+                "held_out_accuracy": float(correct.mean()),
+            }
     if calibration_signatures is not None:
         art.tracker_common = common_values(calibration_signatures, min_share=config.tracker_common_share).tolist()
     return art

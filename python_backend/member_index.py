@@ -91,9 +91,12 @@ class MemberIndex:
         *,
         sketches: np.ndarray | None = None,
         sequences: np.ndarray | None = None,
+        leave_out: np.ndarray | None = None,
     ) -> None:
         """``signatures``: [N, S] MinHash values; ``sketches``: [N, K] content sketches and
-        ``sequences``: [N] token-sequence hashes (both optional: an index built before them)."""
+        ``sequences``: [N] token-sequence hashes (both optional: an index built before them);
+        ``leave_out``: [N, C] each training text's served score per class as an exact copy
+        (:func:`veil.python_backend.calibrate.fit_leave_out`; needs ``sequences``)."""
         self.signatures = np.ascontiguousarray(signatures, dtype=np.int32)
         self.labels = np.ascontiguousarray(labels, dtype=np.int64)
         if self.signatures.ndim != 2 or len(self.signatures) != len(self.labels):
@@ -103,7 +106,12 @@ class MemberIndex:
             raise ValueError("member sketches must be [N, K], one row per member")
         if sequences is not None and np.shape(sequences) != (len(self.labels),):
             raise ValueError("member sequences must be [N], one hash per member")
-        self.sequences = None if sequences is None else np.unique(np.asarray(sequences, dtype=np.int64))
+        self.sequences, self.sequence_rows = None, None
+        if sequences is not None:  # sorted unique hashes, and the first training text of each
+            self.sequences, self.sequence_rows = np.unique(np.asarray(sequences, dtype=np.int64), return_index=True)
+        if leave_out is not None and (sequences is None or np.ndim(leave_out) != 2 or len(leave_out) != len(labels)):
+            raise ValueError("leave-out scores must be [N, C], one row per member, beside the sequence hashes")
+        self.leave_out = None if leave_out is None else np.ascontiguousarray(leave_out, dtype=np.float64)
         keys = _band_keys(self.signatures)
         self.order = np.argsort(keys, axis=0, kind="stable")  # [N, bands]: members by key, then index
         self.sorted_keys = np.take_along_axis(keys, self.order, axis=0)
@@ -134,16 +142,25 @@ class MemberIndex:
     def has_sequences(self) -> bool:
         return self.sequences is not None
 
+    @property
+    def has_leave_out(self) -> bool:
+        return self.leave_out is not None
+
     def exact(self, sequences: np.ndarray) -> np.ndarray:
         """[n] bool: the query's token-sequence hash is a training text's (an exact copy of it, as
         the classifier sees it). Needs an index built with sequences."""
-        if self.sequences is None:
+        return self.copy_of(sequences) >= 0
+
+    def copy_of(self, sequences: np.ndarray) -> np.ndarray:
+        """[n] int64: the training text (row) each query is an exact copy of, by its token-sequence
+        hash; -1 where none. Needs an index built with sequences."""
+        if self.sequences is None or self.sequence_rows is None:
             raise ValueError("this member index has no sequence hashes (an artifact built before them)")
         q = np.asarray(sequences, dtype=np.int64).reshape(-1)
         if not len(self.sequences):
-            return np.zeros(len(q), dtype=bool)
+            return np.full(len(q), -1, dtype=np.int64)
         at = np.minimum(np.searchsorted(self.sequences, q), len(self.sequences) - 1)
-        return self.sequences[at] == q
+        return np.where(self.sequences[at] == q, self.sequence_rows[at], -1).astype(np.int64)
 
     @property
     def size(self) -> int:

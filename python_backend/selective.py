@@ -25,6 +25,12 @@ class and correctness*. So:
    of calibration non-members (:func:`veil.python_backend.calibrate.fit_near`): an edit is a little
    less confident than its text, so the copies' map sent it low while its label stayed, a tell
    that non-members' edits do not have (docs/evaluation.md, "An edit-fitted map for near copies").
+   An exact copy of a training text (its token-sequence hash), when the artifact holds leave-out
+   scores, skips the map: it is served what a model that never trained on that text gives
+   (:mod:`veil.export.leave_out`, on this model's non-member scale): the quantile map makes the
+   members' *marginal* the non-members', but a per-example attack (LiRA) compares each row with
+   reference models that never saw it, and only a model that never saw the text knows where a
+   non-member of that difficulty lands (docs/evaluation.md, "Leave-out scores for copies").
 3. **Serve**: the score is placed on ``K`` equal-mass bins of the calibration non-members' scores
    of its class, and the bin is served at its *calibrated* confidence (Laplace-smoothed accuracy
    of the calibration non-members in the bin, shrunk towards the class's accuracy and made
@@ -321,6 +327,8 @@ class SelectiveResult:
     partial_weight: np.ndarray
     near: np.ndarray
     """Rows whose whole match went through the near-copy map (matched, not a copy)."""
+    left_out: np.ndarray
+    """Rows served their training text's leave-out score (exact copies, when the index has them)."""
 
 
 def defend(
@@ -358,17 +366,25 @@ def defend(
         served[p] = (1.0 - partial[p]) * s[p] + partial[p] * crop
     moved = weight > 0
     near = np.zeros(b, dtype=bool)
-    if moved.any() and tables.has_near and sequences is not None and index is not None and index.has_sequences:
+    copy = np.full(b, -1, dtype=np.int64)  # the training text a moved row is an exact copy of
+    if moved.any() and sequences is not None and index is not None and index.has_sequences:
         seq = np.asarray(sequences, dtype=np.int64).reshape(b)
-        near = moved & (seq != NO_SEQUENCE) & ~index.exact(seq)
-    for rows, kind in ((moved & ~near, "whole"), (near, "near")):
+        known = moved & (seq != NO_SEQUENCE)
+        copy[known] = index.copy_of(seq[known])
+        if tables.has_near:
+            near = known & (copy < 0)
+    left_out = (copy >= 0) if index is not None and index.has_leave_out else np.zeros(b, dtype=bool)
+    for rows, kind in ((moved & ~near & ~left_out, "whole"), (near, "near")):
         if rows.any():
             mapped = tables.map_members(s[rows], label[rows], member_label[rows] == label[rows], kind=kind)
             served[rows] = (1.0 - weight[rows]) * served[rows] + weight[rows] * mapped
+    if left_out.any():  # a copy: what a model that never trained on its text gives, on this model's scale
+        mapped = index.leave_out[copy[left_out], label[left_out]]
+        served[left_out] = (1.0 - weight[left_out]) * served[left_out] + weight[left_out] * mapped
     level = np.zeros(b) if threat is None else np.broadcast_to(np.asarray(threat, dtype=np.float64), (b,))
     top = tables.confidence(served, label, level)
     probs = tables.probabilities(label, top, class_order(logits, label))
-    return SelectiveResult(probs, label, weight, s, served, top, partial, near)
+    return SelectiveResult(probs, label, weight, s, served, top, partial, near, left_out)
 
 
 def quantile_tables(

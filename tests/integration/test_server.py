@@ -189,6 +189,39 @@ def test_edits_of_training_texts_reach_the_near_copy_map(server, tiny_build, eva
     assert index.exact(own).all() and not index.exact(seq).any()
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_copies_of_training_texts_are_served_their_leave_out_scores(server, tiny_build, eval_texts, protocol):
+    """The build trains the leave-out part models and the artifact holds each training text's
+    scores; a training text sent as it is reaches the step with its sequence hash and is served its
+    leave-out score (the core replayed with the hashes), not the whole-match map's answer."""
+    from veil.export.build_dir import BuildDir
+    from veil.export.pipeline import onnx_logits
+    from veil.python_backend import offline, selective
+    from veil.python_backend.member_index import MemberIndex
+    from veil.python_backend.tokens import text_fingerprints
+
+    build = BuildDir(tiny_build)
+    opts = build.options()
+    art = DefenseArtifact.load(build.defense)
+    assert art.index_leave_out is not None and art.selective.metrics["leave_out"]["parts"] == 2
+    assert (build.leave_out(0) / "trained.json").is_file() and (build.leave_out(1) / "trained.json").is_file()
+    texts = eval_texts[0][:60]  # member_eval rows: training texts
+    names = list(opts.input_names)
+    logits = onnx_logits(build.onnx, build.hf, names, texts, max_length=opts.max_length)
+    with client_for(server, protocol) as c:
+        served, _ = c.classify(texts, model="veil_fixed_intensity")
+    assert (served == offline.defend(tiny_build, texts, logits, variant="fixed_intensity")).all()
+    index, level = art.member_index(), art.selective.level(None, adaptive=False)
+    sig, seq = text_fingerprints(build.hf, names, texts, max_length=opts.max_length)
+    out = selective.defend(logits, art.selective, index=index, signatures=sig, sequences=seq, threat=level)
+    plain = MemberIndex(index.signatures, index.labels, sketches=index.sketches, sequences=art.index_sequences)
+    mapped = selective.defend(logits, art.selective, index=plain, signatures=sig, sequences=seq, threat=level)
+    assert out.left_out.all() and not mapped.left_out.any()
+    np.testing.assert_array_equal(out.score_after, art.index_leave_out[index.copy_of(seq), out.labels])
+    assert (out.score_after != mapped.score_after).mean() > 0.5
+    assert (served.argmax(1) == logits.argmax(1)).all()
+
+
 def test_ungated_replay_is_what_the_step_serves_for_bare_logits(server, tiny_build, eval_texts):
     """The evaluation defends the attacker's own model outputs with ``gated=False``: those are the
     bytes the served step returns for logits sent without a fingerprint, and on training texts they

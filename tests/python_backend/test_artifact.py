@@ -44,6 +44,22 @@ def test_sequence_hashes_round_trip_and_older_artifacts_serve_every_match_as_a_c
         old.exact(seqs[:1])
 
 
+def test_leave_out_scores_round_trip_bit_exact_and_must_fit_the_index(tmp_path):
+    art = make_artifact(3)
+    n = len(art.index_labels)
+    seqs = np.arange(n, dtype=np.int64) * 7 + 2**40
+    scores = np.random.default_rng(1).normal(0, 3, (n, 3))
+    replace(art, index_sequences=seqs, index_leave_out=scores).save(tmp_path / "new")
+    index = DefenseArtifact.load(tmp_path / "new").member_index()
+    assert index.has_leave_out and index.leave_out.tobytes() == scores.tobytes()
+    assert index.copy_of(np.array([seqs[5], seqs[5] + 1, -1])).tolist() == [5, -1, -1]
+    replace(art, index_sequences=seqs, index_leave_out=scores[:, :2]).save(tmp_path / "bad")
+    with pytest.raises(ArtifactError, match="leave-out"):
+        DefenseArtifact.load(tmp_path / "bad")
+    art.save(tmp_path / "old")
+    assert not DefenseArtifact.load(tmp_path / "old").member_index().has_leave_out
+
+
 def test_missing_file(tmp_path):
     make_artifact(2).save(tmp_path)
     (tmp_path / "defense.safetensors").unlink()

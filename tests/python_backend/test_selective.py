@@ -414,3 +414,102 @@ def test_a_near_copy_group_too_small_to_fit_is_served_by_the_copies_map():
     assert near.probabilities.tobytes() == copies.probabilities.tobytes()
     with pytest.raises(ValueError, match="map kind"):
         w.tables.map_members(np.zeros(1), np.zeros(1, np.int64), np.ones(1, bool), kind="crop")
+
+
+def _binary(label: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Two-class logits with top log-odds ``s`` on ``label``."""
+    z = np.zeros((len(s), 2), np.float32)
+    z[np.arange(len(s)), label] = s
+    return z
+
+
+def _difficulty_world(seed: int = 8):
+    """Texts with a difficulty ``d``: a model that never trained on a text scores it 2 + 1.5 d (plus
+    noise); the served model scores its training texts high whatever their difficulty (memorised),
+    and non-members as a model that never saw them. The leave-out part models are such models,
+    trained on less data (less confident: 1.6 + 1.2 d). A reference model (the attacker's, never
+    trained on any of them) scores every text like a non-member."""
+    rng = np.random.default_rng(seed)
+    n = 1000
+
+    def unseen(d: np.ndarray, a: float = 2.0, b: float = 1.5) -> np.ndarray:
+        return a + b * d + 0.5 * rng.normal(size=len(d))
+
+    d_m, d_n, d_c = rng.normal(size=n), rng.normal(size=n), rng.normal(size=1500)
+    y_m, y_n, y_c = rng.integers(0, 2, n), rng.integers(0, 2, n), rng.integers(0, 2, 1500)
+    members = _binary(y_m, 7.0 + 0.3 * d_m + rng.normal(size=n))
+    calib = _binary(y_c, unseen(d_c))
+    tables = _fitted(members, y_m, calib, y_c)
+    rows = calibrate.LeaveOutRows(
+        held_out_logits=_binary(y_m, unseen(d_m, 1.6, 1.2)),
+        calibration_logits=[_binary(y_c, unseen(d_c, 1.6, 1.2)) for _ in range(2)],
+    )
+    leave_out = calibrate.fit_leave_out(rows, calib)
+    sig, seq = member_signatures(n, seed=seed), rng.integers(0, 2**62, n)
+    index = MemberIndex(minhash(sig), y_m, sketches=sketch(sig), sequences=seq, leave_out=leave_out)
+    plain = MemberIndex(minhash(sig), y_m, sketches=sketch(sig), sequences=seq)
+    nonmembers = _binary(y_n, unseen(d_n))
+    reference = np.r_[unseen(d_m), unseen(d_n)]
+    return SimpleNamespace(**locals())
+
+
+def test_copies_served_leave_out_scores_answer_like_non_members_of_their_difficulty():
+    """With teeth: against an attacker who compares each output with what a reference model that
+    never saw the text gives (offline LiRA's statistic), copies served through the whole-match map
+    are told apart (memorised scores say little about difficulty), copies served their leave-out
+    scores are not (KS over the residuals, and |AUC - 0.5| on both tails). Rows that are not exact
+    copies are served as without leave-out scores."""
+    w = _difficulty_world()
+    z = np.concatenate([w.members, w.nonmembers])
+    sig = np.concatenate([w.sig, member_signatures(len(w.nonmembers), seed=99)])
+    seq = np.r_[w.seq, np.arange(len(w.nonmembers))]
+    is_member = np.r_[np.ones(len(w.members), bool), np.zeros(len(w.nonmembers), bool)]
+    q = np.zeros(len(z))
+    served = selective.defend(z, w.tables, index=w.index, signatures=sig, threat=q, sequences=seq)
+    mapped = selective.defend(z, w.tables, index=w.plain, signatures=sig, threat=q, sequences=seq)
+    assert served.left_out[is_member].all() and not served.left_out[~is_member].any()
+    assert not mapped.left_out.any()
+    assert (served.labels == z.argmax(1)).all() and (served.probabilities.argmax(1) == served.labels).all()
+    np.testing.assert_array_equal(served.probabilities[~is_member], mapped.probabilities[~is_member])
+    for out, hidden in ((served, True), (mapped, False)):
+        residual = out.score_after - w.reference
+        m, n = residual[is_member], residual[~is_member]
+        p = ks_2samp(m, n).pvalue
+        labels = np.r_[np.ones(len(m)), np.zeros(len(n))]
+        tails = [roc_auc_score(labels, np.r_[m, n]), roc_auc_score(labels, np.abs(np.r_[m, n] - np.median(n)))]
+        if hidden:
+            assert p > 1e-3 and max(abs(a - 0.5) for a in tails) < 0.05, (p, tails)
+        else:
+            assert p < 1e-6 and max(abs(a - 0.5) for a in tails) > 0.1, (p, tails)
+        # The single query's marginal is the non-members' either way.
+        assert ks_2samp(out.score_after[is_member], out.score_after[~is_member]).pvalue > 1e-3
+    # Rows without a sequence hash (logits sent directly) and copies that are not exact: the map.
+    for s in (np.full(len(w.members), NO_SEQUENCE), w.seq + 1):
+        other = selective.defend(w.members, w.tables, index=w.index, signatures=w.sig, threat=q[:1000], sequences=s)
+        before = selective.defend(w.members, w.tables, index=w.plain, signatures=w.sig, threat=q[:1000], sequences=s)
+        assert not other.left_out.any()
+        assert other.probabilities.tobytes() == before.probabilities.tobytes()
+    # One row alone or in the batch: the same bytes.
+    for i in (0, 999, 1000):
+        alone = selective.defend(
+            z[i : i + 1], w.tables, index=w.index, signatures=sig[i : i + 1], threat=q[:1], sequences=seq[i : i + 1]
+        )
+        assert alone.probabilities.tobytes() == served.probabilities[i : i + 1].tobytes()
+
+
+def test_leave_out_scores_are_moved_onto_the_served_models_scale():
+    """The part models are less confident than the served model; the per-class quantile map fitted
+    on calibration non-members moves their scores onto the served model's non-member scale, so the
+    copies' marginal is the non-members' (without it, copies would read *less* confident)."""
+    w = _difficulty_world()
+    own = calibrate.class_log_odds(w.rows.held_out_logits, 1)[w.y_m == 1]
+    moved = w.leave_out[w.y_m == 1, 1]
+    calib = calibrate.class_log_odds(w.calib, 1)[w.y_c == 1]
+    assert ks_2samp(own, calib).pvalue < 1e-6
+    assert ks_2samp(moved, calib).pvalue > 1e-3
+    assert np.isfinite(w.leave_out).all() and w.leave_out.shape == (1000, 2)
+    # log-odds of a class, stable at float32's extremes
+    big = np.array([[3e38, -3e38], [0.0, 0.0]], np.float32)
+    np.testing.assert_allclose(calibrate.class_log_odds(big, 0), [selective.S_MAX, 0.0])
+    with pytest.raises(ValueError, match="leave-out"):
+        MemberIndex(minhash(w.sig), w.y_m, sequences=None, leave_out=w.leave_out)

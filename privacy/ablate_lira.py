@@ -1,0 +1,192 @@
+"""Development-seed ablation of the fixed floor under offline LiRA: where should an exact copy of a
+training text land so that a per-example attack cannot tell it? Chose the served leave-out scores.
+
+The whole-match map couples a training text's copy to the non-members' confidence at the *same
+quantile of the members' own scores* (per class and correctness): members' outputs then have the
+non-members' distribution as a population. LiRA (Carlini et al. 2022) reads each row against
+reference models that never trained on it: a member must land where a non-member *of that
+difficulty* lands, and a memorised score says little about difficulty. Compared, on the floor (the
+fixed intensity's level), with every non-copy row served as before:
+
+- **whole-match map** (served before 2026-12-04's leave-out scores);
+- **leave-out scores** (served now, :mod:`veil.export.leave_out`): the score of a part model that
+  never trained on the text, moved onto this model's non-member scale;
+- **rank candidates**, no extra training: the copy at the non-members' quantile of its rank among
+  training texts by its own score (the map again), by the mean log-odds of the defender's 4 word
+  edits of it (memorisation lifts those less), by both ranks' mean, and by the reference models'
+  mean (an **oracle** a defender does not have: the ceiling of any ranking without noise).
+
+Scored on the development seed's probe rows (training texts, and non-members outside every split
+and the attacker's pool, so no reference model trained on any of them): offline LiRA with the
+4 cached reference models, their logits through the same floor without a text (what the suite's
+attacker simulates), against label-only's LiRA; accuracy with the threshold fitted on the other
+half (10 halvings), AUC and TPR at 1% FPR; the crop probe's strongest single-query attack; the
+Spearman correlation of the served confidence with the reference models' mean (members /
+non-members: a member should track difficulty as a non-member does). Only copies change, so
+benign utility on held-out rows is the floor's.
+
+    python -m veil.privacy.ablate_lira --dataset agnews   # builds the development target first
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from scipy.stats import rankdata, spearmanr
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from veil.export.build_dir import BuildDir
+from veil.export.edits import DEFENDER_EDITS, edits
+from veil.privacy.attacks import Outputs, lira_score, phi
+from veil.privacy.baselines import label_only
+from veil.privacy.models import DEV_SEED, EvalConfig, ReferenceModels, attacker_pool
+from veil.privacy.probe_crops import Probe
+from veil.python_backend import selective
+from veil.python_backend.calibrate import class_log_odds
+from veil.python_backend.member_index import MemberIndex
+from veil.python_backend.probabilities import softmax64
+from veil.python_backend.tokens import text_fingerprints
+
+HALVINGS = 10
+
+
+def group_ranks(value: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Each row's mid-rank of ``value`` within its group, in (0, 1)."""
+    u = np.zeros(len(value))
+    for g in np.unique(group):
+        rows = group == g
+        u[rows] = (rankdata(value[rows]) - 0.5) / rows.sum()
+    return u
+
+
+def served_at_ranks(tables, z: np.ndarray, u: np.ndarray, member_label: np.ndarray, level: float) -> np.ndarray:
+    """Copies of training texts served at the non-members' quantile ``u`` of their group (the served
+    map's non-member side), then through the floor's levels as served."""
+    label, s = selective.top_log_odds(z.astype(np.float32))
+    served = s.copy()
+    wrong = (member_label != label).astype(int)
+    for c in range(tables.num_classes):
+        for k in (0, 1):
+            rows = (label == c) & (wrong == k)
+            m = tables._map(c, k, "whole") if rows.any() else None
+            if m is not None:
+                served[rows] = np.interp(u[rows], selective.LEVELS, m[1])
+    top = tables.confidence(served, label, np.full(len(z), level))
+    return tables.probabilities(label, top, selective.class_order(z, label))
+
+
+def lira_readings(member: np.ndarray, target: np.ndarray, labels: np.ndarray, refs: list[np.ndarray], seed: int):
+    """Offline LiRA of ``target`` against ``refs`` (every reference OUT): accuracy with the threshold
+    fitted on the other half, AUC, TPR at 1% FPR; %."""
+    o = Outputs(target, labels)
+    o.extra["ref_phi"] = np.stack([phi(Outputs(r, labels)) for r in refs], 1)
+    score = lira_score(o)
+    rng = np.random.default_rng(seed)
+    accs = []
+    for _ in range(HALVINGS):
+        half = rng.permutation(len(score)) < len(score) // 2
+        for fit, test in ((half, ~half), (~half, half)):
+            fpr, tpr, thr = roc_curve(member[fit], score[fit])
+            t = thr[np.argmax(tpr - fpr)]
+            pred = score[test] >= t
+            accs.append(0.5 * (pred[member[test]].mean() + (~pred[~member[test]]).mean()))
+    fpr, tpr, _ = roc_curve(member, score)
+    return 100 * float(np.mean(accs)), 100 * roc_auc_score(member, score), 100 * float(tpr[fpr <= 0.01].max())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="agnews")
+    ap.add_argument("--rows", type=int, default=1000)
+    args = ap.parse_args(argv)
+    probe = Probe.open(args.dataset, seed=DEV_SEED, rows=args.rows)
+    art = probe.artifact
+    tables, index = art.selective, art.member_index()
+    if not index.has_leave_out:
+        raise RuntimeError("the development target's artifact has no leave-out scores (veil-build --leave-out 0?)")
+    plain = MemberIndex(index.signatures, index.labels, sketches=index.sketches, sequences=art.index_sequences)
+    level = float(tables.level(None, adaptive=False)[0])
+    cfg = EvalConfig(dataset=args.dataset, references=4, dp_epsilons=())
+    refs = ReferenceModels(cfg, probe.ds, attacker_pool(probe.ds, cfg.pool))
+    build = BuildDir(probe.target)
+    opts = build.options()
+    texts = list(probe.texts)
+    z, _ = probe.score(texts)
+    sig, seq = text_fingerprints(build.hf, list(opts.input_names), texts, max_length=opts.max_length)
+    ref_z = [refs.logits(k, texts) for k in range(cfg.references)]
+    member = probe.member
+    members = probe.splits.take(probe.ds, "members")
+    training = {t: i for i, t in enumerate(members.texts)}
+    copy = np.fromiter((t in training for t in texts), dtype=bool, count=len(texts))
+    if not np.array_equal(copy, member) or not np.array_equal(index.exact(seq), member):
+        raise RuntimeError("the probe's member rows are not exactly the copies of training texts")
+
+    # Every training text's ranks within (predicted class, correctness): the rank candidates.
+    z_m, _ = probe.score(list(members.texts))
+    lab_m, s_m = selective.top_log_odds(z_m.astype(np.float32))
+    group = lab_m * 2 + (lab_m != np.asarray(members.labels))
+    z_e, _ = probe.score([e for t in members.texts for e in edits(t, DEFENDER_EDITS, f"defender:{DEV_SEED}")])
+    edit_score = class_log_odds_rows(z_e, np.repeat(lab_m, DEFENDER_EDITS)).reshape(-1, DEFENDER_EDITS).mean(1)
+    ref_m = [refs.logits(k, list(members.texts)) for k in range(cfg.references)]
+    oracle = np.mean([phi(Outputs(softmax64(r), np.asarray(members.labels))) for r in ref_m], 0)
+    ranks = {
+        "own score (the whole-match map)": group_ranks(s_m, group),
+        "edit-ranked": group_ranks(edit_score, group),
+        "blend of own and edit ranks": group_ranks(group_ranks(s_m, group) + group_ranks(edit_score, group), group),
+        "oracle: reference models' mean": group_ranks(oracle, group),
+    }
+    served_lo = index.leave_out[np.arange(len(members)), lab_m]
+    print(f"training texts {len(members)}; Spearman with the oracle difficulty over all of them:")
+    for name, u in {**ranks, "leave-out scores (served)": served_lo}.items():
+        print(f"  {name}: {spearmanr(u, oracle)[0]:+.3f}")
+
+    threat = np.full(len(z), level)
+    sim = [
+        selective.defend(r.astype(np.float32), tables, index=index, signatures=None, threat=threat).probabilities
+        for r in ref_z
+    ]
+    args_ = dict(signatures=sig, sequences=seq, threat=threat)
+    mapped = selective.defend(z.astype(np.float32), tables, index=plain, **args_)
+    served = selective.defend(z.astype(np.float32), tables, index=index, **args_)
+    matched_label = np.asarray(members.labels)[[training.get(t, 0) for t in texts]]
+    outputs = {
+        "label-only": (label_only(softmax64(z)), [label_only(softmax64(r)) for r in ref_z]),
+        "raw": (softmax64(z), [softmax64(r) for r in ref_z]),
+        "floor, copies through the whole-match map (before)": (mapped.probabilities, sim),
+        "floor, copies served leave-out scores (served)": (served.probabilities, sim),
+    }
+    for name, u in ranks.items():
+        u_rows = np.array([u[training[t]] if c else 0.0 for t, c in zip(texts, copy, strict=True)])
+        probs = np.array(mapped.probabilities, dtype=np.float64)
+        probs[copy] = served_at_ranks(tables, z[copy], u_rows[copy], matched_label[copy], level)
+        outputs[f"floor, copies at the non-members' quantile of their {name}"] = (probs, sim)
+    print(
+        "output | LiRA accuracy (other half) | AUC | TPR@1%FPR | strongest single query"
+        " | Spearman(served, oracle) members / non-members"
+    )
+    ref_phi = np.mean([phi(Outputs(softmax64(r), probe.labels)) for r in ref_z], 0)
+    base = None
+    for name, (target, sims) in outputs.items():
+        acc, auc, tpr = lira_readings(member, target, probe.labels, sims, DEV_SEED)
+        single = max(probe.attack(np.asarray(target, np.float32), 1).values())
+        t_phi = phi(Outputs(np.asarray(target, np.float64), probe.labels))
+        rho = [spearmanr(t_phi[m], ref_phi[m])[0] for m in (member, ~member)]
+        base = base or (acc, tpr)  # label-only, the first row
+        cells = (
+            f"{acc:.1f} ({acc - base[0]:+.1f}) | {auc:.1f} | {tpr:.1f} | {single:.1f} | {rho[0]:+.2f} / {rho[1]:+.2f}"
+        )
+        print(f"{name} | {cells}", flush=True)
+    return 0
+
+
+def class_log_odds_rows(z: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Each row's log-odds of its own ``label``."""
+    out = np.empty(len(z))
+    for c in np.unique(label):
+        out[label == c] = class_log_odds(z[label == c], int(c))
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
