@@ -21,11 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from veil.export.data import TextDataset
+from veil.export.train import TrainReport
 from veil.python_backend.calibrate import LeaveOutRows
 
 PARTS = 2
-"""Part models (development seed 7, AG News: LiRA's excess over label-only +1.6 -> +0.7 pt,
-``python -m veil.privacy.ablate_lira``)."""
+"""Part models measured (development seed 7, AG News: LiRA's excess over label-only +1.6 -> -0.4 pt,
+``python -m veil.privacy.ablate_lira``). Opt-in (``veil-build --leave-out 2``): served on AG News
+seed 11, a copy then disagreed with its own edits (served through the near-copy map of the served
+model's scores) and the learned augmentation attack read 71% (docs/evaluation.md)."""
 
 
 def parts_of(n: int, *, parts: int, seed: int) -> np.ndarray:
@@ -37,26 +40,24 @@ def train_leave_out(
     members: TextDataset,
     calibration: list[str],
     *,
+    fit: Callable[..., TrainReport],
     folder: Callable[[int], Path],
     key: dict,
     parts: int,
     model: str,
     num_labels: int,
-    epochs: int,
-    lr: float,
-    batch_size: int,
     max_length: int,
     seed: int,
-    progress: bool,
     resume: bool,
     log: Callable[[str], None] = print,
 ) -> LeaveOutRows:
-    """Train (or reuse, with ``resume`` and the same ``key``) the part models; ``folder(k)`` is part
-    ``k``'s directory. Returns each training text's held-out logits and every part model's logits
-    on the ``calibration`` texts."""
+    """Train with ``fit(model, tokenizer, data, seed=...)`` (the served model's fine-tuning), or
+    reuse with ``resume`` and the same ``key``, the part models; ``folder(k)`` is part ``k``'s
+    directory. Returns each training text's held-out logits and every part model's logits on the
+    ``calibration`` texts."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from veil.export.train import fine_tune, load_model, predict_logits
+    from veil.export.train import load_model, predict_logits
 
     part = parts_of(len(members), parts=parts, seed=seed)
     held = np.zeros((len(members), num_labels), dtype=np.float32)
@@ -70,17 +71,7 @@ def train_leave_out(
             tok = AutoTokenizer.from_pretrained(where, local_files_only=True)
         else:
             net, tok = load_model(model, num_labels=num_labels, seed=seed + 1 + k)
-            rep = fine_tune(
-                net,
-                tok,
-                members.subset(np.flatnonzero(part != k)),
-                epochs=epochs,
-                lr=lr,
-                batch_size=batch_size,
-                max_length=max_length,
-                seed=seed + 1 + k,
-                progress=progress,
-            )
+            rep = fit(net, tok, members.subset(np.flatnonzero(part != k)), seed=seed + 1 + k)
             log(f"leave-out part model {k + 1}/{parts} on {int((part != k).sum())} texts in {rep.seconds:.0f}s")
             where.mkdir(parents=True, exist_ok=True)
             net.save_pretrained(where)

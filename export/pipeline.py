@@ -23,7 +23,7 @@ from veil.export.build_dir import BuildDir
 from veil.export.crops import DEFENDER_TEXTS, defender_crops
 from veil.export.data import Splits, TextDataset, dedupe, fingerprint, load_dataset, make_splits
 from veil.export.edits import defender_edits
-from veil.export.leave_out import PARTS, train_leave_out
+from veil.export.leave_out import train_leave_out
 from veil.export.onnx_export import check_parity, export_onnx
 from veil.export.train import TrainReport, fine_tune, load_model, model_input_names
 from veil.model_repository.spec import ServingOptions
@@ -53,9 +53,11 @@ class BuildConfig:
     """Texts per side the defender crops for the partial-match map (training texts, calibration non-members)."""
     edit_texts: int = DEFENDER_TEXTS
     """Texts per side the defender edits for the near-copy map."""
-    leave_out: int = PARTS
+    leave_out: int = 0
     """Leave-out part models whose scores exact copies of training texts are served
-    (:mod:`veil.export.leave_out`; 0: none, copies go through the whole-match map). Not with a
+    (:mod:`veil.export.leave_out`, :data:`~veil.export.leave_out.PARTS` is the measured count;
+    0: none, copies go through the whole-match map). Off by default: served, it lets a copy
+    disagree with its own edits (docs/evaluation.md, "Leave-out scores for copies"). Not with a
     custom trainer (DP-SGD targets are served undefended)."""
     epochs: int = 3
     lr: float = 5e-5
@@ -146,6 +148,21 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         "trainer": getattr(trainer, "key", None),
     }
     trained = layout.trained_file
+
+    def fit(model, tokenizer, data: TextDataset, *, seed: int) -> TrainReport:
+        """The build's fine-tuning (the served model's and the leave-out part models')."""
+        return fine_tune(
+            model,
+            tokenizer,
+            data,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            seed=seed,
+            progress=cfg.progress,
+        )
+
     if cfg.resume and trained.exists() and json.loads(trained.read_text())["key"] == train_key:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -158,17 +175,7 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         if trainer is not None:
             report = trainer(model, tokenizer, members)
         else:
-            report = fine_tune(
-                model,
-                tokenizer,
-                members,
-                epochs=cfg.epochs,
-                lr=cfg.lr,
-                batch_size=cfg.batch_size,
-                max_length=cfg.max_length,
-                seed=cfg.seed,
-                progress=cfg.progress,
-            )
+            report = fit(model, tokenizer, members, seed=cfg.seed)
         _log(
             f"fine-tuned {cfg.model} on {len(members)} members in {report.seconds:.0f}s:"
             f" loss {report.final_loss:.4f}, train accuracy {report.train_accuracy:.4f}"
@@ -229,17 +236,14 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         leave_out = train_leave_out(
             members,
             list(calib_n.texts),
+            fit=fit,
             folder=layout.leave_out,
             key=train_key,
             parts=cfg.leave_out,
             model=cfg.model,
             num_labels=ds.num_classes,
-            epochs=cfg.epochs,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
             max_length=cfg.max_length,
             seed=cfg.seed,
-            progress=cfg.progress,
             resume=cfg.resume,
             log=_log,
         )
@@ -356,7 +360,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
         "--leave-out",
         type=int,
         default=d.leave_out,
-        help="leave-out part models for exact copies of training texts (0: none)",
+        help="leave-out part models for exact copies of training texts (0: none; off by default, see docs/defense.md)",
     )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)

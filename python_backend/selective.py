@@ -26,11 +26,11 @@ class and correctness*. So:
    less confident than its text, so the copies' map sent it low while its label stayed, a tell
    that non-members' edits do not have (docs/evaluation.md, "An edit-fitted map for near copies").
    An exact copy of a training text (its token-sequence hash), when the artifact holds leave-out
-   scores, skips the map: it is served what a model that never trained on that text gives
-   (:mod:`veil.export.leave_out`, on this model's non-member scale): the quantile map makes the
-   members' *marginal* the non-members', but a per-example attack (LiRA) compares each row with
-   reference models that never saw it, and only a model that never saw the text knows where a
-   non-member of that difficulty lands (docs/evaluation.md, "Leave-out scores for copies").
+   scores (opt-in, ``veil-build --leave-out 2``), skips the map: it is served what a model that
+   never trained on that text gives (:mod:`veil.export.leave_out`, on this model's non-member
+   scale). The quantile map makes the members' *marginal* the non-members', but a per-example
+   attack (LiRA) compares each row with reference models that never saw it. Off by default: its
+   copies then disagree with their own edits (docs/evaluation.md, "Leave-out scores for copies").
 3. **Serve**: the score is placed on ``K`` equal-mass bins of the calibration non-members' scores
    of its class, and the bin is served at its *calibrated* confidence (Laplace-smoothed accuracy
    of the calibration non-members in the bin, shrunk towards the class's accuracy and made

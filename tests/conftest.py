@@ -86,6 +86,7 @@ def tiny_build(tmp_path_factory, synthetic_tsv) -> Path:
             batch_size=16,
             max_length=32,
             variants=TINY_VARIANTS,
+            leave_out=2,  # opt-in, exercised here (tests/integration/test_server.py)
             progress=False,
         )
     )
