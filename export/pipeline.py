@@ -108,6 +108,47 @@ Trainer = Callable[[Any, Any, TextDataset], TrainReport]
 """(model, tokenizer, members) -> report: replaces plain fine-tuning (e.g. DP-SGD)."""
 
 
+def fine_tuner(cfg: BuildConfig) -> Callable[..., TrainReport]:
+    """``fit(model, tokenizer, data, seed=...)``: the build's fine-tuning (the served model's and the
+    leave-out part models')."""
+
+    def fit(model, tokenizer, data: TextDataset, *, seed: int) -> TrainReport:
+        return fine_tune(
+            model,
+            tokenizer,
+            data,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            seed=seed,
+            progress=cfg.progress,
+        )
+
+    return fit
+
+
+def leave_out_rows(
+    cfg: BuildConfig, members: TextDataset, calibration: list[str], *, key: dict, num_labels: int
+) -> LeaveOutRows:
+    """The build's ``cfg.leave_out`` part models (trained, or reused with ``cfg.resume`` and the same
+    ``key``, under the build folder) and their logits (:func:`veil.export.leave_out.train_leave_out`)."""
+    return train_leave_out(
+        members,
+        calibration,
+        fit=fine_tuner(cfg),
+        folder=BuildDir(cfg.out_dir).leave_out,
+        key=key,
+        parts=cfg.leave_out,
+        model=cfg.model,
+        num_labels=num_labels,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        resume=cfg.resume,
+        log=_log,
+    )
+
+
 def split_sizes(cfg: BuildConfig) -> dict[str, int]:
     return {
         "member_eval": cfg.members // 2,
@@ -124,6 +165,8 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
     """Run the whole build; ``splits`` (drawn elsewhere) and ``trainer`` override the defaults."""
     t0 = time.perf_counter()
     out = cfg.out_dir
+    if cfg.leave_out < 0 or cfg.leave_out == 1:
+        raise ValueError(f"--leave-out is 0 (none) or at least 2 part models, got {cfg.leave_out}")
     out.mkdir(parents=True, exist_ok=True)
     layout = BuildDir(out)
     ds = dedupe(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir))
@@ -148,21 +191,6 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         "trainer": getattr(trainer, "key", None),
     }
     trained = layout.trained_file
-
-    def fit(model, tokenizer, data: TextDataset, *, seed: int) -> TrainReport:
-        """The build's fine-tuning (the served model's and the leave-out part models')."""
-        return fine_tune(
-            model,
-            tokenizer,
-            data,
-            epochs=cfg.epochs,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            max_length=cfg.max_length,
-            seed=seed,
-            progress=cfg.progress,
-        )
-
     if cfg.resume and trained.exists() and json.loads(trained.read_text())["key"] == train_key:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -175,7 +203,7 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         if trainer is not None:
             report = trainer(model, tokenizer, members)
         else:
-            report = fit(model, tokenizer, members, seed=cfg.seed)
+            report = fine_tuner(cfg)(model, tokenizer, members, seed=cfg.seed)
         _log(
             f"fine-tuned {cfg.model} on {len(members)} members in {report.seconds:.0f}s:"
             f" loss {report.final_loss:.4f}, train accuracy {report.train_accuracy:.4f}"
@@ -231,22 +259,9 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         nonmember_labels=np.asarray(calib_n.labels)[ed_n],
     )
     index_sig, index_seq = text_fingerprints(hf_dir, names, members.texts, max_length=cfg.max_length)
-    leave_out: LeaveOutRows | None = None
-    if cfg.leave_out > 1 and trainer is None:
-        leave_out = train_leave_out(
-            members,
-            list(calib_n.texts),
-            fit=fit,
-            folder=layout.leave_out,
-            key=train_key,
-            parts=cfg.leave_out,
-            model=cfg.model,
-            num_labels=ds.num_classes,
-            max_length=cfg.max_length,
-            seed=cfg.seed,
-            resume=cfg.resume,
-            log=_log,
-        )
+    leave_out = None
+    if cfg.leave_out and trainer is None:
+        leave_out = leave_out_rows(cfg, members, list(calib_n.texts), key=train_key, num_labels=ds.num_classes)
     artifact = calibrate(
         member_logits=zm,
         member_labels=calib_m.labels,

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import numpy as np
 from scipy.stats import rankdata, spearmanr
@@ -47,12 +48,12 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from veil.export.build_dir import BuildDir
 from veil.export.edits import DEFENDER_EDITS, edits
-from veil.export.leave_out import PARTS, train_leave_out
-from veil.export.train import fine_tune
+from veil.export.leave_out import PARTS
+from veil.export.pipeline import leave_out_rows
 from veil.privacy.attacks import Outputs, lira_score, phi
 from veil.privacy.baselines import label_only
 from veil.privacy.metrics import cross_fitted
-from veil.privacy.models import DEV_SEED, EvalConfig, ReferenceModels, attacker_pool
+from veil.privacy.models import DEV_SEED, EvalConfig, ReferenceModels, attacker_pool, build_cfg
 from veil.privacy.probe_crops import Probe
 from veil.privacy.query_attacks import augmentation_features, augmentation_suite, expand
 from veil.python_backend import selective
@@ -138,30 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     calib = probe.splits.take(probe.ds, "nonmember_calib")
     z_cal, _ = probe.score(list(calib.texts))
 
-    def fit(model, tok, data, *, seed):
-        return fine_tune(
-            model,
-            tok,
-            data,
-            epochs=cfg.epochs,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            max_length=cfg.max_length,
-            seed=seed,
-        )
-
-    rows = train_leave_out(
+    rows = leave_out_rows(
+        replace(build_cfg(cfg, DEV_SEED, probe.target, ()), leave_out=PARTS),
         members,
         list(calib.texts),
-        fit=fit,
-        folder=build.leave_out,
         key=json.loads(build.trained_file.read_text())["key"],
-        parts=PARTS,
-        model=cfg.model,
         num_labels=probe.ds.num_classes,
-        max_length=cfg.max_length,
-        seed=DEV_SEED,
-        resume=True,
     )
     index = MemberIndex(
         plain.signatures,

@@ -367,7 +367,8 @@ def defend(
     moved = weight > 0
     near = np.zeros(b, dtype=bool)
     copy = np.full(b, -1, dtype=np.int64)  # the training text a moved row is an exact copy of
-    if moved.any() and sequences is not None and index is not None and index.has_sequences:
+    copies_matter = index is not None and (tables.has_near or index.has_leave_out)
+    if moved.any() and sequences is not None and copies_matter and index.has_sequences:
         seq = np.asarray(sequences, dtype=np.int64).reshape(b)
         known = moved & (seq != NO_SEQUENCE)
         copy[known] = index.copy_of(seq[known])

@@ -154,39 +154,61 @@ def test_the_selective_step_serves_exactly_the_core(server, tiny_build, eval_tex
     assert len({r.tobytes() for r in served}) <= 2 * art.selective.coarse_levels
 
 
+def _served_and_replayed(server, tiny_build, texts: list[str], protocol: str):
+    """``texts`` served by ``veil_fixed_intensity``, checked equal to the core replayed in-process,
+    with what the replay used (artifact, its index and floor level, logits, fingerprints)."""
+    from types import SimpleNamespace
+
+    from veil.export.build_dir import BuildDir
+    from veil.export.pipeline import onnx_logits
+    from veil.python_backend import offline
+    from veil.python_backend.tokens import text_fingerprints
+
+    build = BuildDir(tiny_build)
+    opts = build.options()
+    art = DefenseArtifact.load(build.defense)
+    names = list(opts.input_names)
+    logits = onnx_logits(build.onnx, build.hf, names, texts, max_length=opts.max_length)
+    with client_for(server, protocol) as c:
+        served, _ = c.classify(texts, model="veil_fixed_intensity")
+    assert (served == offline.defend(tiny_build, texts, logits, variant="fixed_intensity")).all()
+    sig, seq = text_fingerprints(build.hf, names, texts, max_length=opts.max_length)
+    return SimpleNamespace(
+        build=build,
+        names=names,
+        art=art,
+        index=art.member_index(),
+        level=art.selective.level(None, adaptive=False),
+        logits=logits,
+        served=served,
+        sig=sig,
+        seq=seq,
+    )
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_edits_of_training_texts_reach_the_near_copy_map(server, tiny_build, eval_texts, protocol):
     """The tokenizer's sequence hash travels to the step: a training text with two words swapped
     (the same token set, so the gate matches it fully) is served through the near-copy map, exactly
     as the core replays it with the sequence hashes, and differently from serving it as a copy;
     the training texts themselves are copies."""
-    from veil.export.build_dir import BuildDir
     from veil.export.edits import edits
-    from veil.export.pipeline import onnx_logits
-    from veil.python_backend import offline, selective
+    from veil.python_backend import selective
     from veil.python_backend.tokens import text_fingerprints
 
-    build = BuildDir(tiny_build)
-    opts = build.options()
-    art = DefenseArtifact.load(build.defense)
-    assert art.selective.has_near and art.selective.metrics["near"]["member_edits_near"] > 0
     training = eval_texts[0][:60]
     swapped = [edits(t, 2, "near-copy-test")[1] for t in training]
     texts = [t for t, s in zip(training, swapped, strict=True) if s != t]
     swapped = [s for t, s in zip(training, swapped, strict=True) if s != t]
-    names = list(opts.input_names)
-    logits = onnx_logits(build.onnx, build.hf, names, swapped, max_length=opts.max_length)
-    with client_for(server, protocol) as c:
-        served, _ = c.classify(swapped, model="veil_fixed_intensity")
-    assert (served == offline.defend(tiny_build, swapped, logits, variant="fixed_intensity")).all()
-    index, level = art.member_index(), art.selective.level(None, adaptive=False)
-    sig, seq = text_fingerprints(build.hf, names, swapped, max_length=opts.max_length)
-    near = selective.defend(logits, art.selective, index=index, signatures=sig, sequences=seq, threat=level)
-    as_copies = selective.defend(logits, art.selective, index=index, signatures=sig, threat=level)
+    r = _served_and_replayed(server, tiny_build, swapped, protocol)
+    art, index, level = r.art, r.index, r.level
+    assert art.selective.has_near and art.selective.metrics["near"]["member_edits_near"] > 0
+    near = selective.defend(r.logits, art.selective, index=index, signatures=r.sig, sequences=r.seq, threat=level)
+    as_copies = selective.defend(r.logits, art.selective, index=index, signatures=r.sig, threat=level)
     assert near.near[near.member_weight > 0].all() and (near.member_weight == 1).mean() > 0.5
     assert (near.score_after != as_copies.score_after).any()
-    _, own = text_fingerprints(build.hf, names, texts, max_length=opts.max_length)
-    assert index.exact(own).all() and not index.exact(seq).any()
+    _, own = text_fingerprints(r.build.hf, r.names, texts, max_length=r.build.options().max_length)
+    assert index.exact(own).all() and not index.exact(r.seq).any()
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -194,32 +216,21 @@ def test_copies_of_training_texts_are_served_their_leave_out_scores(server, tiny
     """The build trains the leave-out part models and the artifact holds each training text's
     scores; a training text sent as it is reaches the step with its sequence hash and is served its
     leave-out score (the core replayed with the hashes), not the whole-match map's answer."""
-    from veil.export.build_dir import BuildDir
-    from veil.export.pipeline import onnx_logits
-    from veil.python_backend import offline, selective
+    from veil.python_backend import selective
     from veil.python_backend.member_index import MemberIndex
-    from veil.python_backend.tokens import text_fingerprints
 
-    build = BuildDir(tiny_build)
-    opts = build.options()
-    art = DefenseArtifact.load(build.defense)
+    r = _served_and_replayed(server, tiny_build, eval_texts[0][:60], protocol)  # member_eval: training texts
+    art, index, level = r.art, r.index, r.level
     assert art.index_leave_out is not None and art.selective.metrics["leave_out"]["parts"] == 2
-    assert (build.leave_out(0) / "trained.json").is_file() and (build.leave_out(1) / "trained.json").is_file()
-    texts = eval_texts[0][:60]  # member_eval rows: training texts
-    names = list(opts.input_names)
-    logits = onnx_logits(build.onnx, build.hf, names, texts, max_length=opts.max_length)
-    with client_for(server, protocol) as c:
-        served, _ = c.classify(texts, model="veil_fixed_intensity")
-    assert (served == offline.defend(tiny_build, texts, logits, variant="fixed_intensity")).all()
-    index, level = art.member_index(), art.selective.level(None, adaptive=False)
-    sig, seq = text_fingerprints(build.hf, names, texts, max_length=opts.max_length)
-    out = selective.defend(logits, art.selective, index=index, signatures=sig, sequences=seq, threat=level)
+    assert (r.build.leave_out(0) / "trained.json").is_file() and (r.build.leave_out(1) / "trained.json").is_file()
+    kw = dict(signatures=r.sig, sequences=r.seq, threat=level)
+    out = selective.defend(r.logits, art.selective, index=index, **kw)
     plain = MemberIndex(index.signatures, index.labels, sketches=index.sketches, sequences=art.index_sequences)
-    mapped = selective.defend(logits, art.selective, index=plain, signatures=sig, sequences=seq, threat=level)
+    mapped = selective.defend(r.logits, art.selective, index=plain, **kw)
     assert out.left_out.all() and not mapped.left_out.any()
-    np.testing.assert_array_equal(out.score_after, art.index_leave_out[index.copy_of(seq), out.labels])
+    np.testing.assert_array_equal(out.score_after, art.index_leave_out[index.copy_of(r.seq), out.labels])
     assert (out.score_after != mapped.score_after).mean() > 0.5
-    assert (served.argmax(1) == logits.argmax(1)).all()
+    assert (r.served.argmax(1) == r.logits.argmax(1)).all()
 
 
 def test_ungated_replay_is_what_the_step_serves_for_bare_logits(server, tiny_build, eval_texts):
