@@ -6,10 +6,13 @@ non-members', but a per-example attack (LiRA) compares each output with referenc
 never saw that text, and only such a model knows where a non-member of that difficulty lands. So
 at build time the defender trains ``parts`` models, each on the training texts outside one seeded
 part, with the served model's settings, and keeps each text's logits from the model that left it
-out. The part models are never served: calibration turns their logits into one score per text and
-class (:func:`veil.python_backend.calibrate.fit_leave_out`), looked up when a query is an exact
-copy. The served model is not retrained. Cost: ``parts`` trainings on ``(parts - 1) / parts`` of
-the texts each (2 parts: about one more fine-tuning).
+out. The part models are exported to ONNX beside the defense artifact (:func:`export_parts`): the
+defense step answers every whole match of a training text (its copy and its near copies) with
+the part model that never trained on it, on the query's tokens, moved onto this model's
+non-member scale (:func:`veil.python_backend.calibrate.leave_out_scale`). The served model is
+not retrained; benign traffic is rarely a whole match, so the extra forward pass is rare.
+Cost: ``parts`` trainings on ``(parts - 1) / parts`` of the texts each (2 parts: about one more
+fine-tuning) and ``parts`` more ONNX files in the repository.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from veil.export.train import TrainReport
 from veil.python_backend.calibrate import LeaveOutRows
 
 PARTS = 2
-"""Part models measured (development seed 7, AG News: LiRA's excess over label-only +1.6 -> -0.4 pt,
-``python -m veil.privacy.ablate_lira``). Opt-in (``veil-build --leave-out 2``): served on AG News
-seed 11, a copy then disagreed with its own edits (served through the near-copy map of the served
-model's scores) and the learned augmentation attack read 71% (docs/evaluation.md)."""
+"""Part models of every build (``veil-build --leave-out``). Measured on development seed 7, AG News
+(``python -m veil.privacy.ablate_lira``): a copy answered alone by its part model took LiRA's
+excess over label-only from +1.6 to -0.4 pt but, served on AG News seed 11, disagreed with its own
+edits (augmentation attack 71%); copies and near copies answered by the same part model keep
+LiRA at -0.4 and every augmentation attack at or under label-only's (docs/evaluation.md)."""
 
 
 def parts_of(n: int, *, parts: int, seed: int) -> np.ndarray:
@@ -80,4 +84,37 @@ def train_leave_out(
         rows = np.flatnonzero(part == k)
         held[rows] = predict_logits(net.eval(), tok, [members.texts[i] for i in rows], max_length=max_length)
         on_calibration.append(predict_logits(net, tok, list(calibration), max_length=max_length))
-    return LeaveOutRows(held_out_logits=held, calibration_logits=on_calibration)
+    return LeaveOutRows(held_out_logits=held, calibration_logits=on_calibration, parts=part)
+
+
+def export_parts(
+    *,
+    folder: Callable[[int], Path],
+    directory: Path,
+    parts: int,
+    tokenizer_dir: Path,
+    parity_texts: list[str],
+    max_length: int,
+    exporter: str,
+    log: Callable[[str], None] = print,
+) -> list[str]:
+    """Each part model (``folder(k)``) exported to ONNX beside the defense artifact in
+    ``directory`` (:func:`~veil.python_backend.artifact.part_model_file`), checked against PyTorch
+    on ``parity_texts`` as the served tokenizer (``tokenizer_dir``) encodes them; their sha256s."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from veil.export.onnx_export import check_parity, export_onnx
+    from veil.python_backend.artifact import part_model_file, sha256_file
+
+    digests = []
+    directory.mkdir(parents=True, exist_ok=True)
+    for k in range(parts):
+        net = AutoModelForSequenceClassification.from_pretrained(folder(k), local_files_only=True).eval()
+        tok = AutoTokenizer.from_pretrained(folder(k), local_files_only=True)
+        path = part_model_file(directory, k)
+        export_onnx(net, tok, path, exporter=exporter)
+        parity = check_parity(net, tok, path, tokenizer_dir, parity_texts, max_length=max_length)
+        log(f"leave-out part model {k + 1}/{parts} in ONNX: max |logit diff| {parity.max_abs_diff:.2e}")
+        parity.check()
+        digests.append(sha256_file(path))
+    return digests

@@ -23,7 +23,7 @@ from veil.export.build_dir import BuildDir
 from veil.export.crops import DEFENDER_TEXTS, defender_crops
 from veil.export.data import Splits, TextDataset, dedupe, fingerprint, load_dataset, make_splits
 from veil.export.edits import defender_edits
-from veil.export.leave_out import train_leave_out
+from veil.export.leave_out import PARTS, export_parts, train_leave_out
 from veil.export.onnx_export import check_parity, export_onnx
 from veil.export.train import TrainReport, fine_tune, load_model, model_input_names
 from veil.model_repository.spec import ServingOptions
@@ -53,12 +53,10 @@ class BuildConfig:
     """Texts per side the defender crops for the partial-match map (training texts, calibration non-members)."""
     edit_texts: int = DEFENDER_TEXTS
     """Texts per side the defender edits for the near-copy map."""
-    leave_out: int = 0
-    """Leave-out part models whose scores exact copies of training texts are served
-    (:mod:`veil.export.leave_out`, :data:`~veil.export.leave_out.PARTS` is the measured count;
-    0: none, copies go through the whole-match map). Off by default: served, it lets a copy
-    disagree with its own edits (docs/evaluation.md, "Leave-out scores for copies"). Not with a
-    custom trainer (DP-SGD targets are served undefended)."""
+    leave_out: int = PARTS
+    """Leave-out part models that answer whole matches of training texts (copies and near copies)
+    in the defense step (:mod:`veil.export.leave_out`; 0: none, whole matches go through the maps).
+    Not with a custom trainer (DP-SGD targets are served undefended)."""
     epochs: int = 3
     lr: float = 5e-5
     batch_size: int = 32
@@ -280,6 +278,17 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
         config=CalibrationConfig(slack=cfg.slack, seed=cfg.seed),
         progress=cfg.progress,
     )
+    if leave_out is not None:
+        artifact.part_models = export_parts(
+            folder=layout.leave_out,
+            directory=layout.defense,
+            parts=cfg.leave_out,
+            tokenizer_dir=hf_dir,
+            parity_texts=held_out,
+            max_length=cfg.max_length,
+            exporter=cfg.exporter,
+            log=_log,
+        )
     artifact.save(layout.defense)
     m = artifact.metrics
     _log(
@@ -306,7 +315,7 @@ def build(cfg: BuildConfig, *, splits: Splits | None = None, trainer: Trainer | 
             else "; no near-copy map"
         )
         + (
-            f"; copies served {lo['parts']} leave-out part models' scores"
+            f"; whole matches answered by {lo['parts']} leave-out part models"
             f" (their accuracy on the texts they left out {lo['held_out_accuracy']:.1%})"
             if (lo := sel.get("leave_out"))
             else "; copies through the whole-match map"
@@ -375,7 +384,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
         "--leave-out",
         type=int,
         default=d.leave_out,
-        help="leave-out part models for exact copies of training texts (0: none; off by default, see docs/defense.md)",
+        help="leave-out part models answering whole matches of training texts (0: none; see docs/defense.md)",
     )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)

@@ -57,9 +57,10 @@ from veil.privacy.models import DEV_SEED, EvalConfig, ReferenceModels, attacker_
 from veil.privacy.probe_crops import Probe
 from veil.privacy.query_attacks import augmentation_features, augmentation_suite, expand
 from veil.python_backend import selective
-from veil.python_backend.calibrate import class_log_odds, fit_leave_out
+from veil.python_backend.calibrate import leave_out_scale
 from veil.python_backend.member_index import MemberIndex
 from veil.python_backend.probabilities import softmax64
+from veil.python_backend.selective import class_log_odds
 from veil.python_backend.tokens import text_fingerprints
 
 HALVINGS = 10
@@ -139,20 +140,31 @@ def main(argv: list[str] | None = None) -> int:
     calib = probe.splits.take(probe.ds, "nonmember_calib")
     z_cal, _ = probe.score(list(calib.texts))
 
+    part_cfg = replace(build_cfg(cfg, DEV_SEED, probe.target, ()), leave_out=PARTS)
     rows = leave_out_rows(
-        replace(build_cfg(cfg, DEV_SEED, probe.target, ()), leave_out=PARTS),
+        part_cfg,
         members,
         list(calib.texts),
         key=json.loads(build.trained_file.read_text())["key"],
         num_labels=probe.ds.num_classes,
     )
     index = MemberIndex(
-        plain.signatures,
-        plain.labels,
-        sketches=plain.sketches,
-        sequences=art.index_sequences,
-        leave_out=fit_leave_out(rows, z_cal),
+        plain.signatures, plain.labels, sketches=plain.sketches, sequences=art.index_sequences, parts=rows.parts
     )
+    lo_tables = replace(tables, leave_out_q=leave_out_scale(rows, z_cal))
+
+    def answered_by_parts(rows_texts: list[str]):
+        """:data:`selective.HeldOut` on these texts: the part models (PyTorch, as the build trained them)."""
+
+        def held_out(at: np.ndarray, parts: np.ndarray) -> np.ndarray:
+            out = np.empty((len(at), probe.ds.num_classes), np.float32)
+            for k in np.unique(parts):
+                pick = np.flatnonzero(parts == k)
+                chosen = [rows_texts[j] for j in at[pick]]
+                out[pick] = part_logits(build.leave_out(int(k)), chosen, max_length=opts.max_length)
+            return out
+
+        return held_out
 
     # Every training text's ranks within (predicted class, correctness): the rank candidates.
     z_m, _ = probe.score(list(members.texts))
@@ -168,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "blend of own and edit ranks": group_ranks(group_ranks(s_m, group) + group_ranks(edit_score, group), group),
         "oracle: reference models' mean": group_ranks(oracle, group),
     }
-    served_lo = index.leave_out[np.arange(len(members)), lab_m]
+    served_lo = lo_tables.held_out_scores(rows.held_out_logits, lab_m)
     print(f"training texts {len(members)}; Spearman with the oracle difficulty over all of them:")
     for name, u in {**ranks, "leave-out scores": served_lo}.items():
         print(f"  {name}: {spearmanr(u, oracle)[0]:+.3f}")
@@ -180,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     kw = dict(signatures=sig, sequences=seq, threat=threat)
     mapped = selective.defend(z.astype(np.float32), tables, index=plain, **kw)
-    served = selective.defend(z.astype(np.float32), tables, index=index, **kw)
+    served = selective.defend(z.astype(np.float32), lo_tables, index=index, held_out=answered_by_parts(texts), **kw)
     matched_label = np.asarray(members.labels)[[training.get(t, 0) for t in texts]]
     outputs = {
         "label-only": (label_only(softmax64(z)), [label_only(softmax64(r)) for r in ref_z]),
@@ -224,6 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     family = tables.probabilities(
         ed_label, tables.confidence(shifted, ed_label, kw_ed["threat"]), selective.class_order(z_ed, ed_label)
     )
+
+    # "Family through its part model": every near copy of a training text answered like its copy,
+    # by the part model that never trained on that text, on this model's scale (as served with
+    # `veil-build --leave-out 2`: the defense step runs the part models on whole matches).
+    by_part = selective.defend(
+        z_ed.astype(np.float32), lo_tables, index=index, held_out=answered_by_parts(ed_texts), **kw_ed
+    )
+    print(f"members' edits answered by a part model: {by_part.left_out[member[ed_of]].mean():.1%}")
     joint = {
         "label-only": (label_only(softmax64(z)), label_only(softmax64(z_ed))),
         "raw": (softmax64(z), softmax64(z_ed)),
@@ -232,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         "floor, copies leave-out, edits shifted by their copy's change (family offset)": (
             served.probabilities,
             family,
+        ),
+        "floor, copies and their near copies through the part model that never saw the text": (
+            served.probabilities,
+            by_part.probabilities,
         ),
     }
     print(f"near copies among members' edits: {ed_served.near[member[ed_of]].mean():.1%}")
@@ -245,6 +269,17 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"{name} | " + " | ".join(f"{a} {100 * e.accuracy:.1f}" for a, e in evals.items()), flush=True)
     return 0
+
+
+def part_logits(folder, texts: list[str], *, max_length: int) -> np.ndarray:
+    """A part model's logits on ``texts`` (the model trained by ``veil-build --leave-out``)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from veil.export.train import predict_logits
+
+    net = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return predict_logits(net, tok, texts, max_length=max_length)
 
 
 def class_log_odds_rows(z: np.ndarray, label: np.ndarray) -> np.ndarray:

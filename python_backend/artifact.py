@@ -28,6 +28,11 @@ META_FILE = "defense.json"
 TENSOR_FILE = "defense.safetensors"
 
 
+def part_model_file(directory: str | Path, part: int) -> Path:
+    """Leave-out part model ``part``'s ONNX file in an artifact folder."""
+    return Path(directory) / f"part{part}.onnx"
+
+
 class ArtifactError(RuntimeError):
     """The defense artifact cannot be used; the defended endpoint must not serve."""
 
@@ -67,10 +72,12 @@ class DefenseArtifact:
     index_sequences: np.ndarray | None = field(default=None, repr=False)
     """[N] int64 token-sequence hashes of the training texts (the gate's copy test; None: an
     artifact built before them, every whole match served as a copy)."""
-    index_leave_out: np.ndarray | None = field(default=None, repr=False)
-    """[N, C] float64 each training text's served score per class as an exact copy (leave-out part
-    models on this model's scale: :func:`calibrate.fit_leave_out`; None: copies go through the
-    whole-match map)."""
+    index_parts: np.ndarray | None = field(default=None, repr=False)
+    """[N] int64 the leave-out part model that never trained on each training text (None: no part
+    models, whole matches go through the maps)."""
+    part_models: list[str] = field(default_factory=list)
+    """sha256 of each leave-out part model's ONNX file beside the artifact (:func:`part_model_file`),
+    checked at load; empty: none."""
     tracker_common: list[int] | None = None
     """Content-sketch values adaptive intensity leaves out (frequent in the calibration
     non-members: :func:`fingerprint.common_values`); None (an artifact built before it): none."""
@@ -89,7 +96,7 @@ class DefenseArtifact:
             self.index_labels,
             sketches=sketch(sig),
             sequences=self.index_sequences,
-            leave_out=self.index_leave_out,
+            parts=self.index_parts,
         )
 
     def thresholds(self, predicted: np.ndarray) -> np.ndarray:
@@ -114,13 +121,11 @@ class DefenseArtifact:
                 tensors[INDEX_PREFIX + "sequences"] = torch.from_numpy(
                     np.ascontiguousarray(self.index_sequences, np.int64)
                 )
-            if self.index_leave_out is not None:
-                tensors[INDEX_PREFIX + "leave_out"] = torch.from_numpy(
-                    np.ascontiguousarray(self.index_leave_out, np.float64)
-                )
+            if self.index_parts is not None:
+                tensors[INDEX_PREFIX + "parts"] = torch.from_numpy(np.ascontiguousarray(self.index_parts, np.int64))
         save_file(tensors, directory / TENSOR_FILE)
         meta = asdict(self)
-        for key in ("risk_state", "index_signatures", "index_labels", "index_sequences", "index_leave_out"):
+        for key in ("risk_state", "index_signatures", "index_labels", "index_sequences", "index_parts"):
             meta.pop(key)
         meta["selective"] = self.selective.to_json() if self.selective is not None else None
         meta["tensors_sha256"] = sha256_file(directory / TENSOR_FILE)
@@ -167,13 +172,18 @@ class DefenseArtifact:
                 index_signatures=index.get("signatures"),
                 index_labels=index.get("labels"),
                 index_sequences=index.get("sequences"),
-                index_leave_out=index.get("leave_out"),
+                index_parts=index.get("parts"),
             )
             n = None if art.index_labels is None else len(art.index_labels)
-            if art.index_leave_out is not None and (
-                art.index_sequences is None or art.index_leave_out.shape != (n, art.num_classes)
+            if (art.index_parts is None) != (not art.part_models) or (
+                art.index_parts is not None
+                and (art.index_parts.shape != (n,) or not np.isin(art.index_parts, range(len(art.part_models))).all())
             ):
-                raise ValueError("leave-out scores must be [N, classes] beside the sequence hashes")
+                raise ValueError("leave-out parts must be [N] part numbers beside one file per part model")
+            for k, digest in enumerate(art.part_models):
+                path = part_model_file(directory, k)
+                if not path.is_file() or sha256_file(path) != digest:
+                    raise ValueError(f"leave-out part model {path.name} is missing or not the one calibrated")
             art.risk_evaluator()  # shapes must fit
             if art.selective is not None and art.selective.num_classes != art.num_classes:
                 raise ValueError("selective tables are for another number of classes")

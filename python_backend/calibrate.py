@@ -49,6 +49,7 @@ from veil.python_backend.leakage import (
 from veil.python_backend.member_index import MemberIndex
 from veil.python_backend.probabilities import softmax
 from veil.python_backend.risk import fit_risk_evaluator, logit
+from veil.python_backend.selective import class_log_odds
 
 UNBOUNDED_EPS = 1e3
 
@@ -138,35 +139,25 @@ class LeaveOutRows:
 
     held_out_logits: np.ndarray
     calibration_logits: list[np.ndarray]
+    parts: np.ndarray
+    """[N] the part model that left each training text out (index order)."""
 
 
-def class_log_odds(logits: np.ndarray, c: int) -> np.ndarray:
-    """[B] log(p_c / (1 - p_c)) = z_c - logsumexp(z_other), in float64 (finite, no cancellation)."""
-    z = np.asarray(logits, dtype=np.float64)
-    others = np.delete(z, c, axis=1)
-    m = others.max(1)
-    return np.clip(z[:, c] - m - np.log(np.exp(others - m[:, None]).sum(1)), -selective.S_MAX, selective.S_MAX)
-
-
-def fit_leave_out(rows: LeaveOutRows, nonmember_logits: np.ndarray) -> np.ndarray:
-    """[N, C] each training text's served score per class as an exact copy: the leave-out model's
-    log-odds of that class, moved onto this model's non-member scale by a per-class quantile map
-    (the part models' log-odds of class ``c`` on calibration non-members this model predicts as
-    ``c`` -> this model's), since a part model trained on fewer texts is less confident. A class
-    with fewer than :data:`selective.MIN_ROWS` such rows keeps the part models' scale."""
-    held = np.asarray(rows.held_out_logits, dtype=np.float64)
+def leave_out_scale(rows: LeaveOutRows, nonmember_logits: np.ndarray) -> list[list[list[float]]]:
+    """:attr:`selective.SelectiveTables.leave_out_q`: per class, the quantile map (part models'
+    log-odds of class ``c`` on calibration non-members this model predicts as ``c`` -> this model's
+    log-odds) that moves a part model's score onto this model's non-member scale, since a part
+    model trained on fewer texts is less confident. [] for a class with fewer than
+    :data:`selective.MIN_ROWS` such rows (the part models' scale kept)."""
     label, s = selective.top_log_odds(np.asarray(nonmember_logits, dtype=np.float32))
-    out = np.empty(held.shape, dtype=np.float64)
-    for c in range(held.shape[1]):
-        own = class_log_odds(held, c)
+    out: list[list[list[float]]] = []
+    for c in range(np.asarray(nonmember_logits).shape[1]):
         mine = label == c
         if mine.sum() < selective.MIN_ROWS:
-            out[:, c] = own
+            out.append([])
             continue
         parts = np.concatenate([class_log_odds(z[mine], c) for z in rows.calibration_logits])
-        out[:, c] = selective.quantile_map(
-            own, np.quantile(parts, selective.LEVELS), np.quantile(s[mine], selective.LEVELS)
-        )
+        out.append([np.quantile(parts, selective.LEVELS).tolist(), np.quantile(s[mine], selective.LEVELS).tolist()])
     return out
 
 
@@ -195,8 +186,8 @@ def calibrate(
     ``crops``: the partial-match map's rows (none: no partial-match map);
     ``index_sequences``: the training texts' token-sequence hashes (the gate's copy test) and
     ``edits``: the near-copy map's rows (either missing: no near-copy map);
-    ``leave_out``: the leave-out part models' logits (none, or no sequence hashes: copies go
-    through the whole-match map);
+    ``leave_out``: the leave-out part models' logits (none: whole matches go through the maps;
+    the build writes the part models beside the artifact, :func:`veil.export.leave_out.export_parts`);
     ``calibration_signatures``: the calibration non-members' (adaptive intensity's mask; none: no mask)."""
     member_logits = np.asarray(member_logits, dtype=np.float32)
     nonmember_logits = np.asarray(nonmember_logits, dtype=np.float32)
@@ -320,8 +311,9 @@ def calibrate(
             fit_partial(art.selective, crops, index)
         if edits is not None and index is not None and index.has_sequences:
             fit_near(art.selective, edits, index)
-        if leave_out is not None and index_sequences is not None:
-            art.index_leave_out = fit_leave_out(leave_out, nonmember_logits)
+        if leave_out is not None:
+            art.selective.leave_out_q = leave_out_scale(leave_out, nonmember_logits)
+            art.index_parts = np.asarray(leave_out.parts, dtype=np.int64)
             correct = np.asarray(leave_out.held_out_logits).argmax(1) == art.index_labels
             art.selective.metrics["leave_out"] = {
                 "parts": len(leave_out.calibration_logits),

@@ -73,14 +73,16 @@ class Defense:
         threat: np.ndarray | None = None,
         signatures: np.ndarray | None = None,
         sequences: np.ndarray | None = None,
+        held_out: selective.HeldOut | None = None,
         eps_scale: float | None = None,
         checked: bool = False,
     ) -> DefenseResult:
         """Defend a [B, C] batch. ``threat`` [B] in [0, 1] (adaptive variants), ``signatures``
         [B, S] fingerprint of each query's tokens (MinHash and content sketch: the selective gate;
         without them no row is gated), ``sequences`` [B] their token-sequence hashes (the gate's
-        copy test; without them a whole match is served as a copy).
-        ``checked``: the caller already ran :meth:`check` on these logits.
+        copy test; without them a whole match is served as a copy), ``held_out`` the leave-out part
+        models on the batch's tokens (:data:`selective.HeldOut`; without it whole matches go
+        through the maps). ``checked``: the caller already ran :meth:`check` on these logits.
 
         Raises ``ValueError`` for non-finite or misshapen logits (a per-request error upstream).
         """
@@ -91,7 +93,7 @@ class Defense:
         if self.levelset is not None:
             return self.levelset(logits, threat=threat, eps_scale=eps_scale)
         if method == "selective":
-            return self._selective(logits, threat=threat, signatures=signatures, sequences=sequences)
+            return self._selective(logits, threat=threat, signatures=signatures, sequences=sequences, held_out=held_out)
         labels = logits.argmax(1).astype(np.int64)
         result = DefenseResult.untouched(softmax(logits), labels)
         if method == "label_only":
@@ -110,6 +112,7 @@ class Defense:
         threat: np.ndarray | None,
         signatures: np.ndarray | None,
         sequences: np.ndarray | None,
+        held_out: selective.HeldOut | None,
     ) -> DefenseResult:
         b = len(logits)
         level = self.tables.level(
@@ -126,6 +129,7 @@ class Defense:
             threat=level,
             gated=self.spec.gated,
             sequences=sequences,
+            held_out=held_out,
         )
         result = DefenseResult.untouched(out.probabilities, out.labels)
         weight = np.maximum(out.member_weight, out.partial_weight)  # whole or partial match to a training text

@@ -91,12 +91,12 @@ class MemberIndex:
         *,
         sketches: np.ndarray | None = None,
         sequences: np.ndarray | None = None,
-        leave_out: np.ndarray | None = None,
+        parts: np.ndarray | None = None,
     ) -> None:
         """``signatures``: [N, S] MinHash values; ``sketches``: [N, K] content sketches and
         ``sequences``: [N] token-sequence hashes (both optional: an index built before them);
-        ``leave_out``: [N, C] each training text's served score per class as an exact copy
-        (:func:`veil.python_backend.calibrate.fit_leave_out`; needs ``sequences``)."""
+        ``parts``: [N] the leave-out part model that never trained on each training text
+        (:mod:`veil.export.leave_out`)."""
         self.signatures = np.ascontiguousarray(signatures, dtype=np.int32)
         self.labels = np.ascontiguousarray(labels, dtype=np.int64)
         if self.signatures.ndim != 2 or len(self.signatures) != len(self.labels):
@@ -109,9 +109,9 @@ class MemberIndex:
         self.sequences, self.sequence_rows = None, None
         if sequences is not None:  # sorted unique hashes, and the first training text of each
             self.sequences, self.sequence_rows = np.unique(np.asarray(sequences, dtype=np.int64), return_index=True)
-        if leave_out is not None and (sequences is None or np.ndim(leave_out) != 2 or len(leave_out) != len(labels)):
-            raise ValueError("leave-out scores must be [N, C], one row per member, beside the sequence hashes")
-        self.leave_out = None if leave_out is None else np.ascontiguousarray(leave_out, dtype=np.float64)
+        if parts is not None and np.shape(parts) != (len(self.labels),):
+            raise ValueError("member parts must be [N], one leave-out part per member")
+        self.parts = None if parts is None else np.ascontiguousarray(parts, dtype=np.int64)
         keys = _band_keys(self.signatures)
         self.order = np.argsort(keys, axis=0, kind="stable")  # [N, bands]: members by key, then index
         self.sorted_keys = np.take_along_axis(keys, self.order, axis=0)
@@ -143,8 +143,8 @@ class MemberIndex:
         return self.sequences is not None
 
     @property
-    def has_leave_out(self) -> bool:
-        return self.leave_out is not None
+    def has_parts(self) -> bool:
+        return self.parts is not None
 
     def exact(self, sequences: np.ndarray) -> np.ndarray:
         """[n] bool: the query's token-sequence hash is a training text's (an exact copy of it, as
@@ -170,12 +170,19 @@ class MemberIndex:
         """Per query row: (estimated Jaccard similarity to the closest member in [0, 1], that
         member's label, -1 where no member shares a band). Ties go to the lowest member index.
         ``sketches``: the queries' content sketches; used where the index has them too."""
+        sim, row = self.nearest_rows(signatures, sketches=sketches)
+        return sim, np.where(row >= 0, self.labels[np.maximum(row, 0)], -1) if len(self) else row
+
+    def nearest_rows(
+        self, signatures: np.ndarray, *, sketches: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`nearest` with the closest member's row (index order) instead of its label."""
         q = np.asarray(signatures, dtype=np.int32)
         n = len(q)
         sim = np.zeros(n)
-        label = np.full(n, -1, dtype=np.int64)
+        found = np.full(n, -1, dtype=np.int64)
         if n == 0 or len(self) == 0:
-            return sim, label
+            return sim, found
         if q.shape[1] != self.size:
             raise ValueError(f"signatures have {q.shape[1]} values; the member index has {self.size}")
         qs = None
@@ -185,8 +192,8 @@ class MemberIndex:
                 raise ValueError(f"sketches are {qs.shape}; expected ({n}, {self.sketches.shape[1]})")
         keys = _band_keys(q)
         if n <= SMALL_BATCH:
-            self._small(q, qs, keys, sim, label)
-            return sim, label
+            self._small(q, qs, keys, sim, found)
+            return sim, found
         bands = keys.shape[1]
         lo = np.empty((n, bands), dtype=np.int64)
         hi = np.empty((n, bands), dtype=np.int64)
@@ -194,8 +201,8 @@ class MemberIndex:
             lo[:, b] = np.searchsorted(self.sorted_keys[:, b], keys[:, b], side="left")
             hi[:, b] = np.searchsorted(self.sorted_keys[:, b], keys[:, b], side="right")
         for first, last in _row_chunks((hi - lo).sum(1)):
-            self._best(q, qs, lo, hi, first, last, sim, label)
-        return sim, label
+            self._best(q, qs, lo, hi, first, last, sim, found)
+        return sim, found
 
     def _similarity(self, q: np.ndarray, qs: np.ndarray | None, rows: np.ndarray, member: np.ndarray) -> np.ndarray:
         """(query row, member) pairs -> similarity: the sketch Jaccard where defined and the MinHash
@@ -210,7 +217,7 @@ class MemberIndex:
         return share
 
     def _small(
-        self, q: np.ndarray, qs: np.ndarray | None, keys: np.ndarray, sim: np.ndarray, label: np.ndarray
+        self, q: np.ndarray, qs: np.ndarray | None, keys: np.ndarray, sim: np.ndarray, best_row: np.ndarray
     ) -> None:
         """Row by row: the members sharing a band (sorted, so ties go to the lowest index), the best."""
         for i, row in enumerate(keys.tolist()):
@@ -221,7 +228,7 @@ class MemberIndex:
             pair_sim = self._similarity(q, qs, np.full(len(cand), i), cand)
             best = int(np.argmax(pair_sim))
             sim[i] = pair_sim[best]
-            label[i] = self.labels[cand[best]]
+            best_row[i] = cand[best]
 
     def _best(
         self,
@@ -232,7 +239,7 @@ class MemberIndex:
         first: int,
         last: int,
         sim: np.ndarray,
-        label: np.ndarray,
+        found: np.ndarray,
     ) -> None:
         """Rows ``first:last``: every (row, candidate) pair's count of equal values, the best per row."""
         counts = hi[first:last] - lo[first:last]
@@ -243,7 +250,7 @@ class MemberIndex:
         pair_sim = self._similarity(q, qs, rows, member)
         head = _first_per_row(rows, member, -pair_sim)  # most similar first, then lowest member
         sim[rows[head]] = pair_sim[head]
-        label[rows[head]] = self.labels[member[head]]
+        found[rows[head]] = member[head]
 
     def partial(self, sketches: np.ndarray, *, min_shared: int = PARTIAL_MIN_SHARED) -> tuple[np.ndarray, np.ndarray]:
         """Per query content sketch: (overlap coefficient with the training text it overlaps most,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from veil.export.build_dir import BuildDir
-from veil.python_backend.artifact import META_FILE, DefenseArtifact
+from veil.python_backend.artifact import META_FILE, DefenseArtifact, part_model_file
 from veil.python_backend.defense import Defense, DefenseConfig
 from veil.python_backend.fingerprint import NO_SEQUENCE, SIGNATURE_SIZE
 from veil.python_backend.tokens import text_fingerprints
@@ -65,4 +65,28 @@ def defend(
         threat=np.broadcast_to(np.asarray(threat, dtype=np.float64), (len(logits),)).copy(),
         signatures=sig,
         sequences=seq,
+        held_out=held_out_on_texts(build, texts) if gated and art.part_models else None,
     ).probabilities
+
+
+def held_out_on_texts(build: BuildDir, texts: list[str]):
+    """:data:`~veil.python_backend.selective.HeldOut` for rows given as texts: the build's leave-out
+    part models (ONNX, beside its artifact) on the asked texts, tokenized as the served tokenizer does."""
+    from veil.export.pipeline import onnx_logits
+
+    options = build.options()
+
+    def held_out(rows: np.ndarray, parts: np.ndarray) -> np.ndarray:
+        out = np.full((len(rows), options.num_classes), np.nan, np.float32)
+        for k in np.unique(parts):
+            pick = np.flatnonzero(parts == k)
+            out[pick] = onnx_logits(
+                part_model_file(build.defense, int(k)),
+                build.hf,
+                list(options.input_names),
+                [texts[int(r)] for r in rows[pick]],
+                max_length=options.max_length,
+            )
+        return out
+
+    return held_out

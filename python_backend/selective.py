@@ -25,12 +25,14 @@ class and correctness*. So:
    of calibration non-members (:func:`veil.python_backend.calibrate.fit_near`): an edit is a little
    less confident than its text, so the copies' map sent it low while its label stayed, a tell
    that non-members' edits do not have (docs/evaluation.md, "An edit-fitted map for near copies").
-   An exact copy of a training text (its token-sequence hash), when the artifact holds leave-out
-   scores (opt-in, ``veil-build --leave-out 2``), skips the map: it is served what a model that
-   never trained on that text gives (:mod:`veil.export.leave_out`, on this model's non-member
-   scale). The quantile map makes the members' *marginal* the non-members', but a per-example
-   attack (LiRA) compares each row with reference models that never saw it. Off by default: its
-   copies then disagree with their own edits (docs/evaluation.md, "Leave-out scores for copies").
+   When the build trained leave-out part models (``veil-build --leave-out 2``) and the step has
+   the query's tokens, a whole match (a copy or a near copy of training text ``i``) skips the maps:
+   it is answered by the part model that never trained on ``i``, on the query's own tokens, its
+   score moved onto this model's non-member scale (:mod:`veil.export.leave_out`). The quantile
+   maps make the members' *marginal* the non-members', but a per-example attack (LiRA) compares
+   each row with reference models that never saw it; one model per text for the copy and every
+   near copy keeps the family consistent (a copy answered alone disagreed with its own edits:
+   docs/evaluation.md, "Leave-out scores for copies").
 3. **Serve**: the score is placed on ``K`` equal-mass bins of the calibration non-members' scores
    of its class, and the bin is served at its *calibrated* confidence (Laplace-smoothed accuracy
    of the calibration non-members in the bin, shrunk towards the class's accuracy and made
@@ -52,6 +54,7 @@ construction: ``p_label`` is floored just above what the tail's largest share co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -66,6 +69,20 @@ S_MAX = 60.0
 PRIOR_ROWS = 2.0
 MIN_ROWS = 10
 """A (class, correctness) group with fewer calibration rows on either side keeps the identity map."""
+
+
+HeldOut = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``held_out(rows, parts)`` -> [n, C] logits of leave-out part model ``parts[j]`` on batch row
+``rows[j]``'s tokens; a row it cannot answer (logits sent without tokens) is NaN and goes through
+the maps."""
+
+
+def class_log_odds(logits: np.ndarray, c: int) -> np.ndarray:
+    """[B] log(p_c / (1 - p_c)) = z_c - logsumexp(z_other), in float64 (finite, no cancellation)."""
+    z = np.asarray(logits, dtype=np.float64)
+    others = np.delete(z, c, axis=1)
+    m = others.max(1)
+    return np.clip(z[:, c] - m - np.log(np.exp(others - m[:, None]).sum(1)), -S_MAX, S_MAX)
 
 
 def top_log_odds(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +148,10 @@ class SelectiveTables:
     """Like ``member_q``, for the defender's edits of training texts that the gate matches but
     that are not copies ([] = no near-copy map: every whole match goes through ``member_q``)."""
     near_nonmember_q: list[list[list[float]]] = field(default_factory=list)
+    leave_out_q: list[list[list[float]]] = field(default_factory=list)
+    """Per class [part models' quantiles, this model's] of the log-odds of that class on calibration
+    non-members this model predicts as it: moves a part model's score onto this model's scale
+    ([] for a class: too few rows, the part models' scale kept; [] in all: no part models)."""
     partial_gate: tuple[float, float] = (0.75, 1.0)
     """Overlap coefficient with the closest training text at which a partial match's weight starts
     rising from 0, and reaches 1."""
@@ -226,6 +247,20 @@ class SelectiveTables:
     @property
     def has_near(self) -> bool:
         return bool(self.near_member_q)
+
+    @property
+    def has_leave_out(self) -> bool:
+        return bool(self.leave_out_q)
+
+    def held_out_scores(self, logits: np.ndarray, label: np.ndarray) -> np.ndarray:
+        """[n] a part model's log-odds of each row's ``label``, on this model's non-member scale."""
+        out = np.empty(len(label))
+        for c in np.unique(label):
+            rows = label == c
+            own = class_log_odds(np.asarray(logits)[rows], int(c))
+            q = self.leave_out_q[int(c)]
+            out[rows] = quantile_map(own, np.asarray(q[0]), np.asarray(q[1])) if q else own
+        return out
 
     def _map(self, c: int, k: int, kind: str) -> tuple[np.ndarray, np.ndarray] | None:
         """Group (class ``c``, 0 correct / 1 wrong) of map ``kind`` (:data:`MAP_KINDS`): its monotone
@@ -328,7 +363,7 @@ class SelectiveResult:
     near: np.ndarray
     """Rows whose whole match went through the near-copy map (matched, not a copy)."""
     left_out: np.ndarray
-    """Rows served their training text's leave-out score (exact copies, when the index has them)."""
+    """Whole matches answered by their training text's leave-out part model (``held_out``)."""
 
 
 def defend(
@@ -340,19 +375,24 @@ def defend(
     threat: np.ndarray | None,
     gated: bool = True,
     sequences: np.ndarray | None = None,
+    held_out: HeldOut | None = None,
 ) -> SelectiveResult:
     """The selective defense on a [B, C] batch (see the module docstring). ``sequences``: each
     query's token-sequence hash (:func:`~veil.python_backend.fingerprint.sequence_hash`); a whole
     match whose hash is no training text's goes through the near-copy map. Without them (or
-    :data:`~veil.python_backend.fingerprint.NO_SEQUENCE`) a whole match is served as a copy."""
+    :data:`~veil.python_backend.fingerprint.NO_SEQUENCE`) a whole match is served as a copy.
+    ``held_out``: the leave-out part models on the batch's tokens (:data:`HeldOut`); with an index
+    and tables that have them, every whole match is answered by its text's part model."""
     label, s = top_log_odds(logits)
     b = len(label)
     partial, partial_label = np.zeros(b), np.full(b, -1)
+    matched = np.full(b, -1, dtype=np.int64)  # the closest training text of a whole match
     if not gated:  # every row treated as a correctly predicted member (the no-gate ablation)
         weight, member_label = np.ones(b), label
     elif index is not None and signatures is not None and len(index):
         sketches = sketch(signatures)
-        sim, member_label = index.nearest(minhash(signatures), sketches=sketches)
+        sim, matched = index.nearest_rows(minhash(signatures), sketches=sketches)
+        member_label = np.where(matched >= 0, index.labels[np.maximum(matched, 0)], -1)
         weight = tables.member_weight(sim)
         if tables.has_partial and sketches is not None and index.sketches is not None:
             overlap, partial_label = index.partial(sketches, min_shared=tables.partial_min_shared)
@@ -366,22 +406,27 @@ def defend(
         served[p] = (1.0 - partial[p]) * s[p] + partial[p] * crop
     moved = weight > 0
     near = np.zeros(b, dtype=bool)
-    copy = np.full(b, -1, dtype=np.int64)  # the training text a moved row is an exact copy of
-    copies_matter = index is not None and (tables.has_near or index.has_leave_out)
-    if moved.any() and sequences is not None and copies_matter and index.has_sequences:
+    left_out = np.zeros(b, dtype=bool)
+    if moved.any() and held_out is not None and index is not None and index.has_parts and tables.has_leave_out:
+        ask = np.flatnonzero(moved & (matched >= 0))
+        z_k = np.zeros((0, tables.num_classes), np.float32)
+        if len(ask):
+            z_k = np.asarray(held_out(ask, index.parts[matched[ask]]), dtype=np.float32)
+            z_k = z_k.reshape(len(ask), tables.num_classes)
+        ok = np.isfinite(z_k).all(1)
+        ask, z_k = ask[ok], z_k[ok]
+        left_out[ask] = True
+        mapped = tables.held_out_scores(z_k, label[ask])
+        served[ask] = (1.0 - weight[ask]) * served[ask] + weight[ask] * mapped
+    rest = moved & ~left_out
+    if rest.any() and sequences is not None and tables.has_near and index is not None and index.has_sequences:
         seq = np.asarray(sequences, dtype=np.int64).reshape(b)
-        known = moved & (seq != NO_SEQUENCE)
-        copy[known] = index.copy_of(seq[known])
-        if tables.has_near:
-            near = known & (copy < 0)
-    left_out = (copy >= 0) if index is not None and index.has_leave_out else np.zeros(b, dtype=bool)
-    for rows, kind in ((moved & ~near & ~left_out, "whole"), (near, "near")):
+        known = rest & (seq != NO_SEQUENCE)
+        near[known] = index.copy_of(seq[known]) < 0
+    for rows, kind in ((rest & ~near, "whole"), (near, "near")):
         if rows.any():
             mapped = tables.map_members(s[rows], label[rows], member_label[rows] == label[rows], kind=kind)
             served[rows] = (1.0 - weight[rows]) * served[rows] + weight[rows] * mapped
-    if left_out.any():  # a copy: what a model that never trained on its text gives, on this model's scale
-        mapped = index.leave_out[copy[left_out], label[left_out]]
-        served[left_out] = (1.0 - weight[left_out]) * served[left_out] + weight[left_out] * mapped
     level = np.zeros(b) if threat is None else np.broadcast_to(np.asarray(threat, dtype=np.float64), (b,))
     top = tables.confidence(served, label, level)
     probs = tables.probabilities(label, top, class_order(logits, label))

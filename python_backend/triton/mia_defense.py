@@ -4,7 +4,9 @@ In the ``hosted`` layout (the default, :mod:`veil.model_repository.spec`) the st
 classifier itself, so the defended ensemble is tokenizer -> mia_defense: the same number of
 python-backend hops as an undefended tokenizer -> classifier deployment, and the defense adds only
 its own compute. Logits sent directly (benchmarks, tests, the ``ensemble`` layout) are served as
-before.
+before. Hosted, it also runs the build's leave-out part models (``defense/part<k>.onnx``) on the
+rows that wholly match a training text, which they answer (:mod:`veil.python_backend.selective`);
+rows sent as logits go through the maps.
 
 Fails closed: a missing, corrupt or foreign artifact (or classifier file) raises in ``initialize``
 (the model never becomes ready), and any failure of the classifier or the defense at run time is an
@@ -27,7 +29,7 @@ import triton_python_backend_utils as pb_utils
 
 from veil import wire
 from veil.python_backend.adaptive import AdaptiveConfig, normalise_client_id, query_signature
-from veil.python_backend.artifact import DefenseArtifact
+from veil.python_backend.artifact import DefenseArtifact, part_model_file
 from veil.python_backend.defense import Defense, DefenseConfig
 from veil.python_backend.fingerprint import NO_SEQUENCE, SIGNATURE_SIZE, without
 from veil.python_backend.threat_state import StateConfig, ThreatState, make_state
@@ -65,6 +67,12 @@ class TritonPythonModel:
             self.classifier = load_classifier(
                 args, version_dir(args) / "model.onnx", expected_sha256=params["classifier_sha256"]
             )
+        # The leave-out part models answer whole matches of training texts (only with the tokens).
+        self.parts = [
+            load_classifier(args, part_model_file(version_dir(args) / "defense", k), expected_sha256=digest)
+            for k, digest in enumerate(artifact.part_models)
+            if self.classifier is not None
+        ]
         self.defense = Defense(artifact, config=DefenseConfig(variant=params["variant"]), device=device)
         self.tracker_mask = artifact.tracker_mask()
         adaptive = AdaptiveConfig(
@@ -82,10 +90,10 @@ class TritonPythonModel:
         self.telemetry.close()
         self.state.close()
 
-    def _logits(self, requests: list, responses: list) -> dict[int, np.ndarray]:
-        """Each request's logits: sent, or computed by the hosted classifier (grouped by length)."""
+    def _logits(self, requests: list, responses: list, feeds: dict) -> dict[int, np.ndarray]:
+        """Each request's logits: sent, or computed by the hosted classifier (grouped by length);
+        ``feeds`` gets the token tensors of the requests that sent them."""
         logits: dict[int, np.ndarray] = {}
-        feeds = {}
         for i, request in enumerate(requests):
             try:
                 sent = optional_input(request, wire.LOGITS)
@@ -110,7 +118,8 @@ class TritonPythonModel:
         responses: list = [None] * len(requests)
         batch: list[tuple[int, np.ndarray, str, np.ndarray | None, np.ndarray | None]] = []
         max_bytes = self.max_client_id_bytes
-        for i, logits in sorted(self._logits(requests, responses).items()):
+        feeds: dict = {}
+        for i, logits in sorted(self._logits(requests, responses, feeds).items()):
             request = requests[i]
             try:
                 self.defense.check(logits)  # per request, so one bad request fails alone
@@ -145,8 +154,9 @@ class TritonPythonModel:
             seq = np.concatenate(
                 [b[4][:, 0] if b[4] is not None else np.full(len(b[1]), NO_SEQUENCE, np.int64) for b in batch]
             )
+            held_out = self._held_out([(b[0], len(b[1])) for b in batch], feeds)
             try:
-                out = self.defense(z, threat=threat, signatures=sig, sequences=seq, checked=True)
+                out = self.defense(z, threat=threat, signatures=sig, sequences=seq, held_out=held_out, checked=True)
             except Exception as err:
                 for i, *_ in batch:
                     responses[i] = internal(f"defense failed; no output returned: {err}")
@@ -169,6 +179,35 @@ class TritonPythonModel:
                 degraded=self.state.problem() is not None,
             )
         return responses
+
+    def _held_out(self, spans: list[tuple[int, int]], feeds: dict):
+        """:data:`~veil.python_backend.selective.HeldOut` over this batch (requests ``spans``: (request,
+        rows) in batch order): part model ``k`` run on the asked rows of each request that sent
+        tokens, grouped by length; NaN for rows sent as logits. None without part models. A part
+        model's failure raises (the batch fails closed)."""
+        if not self.parts:
+            return None
+        owner = np.concatenate([np.full(n, i) for i, n in spans])
+        local = np.concatenate([np.arange(n) for _, n in spans])
+        classes = self.defense.num_classes
+
+        def held_out(rows: np.ndarray, parts: np.ndarray) -> np.ndarray:
+            out = np.full((len(rows), classes), np.nan, np.float32)
+            for k in np.unique(parts):
+                pick = np.flatnonzero((parts == k) & np.isin(owner[rows], list(feeds)))
+                sub = {}
+                for i in np.unique(owner[rows[pick]]):
+                    mine = pick[owner[rows[pick]] == i]
+                    sub[int(i)] = (mine, {n: v[local[rows[mine]]] for n, v in feeds[int(i)].items()})
+                model = self.parts[int(k)]
+                results = run_grouped(model, {i: f for i, (_, f) in sub.items()})
+                for i, result in results.items():
+                    if isinstance(result, Exception):
+                        raise RuntimeError(f"leave-out part model {k} failed: {result}") from result
+                    out[sub[i][0]] = result[model.output_name]
+            return out
+
+        return held_out
 
 
 def instance_count(args: dict) -> int:

@@ -189,9 +189,9 @@ def _served_and_replayed(server, tiny_build, texts: list[str], protocol: str):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_edits_of_training_texts_reach_the_near_copy_map(server, tiny_build, eval_texts, protocol):
     """The tokenizer's sequence hash travels to the step: a training text with two words swapped
-    (the same token set, so the gate matches it fully) is served through the near-copy map, exactly
-    as the core replays it with the sequence hashes, and differently from serving it as a copy;
-    the training texts themselves are copies."""
+    (the same token set, so the gate matches it fully) is served exactly as the core replays it
+    with the sequence hashes; without part models it goes through the near-copy map, differently
+    from serving it as a copy; the training texts themselves are copies."""
     from veil.export.edits import edits
     from veil.python_backend import selective
     from veil.python_backend.tokens import text_fingerprints
@@ -212,24 +212,30 @@ def test_edits_of_training_texts_reach_the_near_copy_map(server, tiny_build, eva
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_copies_of_training_texts_are_served_their_leave_out_scores(server, tiny_build, eval_texts, protocol):
-    """The build trains the leave-out part models and the artifact holds each training text's
-    scores; a training text sent as it is reaches the step with its sequence hash and is served its
-    leave-out score (the core replayed with the hashes), not the whole-match map's answer."""
+def test_whole_matches_of_training_texts_are_answered_by_their_part_model(server, tiny_build, eval_texts, protocol):
+    """The build trains the leave-out part models and writes them beside the artifact; a training
+    text sent as it is, and a near copy of it (two words swapped), reach the step with their
+    tokens and are answered by the part model that never trained on the text (the core replayed
+    with the part models' ONNX files), not by the maps; the label is the served model's."""
+    from veil.export.edits import edits
     from veil.python_backend import selective
-    from veil.python_backend.member_index import MemberIndex
+    from veil.python_backend.offline import held_out_on_texts
 
-    r = _served_and_replayed(server, tiny_build, eval_texts[0][:60], protocol)  # member_eval: training texts
+    training = eval_texts[0][:40]  # member_eval: training texts
+    swapped = [s for t in training if (s := edits(t, 2, "near-copy-test")[1]) != t]
+    texts = training + swapped
+    r = _served_and_replayed(server, tiny_build, texts, protocol)
     art, index, level = r.art, r.index, r.level
-    assert art.index_leave_out is not None and art.selective.metrics["leave_out"]["parts"] == 2
-    assert (r.build.leave_out(0) / "trained.json").is_file() and (r.build.leave_out(1) / "trained.json").is_file()
+    assert len(art.part_models) == 2 and art.selective.has_leave_out and index.has_parts
+    assert art.selective.metrics["leave_out"]["parts"] == 2
     kw = dict(signatures=r.sig, sequences=r.seq, threat=level)
-    out = selective.defend(r.logits, art.selective, index=index, **kw)
-    plain = MemberIndex(index.signatures, index.labels, sketches=index.sketches, sequences=art.index_sequences)
-    mapped = selective.defend(r.logits, art.selective, index=plain, **kw)
-    assert out.left_out.all() and not mapped.left_out.any()
-    np.testing.assert_array_equal(out.score_after, art.index_leave_out[index.copy_of(r.seq), out.labels])
-    assert (out.score_after != mapped.score_after).mean() > 0.5
+    out = selective.defend(r.logits, art.selective, index=index, held_out=held_out_on_texts(r.build, texts), **kw)
+    mapped = selective.defend(r.logits, art.selective, index=index, **kw)
+    whole = out.member_weight > 0
+    assert whole[: len(training)].all() and whole.mean() > 0.9
+    assert (out.left_out == whole).all() and not mapped.left_out.any()
+    assert (out.score_after != mapped.score_after)[whole].mean() > 0.5
+    np.testing.assert_array_equal(r.served, out.probabilities)
     assert (r.served.argmax(1) == r.logits.argmax(1)).all()
 
 

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from veil.python_backend.artifact import ArtifactError, DefenseArtifact
+from veil.python_backend.artifact import ArtifactError, DefenseArtifact, part_model_file, sha256_file
 from veil.python_backend.defense import Defense
 
 from .conftest import make_artifact
@@ -44,20 +45,39 @@ def test_sequence_hashes_round_trip_and_older_artifacts_serve_every_match_as_a_c
         old.exact(seqs[:1])
 
 
-def test_leave_out_scores_round_trip_bit_exact_and_must_fit_the_index(tmp_path):
+def test_leave_out_parts_round_trip_and_their_models_are_checked(tmp_path):
+    """The part of each training text and the part models' files: loaded as saved; a wrong shape,
+    an unknown part, a missing or a changed part model file refuses to load (fail closed)."""
     art = make_artifact(3)
     n = len(art.index_labels)
-    seqs = np.arange(n, dtype=np.int64) * 7 + 2**40
-    scores = np.random.default_rng(1).normal(0, 3, (n, 3))
-    replace(art, index_sequences=seqs, index_leave_out=scores).save(tmp_path / "new")
-    index = DefenseArtifact.load(tmp_path / "new").member_index()
-    assert index.has_leave_out and index.leave_out.tobytes() == scores.tobytes()
-    assert index.copy_of(np.array([seqs[5], seqs[5] + 1, -1])).tolist() == [5, -1, -1]
-    replace(art, index_sequences=seqs, index_leave_out=scores[:, :2]).save(tmp_path / "bad")
-    with pytest.raises(ArtifactError, match="leave-out"):
-        DefenseArtifact.load(tmp_path / "bad")
+    parts = np.arange(n, dtype=np.int64) % 2
+
+    def saved(where: str, **changes) -> Path:
+        folder = tmp_path / where
+        folder.mkdir()
+        digests = []
+        for k in range(2):
+            part_model_file(folder, k).write_bytes(f"part model {k}".encode())
+            digests.append(sha256_file(part_model_file(folder, k)))
+        replace(art, **{"index_parts": parts, "part_models": digests, **changes}).save(folder)
+        return folder
+
+    good = DefenseArtifact.load(saved("new"))
+    assert good.member_index().has_parts and good.member_index().parts.tolist() == parts.tolist()
+    assert len(good.part_models) == 2
+    for where, changes in (("short", {"index_parts": parts[:-1]}), ("unknown", {"index_parts": parts + 1})):
+        with pytest.raises(ArtifactError, match="leave-out"):
+            DefenseArtifact.load(saved(where, **changes))
+    changed = saved("changed")
+    part_model_file(changed, 1).write_bytes(b"another model")
+    with pytest.raises(ArtifactError, match=r"part1\.onnx"):
+        DefenseArtifact.load(changed)
+    missing = saved("missing")
+    part_model_file(missing, 0).unlink()
+    with pytest.raises(ArtifactError, match=r"part0\.onnx"):
+        DefenseArtifact.load(missing)
     art.save(tmp_path / "old")
-    assert not DefenseArtifact.load(tmp_path / "old").member_index().has_leave_out
+    assert not DefenseArtifact.load(tmp_path / "old").member_index().has_parts
 
 
 def test_missing_file(tmp_path):

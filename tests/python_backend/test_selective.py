@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from functools import lru_cache
 from types import SimpleNamespace
@@ -443,30 +444,43 @@ def _difficulty_world(seed: int = 8):
     rows = calibrate.LeaveOutRows(
         held_out_logits=_binary(y_m, unseen(d_m, 1.6, 1.2)),
         calibration_logits=[_binary(y_c, unseen(d_c, 1.6, 1.2)) for _ in range(2)],
+        parts=rng.integers(0, 2, n),
     )
-    leave_out = calibrate.fit_leave_out(rows, calib)
+    lo_tables = replace(tables, leave_out_q=calibrate.leave_out_scale(rows, calib))
     sig, seq = member_signatures(n, seed=seed), rng.integers(0, 2**62, n)
-    index = MemberIndex(minhash(sig), y_m, sketches=sketch(sig), sequences=seq, leave_out=leave_out)
+    index = MemberIndex(minhash(sig), y_m, sketches=sketch(sig), sequences=seq, parts=rows.parts)
     plain = MemberIndex(minhash(sig), y_m, sketches=sketch(sig), sequences=seq)
+
+    def held_out(first: int = 0):
+        """The part models on batch rows ``first + i`` (members first, in index order); NaN beyond."""
+
+        def answer(at: np.ndarray, parts: np.ndarray) -> np.ndarray:
+            assert (parts == rows.parts[first + at]).all()  # the part that left the matched text out
+            return rows.held_out_logits[first + at]
+
+        return answer
+
     nonmembers = _binary(y_n, unseen(d_n))
     reference = np.r_[unseen(d_m), unseen(d_n)]
     return SimpleNamespace(**locals())
 
 
-def test_copies_served_leave_out_scores_answer_like_non_members_of_their_difficulty():
+def test_whole_matches_answered_by_their_part_model_look_like_non_members_of_their_difficulty():
     """With teeth: against an attacker who compares each output with what a reference model that
     never saw the text gives (offline LiRA's statistic), copies served through the whole-match map
-    are told apart (memorised scores say little about difficulty), copies served their leave-out
-    scores are not (KS over the residuals, and |AUC - 0.5| on both tails). Rows that are not exact
-    copies are served as without leave-out scores."""
+    are told apart (memorised scores say little about difficulty), copies answered by the part
+    model that never trained on them are not (KS over the residuals, and |AUC - 0.5| on both
+    tails). Near copies are answered by the part model too; rows it cannot answer (no tokens) and
+    every row without part models keep the maps' bytes."""
     w = _difficulty_world()
     z = np.concatenate([w.members, w.nonmembers])
     sig = np.concatenate([w.sig, member_signatures(len(w.nonmembers), seed=99)])
     seq = np.r_[w.seq, np.arange(len(w.nonmembers))]
     is_member = np.r_[np.ones(len(w.members), bool), np.zeros(len(w.nonmembers), bool)]
     q = np.zeros(len(z))
-    served = selective.defend(z, w.tables, index=w.index, signatures=sig, threat=q, sequences=seq)
-    mapped = selective.defend(z, w.tables, index=w.plain, signatures=sig, threat=q, sequences=seq)
+    kw = dict(signatures=sig, threat=q, sequences=seq)
+    served = selective.defend(z, w.lo_tables, index=w.index, held_out=w.held_out(), **kw)
+    mapped = selective.defend(z, w.tables, index=w.plain, **kw)
     assert served.left_out[is_member].all() and not served.left_out[~is_member].any()
     assert not mapped.left_out.any()
     assert (served.labels == z.argmax(1)).all() and (served.probabilities.argmax(1) == served.labels).all()
@@ -483,16 +497,32 @@ def test_copies_served_leave_out_scores_answer_like_non_members_of_their_difficu
             assert p < 1e-6 and max(abs(a - 0.5) for a in tails) > 0.1, (p, tails)
         # The single query's marginal is the non-members' either way.
         assert ks_2samp(out.score_after[is_member], out.score_after[~is_member]).pvalue > 1e-3
-    # Rows without a sequence hash (logits sent directly) and copies that are not exact: the map.
+    # Near copies (another sequence hash) and rows without one: answered by the part model too.
+    m_kw = dict(signatures=w.sig, threat=q[:1000])
     for s in (np.full(len(w.members), NO_SEQUENCE), w.seq + 1):
-        other = selective.defend(w.members, w.tables, index=w.index, signatures=w.sig, threat=q[:1000], sequences=s)
-        before = selective.defend(w.members, w.tables, index=w.plain, signatures=w.sig, threat=q[:1000], sequences=s)
-        assert not other.left_out.any()
-        assert other.probabilities.tobytes() == before.probabilities.tobytes()
+        other = selective.defend(w.members, w.lo_tables, index=w.index, held_out=w.held_out(), sequences=s, **m_kw)
+        assert other.left_out.all() and other.probabilities.tobytes() == served.probabilities[:1000].tobytes()
+    # Rows the part models cannot answer (NaN: logits sent without tokens), no part models, or no
+    # leave-out tables: the maps' bytes.
+    plain = selective.defend(w.members, w.tables, index=w.plain, sequences=w.seq, **m_kw)
+    nan = lambda at, parts: np.full((len(at), 2), np.nan)  # noqa: E731
+    for tables, index, held in (
+        (w.lo_tables, w.index, nan),
+        (w.lo_tables, w.index, None),
+        (w.tables, w.index, w.held_out()),
+    ):
+        other = selective.defend(w.members, tables, index=index, held_out=held, sequences=w.seq, **m_kw)
+        assert not other.left_out.any() and other.probabilities.tobytes() == plain.probabilities.tobytes()
     # One row alone or in the batch: the same bytes.
     for i in (0, 999, 1000):
         alone = selective.defend(
-            z[i : i + 1], w.tables, index=w.index, signatures=sig[i : i + 1], threat=q[:1], sequences=seq[i : i + 1]
+            z[i : i + 1],
+            w.lo_tables,
+            index=w.index,
+            held_out=w.held_out(i),
+            signatures=sig[i : i + 1],
+            threat=q[:1],
+            sequences=seq[i : i + 1],
         )
         assert alone.probabilities.tobytes() == served.probabilities[i : i + 1].tobytes()
 
@@ -502,14 +532,17 @@ def test_leave_out_scores_are_moved_onto_the_served_models_scale():
     on calibration non-members moves their scores onto the served model's non-member scale, so the
     copies' marginal is the non-members' (without it, copies would read *less* confident)."""
     w = _difficulty_world()
-    own = calibrate.class_log_odds(w.rows.held_out_logits, 1)[w.y_m == 1]
-    moved = w.leave_out[w.y_m == 1, 1]
-    calib = calibrate.class_log_odds(w.calib, 1)[w.y_c == 1]
+    own = selective.class_log_odds(w.rows.held_out_logits, 1)[w.y_m == 1]
+    scores = w.lo_tables.held_out_scores(w.rows.held_out_logits, w.y_m)
+    calib = selective.class_log_odds(w.calib, 1)[w.y_c == 1]
     assert ks_2samp(own, calib).pvalue < 1e-6
-    assert ks_2samp(moved, calib).pvalue > 1e-3
-    assert np.isfinite(w.leave_out).all() and w.leave_out.shape == (1000, 2)
+    assert ks_2samp(scores[w.y_m == 1], calib).pvalue > 1e-3
+    assert np.isfinite(scores).all() and w.lo_tables.has_leave_out and not w.tables.has_leave_out
+    # The tables survive JSON.
+    again = selective.SelectiveTables.from_json(json.loads(json.dumps(w.lo_tables.to_json())))
+    np.testing.assert_array_equal(again.held_out_scores(w.rows.held_out_logits, w.y_m), scores)
     # log-odds of a class, stable at float32's extremes
     big = np.array([[3e38, -3e38], [0.0, 0.0]], np.float32)
-    np.testing.assert_allclose(calibrate.class_log_odds(big, 0), [selective.S_MAX, 0.0])
-    with pytest.raises(ValueError, match="leave-out"):
-        MemberIndex(minhash(w.sig), w.y_m, sequences=None, leave_out=w.leave_out)
+    np.testing.assert_allclose(selective.class_log_odds(big, 0), [selective.S_MAX, 0.0])
+    with pytest.raises(ValueError, match="parts"):
+        MemberIndex(minhash(w.sig), w.y_m, parts=w.rows.parts[:10])
