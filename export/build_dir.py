@@ -4,9 +4,9 @@
         splits.json          the seeded, disjoint row indices (members, non-members, attacker)
         trained.json         what the fine-tuned model was trained on (for --resume)
         hf/                  the fine-tuned model and tokenizer (Hugging Face format)
-        leave_out/part<k>/   the leave-out part models (never served; trained.json each, for --resume)
+        leave_out/part<k>/   the leave-out part models (trained.json each, for --resume)
         model.onnx           the exported classifier
-        defense/             the calibrated defense artifact
+        defense/             the calibrated defense artifact (and the part models' part<k>.onnx)
         model_repository/    the Triton repository (common/ + platform folders, options.json)
         build.json           what was measured on the way
 

@@ -10,7 +10,8 @@ out. The part models are exported to ONNX beside the defense artifact (:func:`ex
 defense step answers every whole match of a training text (its copy and its near copies) with
 the part model that never trained on it, on the query's tokens, moved onto this model's
 non-member scale (:func:`veil.python_backend.calibrate.leave_out_scale`). The served model is
-not retrained; benign traffic is rarely a whole match, so the extra forward pass is rare.
+not retrained; benign traffic is rarely a whole match, so the extra forward pass is rare, and
+that is the catch: a gated row takes a forward pass longer, which a caller can time (:data:`PARTS`).
 Cost: ``parts`` trainings on ``(parts - 1) / parts`` of the texts each (2 parts: about one more
 fine-tuning) and ``parts`` more ONNX files in the repository.
 """
@@ -28,11 +29,14 @@ from veil.export.train import TrainReport
 from veil.python_backend.calibrate import LeaveOutRows
 
 PARTS = 2
-"""Part models of every build (``veil-build --leave-out``). Measured on development seed 7, AG News
-(``python -m veil.privacy.ablate_lira``): a copy answered alone by its part model took LiRA's
-excess over label-only from +1.6 to -0.4 pt but, served on AG News seed 11, disagreed with its own
-edits (augmentation attack 71%); copies and near copies answered by the same part model keep
-LiRA at -0.4 and every augmentation attack at or under label-only's (docs/evaluation.md)."""
+"""Part models measured (``veil-build --leave-out 2``; opt-in, off by default). Development seed 7,
+AG News (``python -m veil.privacy.ablate_lira``): a copy answered alone by its part model took
+LiRA's excess over label-only from +1.6 to -0.3 pt but, served on AG News seed 11, disagreed with
+its own edits (augmentation attack 71%); copies and near copies answered by the same part model
+keep LiRA at -0.3 and every augmentation attack at or under label-only's. Served on AG News, seed
+13's excess fell from +1.5 to 0.0, but seed 11's rose to +3.5 (repeats at full speed under
+adaptive intensity): the forward pass run only on gated rows makes them slower, a timing side
+channel (docs/evaluation.md, "Part models for whole matches")."""
 
 
 def parts_of(n: int, *, parts: int, seed: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from veil.export.build_dir import BuildDir
 from veil.export.crops import DEFENDER_TEXTS, defender_crops
 from veil.export.data import Splits, TextDataset, dedupe, fingerprint, load_dataset, make_splits
 from veil.export.edits import defender_edits
-from veil.export.leave_out import PARTS, export_parts, train_leave_out
+from veil.export.leave_out import export_parts, train_leave_out
 from veil.export.onnx_export import check_parity, export_onnx
 from veil.export.train import TrainReport, fine_tune, load_model, model_input_names
 from veil.model_repository.spec import ServingOptions
@@ -53,10 +53,13 @@ class BuildConfig:
     """Texts per side the defender crops for the partial-match map (training texts, calibration non-members)."""
     edit_texts: int = DEFENDER_TEXTS
     """Texts per side the defender edits for the near-copy map."""
-    leave_out: int = PARTS
+    leave_out: int = 0
     """Leave-out part models that answer whole matches of training texts (copies and near copies)
-    in the defense step (:mod:`veil.export.leave_out`; 0: none, whole matches go through the maps).
-    Not with a custom trainer (DP-SGD targets are served undefended)."""
+    in the defense step (:mod:`veil.export.leave_out`, :data:`~veil.export.leave_out.PARTS` is the
+    measured count; 0: none, whole matches go through the maps). Off by default: the extra forward
+    pass on gated rows is a timing side channel, read through adaptive intensity on AG News seed 11
+    (docs/evaluation.md, "Part models for whole matches"). Not with a custom trainer (DP-SGD
+    targets are served undefended)."""
     epochs: int = 3
     lr: float = 5e-5
     batch_size: int = 32
@@ -384,7 +387,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
         "--leave-out",
         type=int,
         default=d.leave_out,
-        help="leave-out part models answering whole matches of training texts (0: none; see docs/defense.md)",
+        help="leave-out part models answering whole matches of training texts (default 0: none; docs/defense.md)",
     )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)

@@ -18,7 +18,6 @@ from rich.console import Console
 from veil.export.crops import DEFENDER_TEXTS
 from veil.export.data import SPLIT_NAMES, Splits, TextDataset, make_splits
 from veil.export.dp import dp_fine_tune
-from veil.export.leave_out import PARTS
 from veil.export.pipeline import BuildConfig, build, split_sizes
 from veil.export.train import fine_tune, load_model, predict_logits
 from veil.privacy.metrics import CROSSFIT_SPLITS
@@ -82,8 +81,8 @@ class EvalConfig:
     """Texts per side the defender crops for the partial-match map (``veil-build --crop-texts``)."""
     edit_texts: int = DEFENDER_TEXTS
     """Texts per side the defender edits for the near-copy map (``veil-build --edit-texts``)."""
-    leave_out: int = PARTS
-    """Leave-out part models of each target's build (``veil-build --leave-out``; as served)."""
+    leave_out: int = 0
+    """Leave-out part models of each target's build (``veil-build --leave-out``; off as served)."""
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
