@@ -63,10 +63,8 @@ def write_repository(
 
                         softmax_graph.append(with_softmax(onnx_path, version / "model.onnx"))
                 elif asset == "defense":
-                    # Linked like the classifier: the leave-out part models are ONNX files too.
-                    shutil.copytree(
-                        defense_dir, version / "defense", copy_function=lambda a, b: _link_or_copy(Path(a), Path(b))
-                    )
+                    # Copied, never linked: a repository's artifact must not change with another's.
+                    shutil.copytree(defense_dir, version / "defense")
                 else:
                     raise ValueError(f"unknown asset {asset!r} of model {model.name!r}")
     (out / "README.txt").write_text(
