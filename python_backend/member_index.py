@@ -211,9 +211,11 @@ class MemberIndex:
         if qs is None:
             return share
         pick = np.flatnonzero(share >= REFINE_FROM)
-        if len(pick):  # a row without such a candidate skips the comparison
+        if len(pick):
             jaccard, defined = sketch_jaccard(qs[rows[pick]], self.sketches[member[pick]])
             share[pick] = np.where(defined, jaccard, share[pick])
+        elif len(rows):  # the same work as a refined candidate's (discarded): no timing tell
+            sketch_jaccard(qs[rows[:1]], self.sketches[member[:1]])
         return share
 
     def _small(
@@ -222,7 +224,8 @@ class MemberIndex:
         """Row by row: the members sharing a band (sorted, so ties go to the lowest index), the best."""
         for i, row in enumerate(keys.tolist()):
             found = [t[k] for t, k in zip(self.tables, row, strict=True) if k in t]
-            if not found:
+            if not found:  # the same work as a match (compared with member 0, discarded): no timing tell
+                self._similarity(q, qs, np.full(1, i), np.zeros(1, dtype=np.int64))
                 continue
             cand = np.unique(np.concatenate(found)) if len(found) > 1 else found[0]
             pair_sim = self._similarity(q, qs, np.full(len(cand), i), cand)
@@ -281,6 +284,8 @@ class MemberIndex:
         for first, last in _row_chunks(counts.sum(1)):
             if counts[first:last].any():
                 self._best_partial(qs, counts, lo, common, first, last, overlap, label, min_shared)
+            else:  # the same work as a candidate's (discarded): no timing tell
+                sketch_containment(qs[first : first + 1], self.sketches[:1])
         return overlap, label
 
     def _best_partial(
@@ -301,7 +306,8 @@ class MemberIndex:
         pair, rare = np.unique(rows * len(self) + member, return_counts=True)
         rows, member = pair // len(self), pair % len(self)
         keep = rare + common[rows] >= min_shared
-        if not keep.any():
+        if not keep.any():  # the same work as a candidate's (discarded): no timing tell
+            sketch_containment(qs[rows[:1]], self.sketches[member[:1]])
             return
         rows, member = rows[keep], member[keep]
         ov, shared = sketch_containment(qs[rows], self.sketches[member])

@@ -419,14 +419,18 @@ def defend(
         mapped = tables.held_out_scores(z_k, label[ask])
         served[ask] = (1.0 - weight[ask]) * served[ask] + weight[ask] * mapped
     rest = moved & ~left_out
-    if rest.any() and sequences is not None and tables.has_near and index is not None and index.has_sequences:
+    # The same work for every row, matched or not (the copy test, every map), chosen with masks:
+    # a gated row must not take longer than any other (its latency would say it is a member).
+    if sequences is not None and tables.has_near and index is not None and index.has_sequences:
         seq = np.asarray(sequences, dtype=np.int64).reshape(b)
-        known = rest & (seq != NO_SEQUENCE)
-        near[known] = index.copy_of(seq[known]) < 0
+        not_copy = index.copy_of(seq) < 0
+        near = rest & (seq != NO_SEQUENCE) & not_copy
+    correct = member_label == label
     for rows, kind in ((rest & ~near, "whole"), (near, "near")):
-        if rows.any():
-            mapped = tables.map_members(s[rows], label[rows], member_label[rows] == label[rows], kind=kind)
-            served[rows] = (1.0 - weight[rows]) * served[rows] + weight[rows] * mapped
+        if kind == "near" and not tables.has_near:
+            continue
+        mapped = tables.map_members(s, label, correct, kind=kind)
+        served = np.where(rows, (1.0 - weight) * served + weight * mapped, served)
     level = np.zeros(b) if threat is None else np.broadcast_to(np.asarray(threat, dtype=np.float64), (b,))
     top = tables.confidence(served, label, level)
     probs = tables.probabilities(label, top, class_order(logits, label))
