@@ -44,6 +44,14 @@ def parts_of(n: int, *, parts: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 0x1EAF]).permutation(n) % parts
 
 
+def load_part(folder: Path):
+    """A part model and its tokenizer as trained (``folder``: :meth:`BuildDir.leave_out`)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    net = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).eval()
+    return net, AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
 def train_leave_out(
     members: TextDataset,
     calibration: list[str],
@@ -63,8 +71,6 @@ def train_leave_out(
     reuse with ``resume`` and the same ``key``, the part models; ``folder(k)`` is part ``k``'s
     directory. Returns each training text's held-out logits and every part model's logits on the
     ``calibration`` texts."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     from veil.export.train import load_model, predict_logits
 
     part = parts_of(len(members), parts=parts, seed=seed)
@@ -75,8 +81,7 @@ def train_leave_out(
         stamp = where / "trained.json"
         want = {**key, "part": k, "parts": parts}
         if resume and stamp.exists() and json.loads(stamp.read_text()) == want:
-            net = AutoModelForSequenceClassification.from_pretrained(where, local_files_only=True).eval()
-            tok = AutoTokenizer.from_pretrained(where, local_files_only=True)
+            net, tok = load_part(where)
         else:
             net, tok = load_model(model, num_labels=num_labels, seed=seed + 1 + k)
             rep = fit(net, tok, members.subset(np.flatnonzero(part != k)), seed=seed + 1 + k)
@@ -105,16 +110,13 @@ def export_parts(
     """Each part model (``folder(k)``) exported to ONNX beside the defense artifact in
     ``directory`` (:func:`~veil.python_backend.artifact.part_model_file`), checked against PyTorch
     on ``parity_texts`` as the served tokenizer (``tokenizer_dir``) encodes them; their sha256s."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     from veil.export.onnx_export import check_parity, export_onnx
     from veil.python_backend.artifact import part_model_file, sha256_file
 
     digests = []
     directory.mkdir(parents=True, exist_ok=True)
     for k in range(parts):
-        net = AutoModelForSequenceClassification.from_pretrained(folder(k), local_files_only=True).eval()
-        tok = AutoTokenizer.from_pretrained(folder(k), local_files_only=True)
+        net, tok = load_part(folder(k))
         path = part_model_file(directory, k)
         export_onnx(net, tok, path, exporter=exporter)
         parity = check_parity(net, tok, path, tokenizer_dir, parity_texts, max_length=max_length)

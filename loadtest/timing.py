@@ -6,9 +6,9 @@ The defense must not leak membership through anything a caller observes, and lat
 observable. One closed-loop gRPC client sends training texts (``member_eval``) and non-members
 (``nonmember_eval``) interleaved, one row a request, each to every model in turn (as
 :mod:`veil.loadtest.ab` does, so drift cancels), and reports per model the median latency of
-each side and the AUC of latency as a membership score (0.5: nothing to read). A fresh client id
-per request keeps adaptive intensity idle. Built for the leave-out part models, which run a
-forward pass on gated rows only (docs/evaluation.md, "Part models for whole matches").
+each side and the AUC of latency as a membership score (0.5: nothing to read). Built for the
+leave-out part models, which run a forward pass on gated rows only (docs/evaluation.md, "Part
+models for whole matches"); it reads the served maps too.
 """
 
 from __future__ import annotations

@@ -51,8 +51,9 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from veil.export.build_dir import BuildDir
 from veil.export.edits import DEFENDER_EDITS, edits
-from veil.export.leave_out import PARTS
+from veil.export.leave_out import PARTS, load_part
 from veil.export.pipeline import leave_out_rows
+from veil.export.train import predict_logits
 from veil.privacy.attacks import Outputs, lira_score, phi
 from veil.privacy.baselines import label_only
 from veil.privacy.metrics import cross_fitted
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     lo_tables = replace(tables, leave_out_q=leave_out_scale(rows, z_cal))
 
+    part_models = [load_part(build.leave_out(k)) for k in range(PARTS)]
+
     def answered_by_parts(rows_texts: list[str]):
         """:data:`selective.HeldOut` on these texts: the part models (PyTorch, as the build trained them)."""
 
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             for k in np.unique(parts):
                 pick = np.flatnonzero(parts == k)
                 chosen = [rows_texts[j] for j in at[pick]]
-                out[pick] = part_logits(build.leave_out(int(k)), chosen, max_length=opts.max_length)
+                out[pick] = predict_logits(*part_models[int(k)], chosen, max_length=opts.max_length)
             return out
 
         return held_out
@@ -272,17 +275,6 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"{name} | " + " | ".join(f"{a} {100 * e.accuracy:.1f}" for a, e in evals.items()), flush=True)
     return 0
-
-
-def part_logits(folder, texts: list[str], *, max_length: int) -> np.ndarray:
-    """A part model's logits on ``texts`` (the model trained by ``veil-build --leave-out``)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from veil.export.train import predict_logits
-
-    net = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).eval()
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    return predict_logits(net, tok, texts, max_length=max_length)
 
 
 def class_log_odds_rows(z: np.ndarray, label: np.ndarray) -> np.ndarray:

@@ -171,7 +171,14 @@ class MemberIndex:
         member's label, -1 where no member shares a band). Ties go to the lowest member index.
         ``sketches``: the queries' content sketches; used where the index has them too."""
         sim, row = self.nearest_rows(signatures, sketches=sketches)
-        return sim, np.where(row >= 0, self.labels[np.maximum(row, 0)], -1) if len(self) else row
+        return sim, self.labels_of(row)
+
+    def labels_of(self, rows: np.ndarray) -> np.ndarray:
+        """Each row's training label; -1 where the row is -1 (no match)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.full(rows.shape, -1, dtype=np.int64)
+        out[rows >= 0] = self.labels[rows[rows >= 0]]
+        return out
 
     def nearest_rows(
         self, signatures: np.ndarray, *, sketches: np.ndarray | None = None
@@ -242,7 +249,7 @@ class MemberIndex:
         first: int,
         last: int,
         sim: np.ndarray,
-        found: np.ndarray,
+        best_row: np.ndarray,
     ) -> None:
         """Rows ``first:last``: every (row, candidate) pair's count of equal values, the best per row."""
         counts = hi[first:last] - lo[first:last]
@@ -253,7 +260,7 @@ class MemberIndex:
         pair_sim = self._similarity(q, qs, rows, member)
         head = _first_per_row(rows, member, -pair_sim)  # most similar first, then lowest member
         sim[rows[head]] = pair_sim[head]
-        found[rows[head]] = member[head]
+        best_row[rows[head]] = member[head]
 
     def partial(self, sketches: np.ndarray, *, min_shared: int = PARTIAL_MIN_SHARED) -> tuple[np.ndarray, np.ndarray]:
         """Per query content sketch: (overlap coefficient with the training text it overlaps most,

@@ -8,6 +8,7 @@ endpoint for its reported operating points.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -65,28 +66,37 @@ def defend(
         threat=np.broadcast_to(np.asarray(threat, dtype=np.float64), (len(logits),)).copy(),
         signatures=sig,
         sequences=seq,
-        held_out=held_out_on_texts(build, texts) if gated and art.part_models else None,
+        held_out=_cached(
+            ("held_out", str(build.defense), stamp, hash(tuple(texts))), partial(held_out_on_texts, build, texts)
+        )
+        if gated and art.part_models
+        else None,
     ).probabilities
 
 
 def held_out_on_texts(build: BuildDir, texts: list[str]):
     """:data:`~veil.python_backend.selective.HeldOut` for rows given as texts: the build's leave-out
-    part models (ONNX, beside its artifact) on the asked texts, tokenized as the served tokenizer does."""
+    part models (ONNX, beside its artifact) on the asked texts, tokenized as the served tokenizer
+    does; each (part, row) scored once (a knob sweep replays the same rows)."""
     from veil.export.pipeline import onnx_logits
 
     options = build.options()
+    done: dict[tuple[int, int], np.ndarray] = {}
 
     def held_out(rows: np.ndarray, parts: np.ndarray) -> np.ndarray:
-        out = np.full((len(rows), options.num_classes), np.nan, np.float32)
         for k in np.unique(parts):
-            pick = np.flatnonzero(parts == k)
-            out[pick] = onnx_logits(
-                part_model_file(build.defense, int(k)),
-                build.hf,
-                list(options.input_names),
-                [texts[int(r)] for r in rows[pick]],
-                max_length=options.max_length,
-            )
-        return out
+            todo = [int(r) for r in rows[parts == k] if (int(k), int(r)) not in done]
+            if todo:
+                z = onnx_logits(
+                    part_model_file(build.defense, int(k)),
+                    build.hf,
+                    list(options.input_names),
+                    [texts[r] for r in todo],
+                    max_length=options.max_length,
+                )
+                done.update({(int(k), r): row for r, row in zip(todo, z, strict=True)})
+        return np.array([done[int(k), int(r)] for r, k in zip(rows, parts, strict=True)], np.float32).reshape(
+            len(rows), options.num_classes
+        )
 
     return held_out

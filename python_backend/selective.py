@@ -392,7 +392,7 @@ def defend(
     elif index is not None and signatures is not None and len(index):
         sketches = sketch(signatures)
         sim, matched = index.nearest_rows(minhash(signatures), sketches=sketches)
-        member_label = np.where(matched >= 0, index.labels[np.maximum(matched, 0)], -1)
+        member_label = index.labels_of(matched)
         weight = tables.member_weight(sim)
         if tables.has_partial and sketches is not None and index.sketches is not None:
             overlap, partial_label = index.partial(sketches, min_shared=tables.partial_min_shared)
@@ -408,16 +408,13 @@ def defend(
     near = np.zeros(b, dtype=bool)
     left_out = np.zeros(b, dtype=bool)
     if moved.any() and held_out is not None and index is not None and index.has_parts and tables.has_leave_out:
-        ask = np.flatnonzero(moved & (matched >= 0))
-        z_k = np.zeros((0, tables.num_classes), np.float32)
+        ask = np.flatnonzero(moved & (matched >= 0))  # none in the no-gate ablation
         if len(ask):
-            z_k = np.asarray(held_out(ask, index.parts[matched[ask]]), dtype=np.float32)
-            z_k = z_k.reshape(len(ask), tables.num_classes)
-        ok = np.isfinite(z_k).all(1)
-        ask, z_k = ask[ok], z_k[ok]
-        left_out[ask] = True
-        mapped = tables.held_out_scores(z_k, label[ask])
-        served[ask] = (1.0 - weight[ask]) * served[ask] + weight[ask] * mapped
+            z_k = np.asarray(held_out(ask, index.parts[matched[ask]]), dtype=np.float32).reshape(len(ask), -1)
+            ask, z_k = ask[np.isfinite(z_k).all(1)], z_k[np.isfinite(z_k).all(1)]
+            left_out[ask] = True
+            mapped = tables.held_out_scores(z_k, label[ask])
+            served[ask] = (1.0 - weight[ask]) * served[ask] + weight[ask] * mapped
     rest = moved & ~left_out
     # The same work for every row, matched or not (the copy test, every map), chosen with masks:
     # a gated row must not take longer than any other (its latency would say it is a member).
