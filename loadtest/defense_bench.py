@@ -2,6 +2,7 @@
 
     python -m veil.loadtest.defense_bench --build-dir build/sst2-minilm
     python -m veil.loadtest.defense_bench --state      # the adaptive-state step: in-process vs Redis
+    python -m veil.loadtest.defense_bench --membership --build-dir B   # training texts vs non-members
 
 Uses the served classifier's logits (and the tokenizer's signatures) on the held-out evaluation
 rows (members and non-members) of the build, so the numbers describe the real model's outputs. Prints a table and writes
@@ -151,6 +152,38 @@ def cache_effect(build_dir: Path, *, repeats: int) -> dict[str, float]:
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
+def membership_gap(build_dir: Path, *, rows: int, repeats: int) -> dict[str, float]:
+    """The selective defense step on one row at a time, as served (signatures and sequence hashes):
+    training texts (``member_eval``) against non-members, interleaved, each row ``repeats`` times.
+    Per side the median of the rows' median times (µs), and the AUC of a row's median time as a
+    membership score: the step's own timing channel, without the server's noise around it."""
+    from sklearn.metrics import roc_auc_score
+
+    from veil.export.pipeline import onnx_logits
+    from veil.python_backend.tokens import text_fingerprints
+
+    build = BuildDir(build_dir)
+    options = build.options()
+    names = list(options.input_names)
+    members, nonmembers = build.texts("member_eval", limit=rows), build.texts("nonmember_eval", limit=rows)
+    n = min(len(members), len(nonmembers))
+    texts = [t for pair in zip(members[:n], nonmembers[:n], strict=True) for t in pair]
+    member = np.tile([True, False], n)
+    logits = onnx_logits(build.onnx, build.hf, names, texts, max_length=options.max_length, progress=False)
+    sig, seq = text_fingerprints(build.hf, names, texts, max_length=options.max_length)
+    defense = Defense(DefenseArtifact.load(build.defense), config=DefenseConfig(variant="veil"))
+    times = np.zeros((repeats, len(texts)))
+    for r in range(-1, repeats):  # one round of warm-up
+        for i in range(len(texts)):
+            t = time.perf_counter()
+            defense(logits[i : i + 1], threat=np.zeros(1), signatures=sig[i : i + 1], sequences=seq[i : i + 1])
+            if r >= 0:
+                times[r, i] = time.perf_counter() - t
+    per_row = np.median(times, 0) * 1e6
+    m, o = float(np.median(per_row[member])), float(np.median(per_row[~member]))
+    return {"members_us": m, "nonmembers_us": o, "gap_us": m - o, "auc": float(roc_auc_score(member, per_row))}
+
+
 def to_markdown(report: dict) -> str:
     lines = [f"Defense step on {report['rows']} evaluation outputs (torch threads: {report['torch_threads']}).", ""]
     lines.append(
@@ -186,12 +219,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--cache-effect", action="store_true", help="only: the served step's CPU time warm vs after a classifier run"
     )
+    p.add_argument(
+        "--membership",
+        action="store_true",
+        help="only: the step's time on training texts vs non-members, one row at a time (timing channel)",
+    )
     a = p.parse_args(argv)
     if a.state:
         from veil.loadtest.state_bench import main as state_main
 
         return state_main([])
     build_dir = Path(a.build_dir)
+    if a.membership:
+        torch.set_num_threads(a.threads)
+        gap = membership_gap(build_dir, rows=a.rows, repeats=a.repeats)
+        print("| training texts µs | non-members µs | gap µs | AUC of a row's median time |\n|---|---|---|---|")
+        print(f"| {gap['members_us']:.1f} | {gap['nonmembers_us']:.1f} | {gap['gap_us']:+.1f} | {gap['auc']:.3f} |")
+        return 0
     if a.cache_effect:
         torch.set_num_threads(a.threads)
         ms = cache_effect(build_dir, repeats=a.repeats)

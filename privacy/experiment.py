@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from veil.export.data import dedupe, fingerprint, load_dataset
+from veil.loadtest.timing import latency_attack
 from veil.model_repository.spec import RAW, ensemble_name
 from veil.model_repository.writer import rewrite_repository
 from veil.privacy.assess import QueryView, View, assess
@@ -148,6 +149,14 @@ def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int, *, dp_l
             target[v].refs = [sim(z) for z in tg_ref_logits]
             attacker[v] = Side(sim(sh_logits), [sim(z) for z in sh_ref_logits], {MAIN_MODE: sim(sh_aug_logits)}, {})
         console().print(f"  served defenses queried in {time.perf_counter() - t0:.0f}s")
+        timing = {}
+        if cfg.timing_rows:  # latency as a membership score, every served model against veil_raw
+            models = [RAW if v == "none" else ensemble_name(v) for v in served_names]
+            r = cfg.timing_rows
+            by_model = latency_attack(
+                server.grpc_url, models, members.texts[:r], nonmembers.texts[:r], repeats=cfg.timing_repeats
+            )
+            timing = {v: by_model[m] for v, m in zip(served_names, models, strict=True)}
 
     def query_views(t: Side, a: Side) -> dict[str, QueryView]:
         out = {}
@@ -205,6 +214,7 @@ def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int, *, dp_l
         "defenses": results,
         "crossfit_splits": cfg.crossfit_splits,
         "roc": roc,
+        "timing": timing,
         "seconds": time.perf_counter() - t0,
     }
 

@@ -67,6 +67,10 @@ class EvalConfig:
     """Rows per side (members, non-members) for query attacks."""
     edits: int = 6
     repeats: int = 3
+    timing_rows: int = 200
+    """Timing attack: training texts and non-members per side, each sent ``timing_repeats`` times
+    to every served model, one row a request (:func:`veil.loadtest.timing.latency_attack`); 0: off."""
+    timing_repeats: int = 3
     query_variants: tuple[str, ...] = ("none", "label_only", "veil")
     """Served outputs attacked in every client-id mode and speed; the others in long_lived/full only."""
     bootstrap: int = 200
@@ -128,6 +132,8 @@ def quick(cfg: EvalConfig) -> EvalConfig:
         few_knobs=True,
         crop_texts=100,
         edit_texts=100,
+        timing_rows=40,
+        timing_repeats=2,
     )
 
 

@@ -221,6 +221,31 @@ def raw_vs_label_only(summary: dict) -> str:
     )
 
 
+def timing_table(result: dict) -> str:
+    """Per served model and seed: the latency attack's AUC (one request; each text's median over its
+    repeats) and the two sides' median latency. ``veil_raw`` is the reference: text length alone
+    moves it off 0.5."""
+    seeds = [s for s in result["seeds"] if s.get("timing")]
+    if not seeds:
+        return "Not measured in this run.\n"
+    lines = [
+        "| served | "
+        + " | ".join(f"seed {s['seed']}: AUC, median-of-k AUC, p50 ms members / non-members" for s in seeds),
+        "|---|" + "---|" * len(seeds),
+    ]
+    for name in seeds[0]["timing"]:
+        cells = []
+        for s in seeds:
+            t = s["timing"].get(name)
+            if t is None:
+                cells.append("-")
+                continue
+            repeated = f"{t['median_of_repeats_auc']:.3f} (k={t['repeats']})" if "repeats" in t else "-"
+            cells.append(f"{t['latency_auc']:.3f}, {repeated}, {t['member_p50_ms']:.2f} / {t['nonmember_p50_ms']:.2f}")
+        lines.append(f"| {display(name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def findings(summary: dict) -> list[str]:
     out = [raw_vs_label_only(summary)] if "none" in summary and REFERENCE in summary else []
     for n in _order(summary):
@@ -328,6 +353,13 @@ def write_report(results: dict[str, dict], out_dir: str | Path, *, command: str)
             "rows: the same distinct rows sent paced (emulated), where adaptive intensity should stay idle.",
             "",
             utility_table(summary),
+            "### Timing: latency as a membership score",
+            "",
+            "One gRPC client, one row a request, training texts and non-members interleaved with the order "
+            "balanced, each text sent to every served model in turn (`veil.loadtest.timing.latency_attack`). "
+            "AUC 0.5: latency says nothing; compare with `veil_raw` (the same texts without the defense).",
+            "",
+            timing_table(result),
             "### Privacy-utility frontier",
             "",
             frontier.table(summary),

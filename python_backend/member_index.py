@@ -41,9 +41,12 @@ REFINE_FROM = 4 / 8
 the gate starts at 0.5); a pair of true Jaccard 0.75 is left there with probability 2.7%, 0.9
 with 0.04%. Most candidates share only bands of very common tokens: re-scoring just these keeps
 the look-up within ~1.5x of the MinHash-only one (60,000 members, a 64-row batch)."""
-SMALL_BATCH = 4
-"""Up to this many rows, a dict look-up per band and row costs less than the vectorised path's
-fixed numpy overhead (about 40 µs); both give identical answers."""
+PAIR_FLOOR = 16
+"""Each step of a look-up handles at least this many (query, training text) pairs per query row
+(padding, masked out): a training text finds itself and a non-member often finds nothing, and
+below the floor both do the same work. Above it the work follows the candidates (a few pairs
+more or less cost well under a microsecond); padding every row to the most any training text
+finds cost 4-16x at batch 256 (measured 2026-12-05, docs/evaluation.md)."""
 POSTING_CAP = 256
 """Partial matches: a content value in more training texts than this finds no candidates (it
 names no text); pairs found through rarer values still count it among their shared values."""
@@ -79,10 +82,21 @@ def _first_per_row(rows: np.ndarray, *keys: np.ndarray) -> np.ndarray:
     return pick[np.r_[True, rows[pick][1:] != rows[pick][:-1]]]
 
 
+def _pad(values: np.ndarray, size: int, fill: int) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` padded with ``fill`` to at least ``size`` entries, and which entries are real."""
+    extra = max(size - len(values), 0)
+    real = np.concatenate([np.ones(len(values), dtype=bool), np.zeros(extra, dtype=bool)])
+    return np.concatenate([values, np.full(extra, fill, dtype=values.dtype)]), real
+
+
 class MemberIndex:
     """Each band's keys sorted once (``argsort``); a query batch finds its candidates with one
     ``searchsorted`` per band and compares all (query, candidate) pairs in one numpy expression.
-    Batches of at most :data:`SMALL_BATCH` rows use per-band dicts over the same sorted runs."""
+
+    Equal work: a training text always finds itself (and a non-member often finds nothing), so a
+    look-up that skipped work when it found nothing would time membership. Every row goes through
+    the same steps, and each step handles at least :data:`PAIR_FLOOR` pairs per row (padding,
+    masked out of the answer)."""
 
     def __init__(
         self,
@@ -115,13 +129,6 @@ class MemberIndex:
         keys = _band_keys(self.signatures)
         self.order = np.argsort(keys, axis=0, kind="stable")  # [N, bands]: members by key, then index
         self.sorted_keys = np.take_along_axis(keys, self.order, axis=0)
-        self.tables: list[dict[int, np.ndarray]] = []  # per band: key -> its members, ascending
-        for b in range(keys.shape[1] if len(keys) else 0):
-            sk = self.sorted_keys[:, b]
-            starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
-            ends = np.r_[starts[1:], len(sk)]
-            runs = zip(sk[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)
-            self.tables.append({k: self.order[s:e, b] for k, s, e in runs})
         if self.sketches is not None:  # the partial-match look-up: content value -> training texts
             valid = self.sketches != EMPTY
             value = self.sketches[valid].astype(np.int64)
@@ -176,9 +183,9 @@ class MemberIndex:
     def labels_of(self, rows: np.ndarray) -> np.ndarray:
         """Each row's training label; -1 where the row is -1 (no match)."""
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.full(rows.shape, -1, dtype=np.int64)
-        out[rows >= 0] = self.labels[rows[rows >= 0]]
-        return out
+        if not len(self):
+            return np.full(rows.shape, -1, dtype=np.int64)
+        return np.where(rows >= 0, self.labels[np.clip(rows, 0, len(self) - 1)], -1)
 
     def nearest_rows(
         self, signatures: np.ndarray, *, sketches: np.ndarray | None = None
@@ -198,47 +205,29 @@ class MemberIndex:
             if qs.shape != (n, self.sketches.shape[1]):
                 raise ValueError(f"sketches are {qs.shape}; expected ({n}, {self.sketches.shape[1]})")
         keys = _band_keys(q)
-        if n <= SMALL_BATCH:
-            self._small(q, qs, keys, sim, found)
-            return sim, found
         bands = keys.shape[1]
         lo = np.empty((n, bands), dtype=np.int64)
         hi = np.empty((n, bands), dtype=np.int64)
         for b in range(bands):  # a few bands; every row at once
             lo[:, b] = np.searchsorted(self.sorted_keys[:, b], keys[:, b], side="left")
             hi[:, b] = np.searchsorted(self.sorted_keys[:, b], keys[:, b], side="right")
-        for first, last in _row_chunks((hi - lo).sum(1)):
+        for first, last in _row_chunks(np.maximum((hi - lo).sum(1), PAIR_FLOOR)):
             self._best(q, qs, lo, hi, first, last, sim, found)
         return sim, found
 
-    def _similarity(self, q: np.ndarray, qs: np.ndarray | None, rows: np.ndarray, member: np.ndarray) -> np.ndarray:
+    def _similarity(
+        self, q: np.ndarray, qs: np.ndarray | None, rows: np.ndarray, member: np.ndarray, real: np.ndarray, size: int
+    ) -> np.ndarray:
         """(query row, member) pairs -> similarity: the sketch Jaccard where defined and the MinHash
-        share is at least :data:`REFINE_FROM`, else the MinHash share."""
+        share is at least :data:`REFINE_FROM`, else the MinHash share; -1 for padding. The pairs
+        re-scored by their sketches are padded to ``size`` too."""
         share = (self.signatures[member] == q[rows]).sum(1) / self.size
-        if qs is None:
-            return share
-        pick = np.flatnonzero(share >= REFINE_FROM)
-        if len(pick):
+        if qs is not None:
+            pick, picked = _pad(np.flatnonzero(real & (share >= REFINE_FROM)), size, 0)
             jaccard, defined = sketch_jaccard(qs[rows[pick]], self.sketches[member[pick]])
-            share[pick] = np.where(defined, jaccard, share[pick])
-        elif len(rows):  # the same work as a refined candidate's (discarded): no timing tell
-            sketch_jaccard(qs[rows[:1]], self.sketches[member[:1]])
-        return share
-
-    def _small(
-        self, q: np.ndarray, qs: np.ndarray | None, keys: np.ndarray, sim: np.ndarray, best_row: np.ndarray
-    ) -> None:
-        """Row by row: the members sharing a band (sorted, so ties go to the lowest index), the best."""
-        for i, row in enumerate(keys.tolist()):
-            found = [t[k] for t, k in zip(self.tables, row, strict=True) if k in t]
-            if not found:  # the same work as a match (compared with member 0, discarded): no timing tell
-                self._similarity(q, qs, np.full(1, i), np.zeros(1, dtype=np.int64))
-                continue
-            cand = np.unique(np.concatenate(found)) if len(found) > 1 else found[0]
-            pair_sim = self._similarity(q, qs, np.full(len(cand), i), cand)
-            best = int(np.argmax(pair_sim))
-            sim[i] = pair_sim[best]
-            best_row[i] = cand[best]
+            take = picked & defined
+            share[pick[take]] = jaccard[take]
+        return np.where(real, share, -1.0)
 
     def _best(
         self,
@@ -251,16 +240,26 @@ class MemberIndex:
         sim: np.ndarray,
         best_row: np.ndarray,
     ) -> None:
-        """Rows ``first:last``: every (row, candidate) pair's count of equal values, the best per row."""
-        counts = hi[first:last] - lo[first:last]
-        if not counts.any():
-            return
-        rows, band, position = _expand(lo[first:last], counts, first)
-        member = self.order[position, band]
-        pair_sim = self._similarity(q, qs, rows, member)
+        """Rows ``first:last``: every (row, candidate) pair's similarity (padded), the best per row."""
+        rows, band, position = _expand(lo[first:last], hi[first:last] - lo[first:last], first)
+        size = PAIR_FLOOR * (last - first)
+        rows, real = _pad(rows, size, first)
+        member = _pad(self.order[position, band], size, 0)[0]
+        pair_sim = self._similarity(q, qs, rows, member, real, size)
         head = _first_per_row(rows, member, -pair_sim)  # most similar first, then lowest member
+        head = head[pair_sim[head] >= 0]  # a row whose best is padding found nothing
         sim[rows[head]] = pair_sim[head]
         best_row[rows[head]] = member[head]
+
+    def _postings(self, qs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[n, K] each query content value's run in the postings: (start, training texts holding
+        it; 0 for a common, unknown or empty value)."""
+        qs = np.asarray(qs, dtype=np.int64)
+        if not len(self.post_values):
+            return np.zeros(qs.shape, dtype=np.int64), np.zeros(qs.shape, dtype=np.int64)
+        pos = np.searchsorted(self.post_values, qs).clip(0, len(self.post_values) - 1)
+        hit = (qs != EMPTY) & (self.post_values[pos] == qs)
+        return np.where(hit, self.post_start[pos], 0), np.where(hit, self.post_end[pos] - self.post_start[pos], 0)
 
     def partial(self, sketches: np.ndarray, *, min_shared: int = PARTIAL_MIN_SHARED) -> tuple[np.ndarray, np.ndarray]:
         """Per query content sketch: (overlap coefficient with the training text it overlaps most,
@@ -281,18 +280,12 @@ class MemberIndex:
             raise ValueError(f"sketches are {qs.shape}; expected ({n}, {self.sketches.shape[1]})")
         if not len(self.post_values):
             return overlap, label
-        pos = np.searchsorted(self.post_values, qs).clip(0, len(self.post_values) - 1)
-        hit = (qs != EMPTY) & (self.post_values[pos] == qs)
-        lo = np.where(hit, self.post_start[pos], 0)
-        counts = np.where(hit, self.post_end[pos] - self.post_start[pos], 0)
+        lo, counts = self._postings(qs)
         # A pair can share at most its rare values plus the row's common ones (held by more than
-        # POSTING_CAP texts): pairs that cannot reach min_shared are never compared.
+        # POSTING_CAP texts): pairs that cannot reach min_shared never count.
         common = np.isin(qs, self.common_values).sum(1)
-        for first, last in _row_chunks(counts.sum(1)):
-            if counts[first:last].any():
-                self._best_partial(qs, counts, lo, common, first, last, overlap, label, min_shared)
-            else:  # the same work as a candidate's (discarded): no timing tell
-                sketch_containment(qs[first : first + 1], self.sketches[:1])
+        for first, last in _row_chunks(np.maximum(counts.sum(1), PAIR_FLOOR)):
+            self._best_partial(qs, counts, lo, common, first, last, overlap, label, min_shared)
         return overlap, label
 
     def _best_partial(
@@ -307,19 +300,21 @@ class MemberIndex:
         label: np.ndarray,
         min_shared: int,
     ) -> None:
-        """Rows ``first:last``: every candidate pair that can share enough values compared, the best per row."""
+        """Rows ``first:last``: every candidate pair that can share enough values compared (padded),
+        the best per row."""
+        n = len(self)
         rows, _, position = _expand(lo[first:last], counts[first:last], first)
-        member = self.post_owner[position]
-        pair, rare = np.unique(rows * len(self) + member, return_counts=True)
-        rows, member = pair // len(self), pair % len(self)
-        keep = rare + common[rows] >= min_shared
-        if not keep.any():  # the same work as a candidate's (discarded): no timing tell
-            sketch_containment(qs[rows[:1]], self.sketches[member[:1]])
-            return
-        rows, member = rows[keep], member[keep]
-        ov, shared = sketch_containment(qs[rows], self.sketches[member])
-        ov = np.where(shared >= min_shared, ov, 0.0)
+        size = PAIR_FLOOR * (last - first)
+        rows = _pad(rows, size, first)[0]
+        member = _pad(self.post_owner[position], size, n)[0]  # padding pairs a row with no text
+        pair, rare = np.unique(rows * (n + 1) + member, return_counts=True)
+        rows, member = pair // (n + 1), pair % (n + 1)
+        pick, picked = _pad(np.flatnonzero((member < n) & (rare + common[rows] >= min_shared)), size, 0)
+        rows, member = rows[pick], member[pick]
+        ov, shared = sketch_containment(qs[rows], self.sketches[np.minimum(member, n - 1)])
+        keep = picked & (shared >= min_shared)
+        ov, shared = np.where(keep, ov, 0.0), np.where(keep, shared, -1)
         head = _first_per_row(rows, member, -shared, -ov)  # most overlap, then most shared, then lowest member
-        found = ov[head] > 0
-        overlap[rows[head][found]] = ov[head][found]
-        label[rows[head][found]] = self.labels[member[head][found]]
+        head = head[ov[head] > 0]
+        overlap[rows[head]] = ov[head]
+        label[rows[head]] = self.labels[member[head]]

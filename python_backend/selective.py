@@ -110,18 +110,43 @@ def _monotone(q: np.ndarray) -> np.ndarray:
 def quantile_map(s: np.ndarray, member_q: np.ndarray, nonmember_q: np.ndarray) -> np.ndarray:
     """Member score -> the non-member score at the same quantile, linear beyond the tables' ends
     (slope of the outer 5%, clipped to [0, 1] so the map never sharpens)."""
-    return _map_monotone(s, _monotone(member_q), _monotone(nonmember_q))
+    s = np.asarray(s, dtype=np.float64).reshape(-1)
+    qm, qn = _monotone(member_q), _monotone(nonmember_q)
+    return _map_rows(s, np.broadcast_to(qm, (len(s), len(qm))), np.broadcast_to(qn, (len(s), len(qn))))
 
 
-def _map_monotone(s: np.ndarray, qm: np.ndarray, qn: np.ndarray) -> np.ndarray:
-    """:func:`quantile_map` on tables already made strictly increasing (cached per group)."""
-    out = np.interp(np.interp(s, qm, LEVELS), LEVELS, qn)
+def interp_rows(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """``np.interp(x[i], xp[i], fp[i])`` for every row ``i`` at once ([B] x, [B, L] increasing
+    ``xp`` and its ``fp``), by numpy's own formula, with the same work for every value: a row's
+    latency must not depend on where its score falls (or on which table it uses)."""
+    n = xp.shape[1]
+    j = (xp <= x[:, None]).sum(1) - 1  # numpy's search: xp[j] <= x < xp[j + 1]
+    at = np.clip(j, 0, n - 2)
+    r = np.arange(len(x))
+    x0, x1, y0, y1 = xp[r, at], xp[r, at + 1], fp[r, at], fp[r, at + 1]
+    out = (y1 - y0) / (x1 - x0) * (x - x0) + y0
+    out = np.where(x0 == x, y0, out)
+    out = np.where(j < 0, fp[:, 0], out)
+    return np.where(j >= n - 1, fp[:, -1], out)
+
+
+def _map_rows(s: np.ndarray, qm: np.ndarray, qn: np.ndarray) -> np.ndarray:
+    """:func:`quantile_map` of each score ``s[i]`` by its own strictly increasing tables ``qm[i]``,
+    ``qn[i]`` ([B, len(LEVELS)]): one expression for the whole batch, whatever its groups."""
+    level = interp_rows(s, qm, np.broadcast_to(LEVELS, qm.shape))
+    # level -> qn on the shared LEVELS grid: np.interp's formula, its index found once for all rows
+    n = len(LEVELS)
+    j = np.searchsorted(LEVELS, level, side="right") - 1
+    at = np.clip(j, 0, n - 2)
+    r = np.arange(len(s))
+    x0, y0, y1 = LEVELS[at], qn[r, at], qn[r, at + 1]
+    out = np.where(x0 == level, y0, (y1 - y0) / (LEVELS[at + 1] - x0) * (level - x0) + y0)
+    out = np.where(j >= n - 1, qn[:, -1], np.where(j < 0, qn[:, 0], out))
     k = 5
-    hi, lo = s > qm[-1], s < qm[0]
-    slope_hi = np.clip((qn[-1] - qn[-1 - k]) / max(qm[-1] - qm[-1 - k], 1e-9), 0.0, 1.0)
-    slope_lo = np.clip((qn[k] - qn[0]) / max(qm[k] - qm[0], 1e-9), 0.0, 1.0)
-    out = np.where(hi, qn[-1] + (s - qm[-1]) * slope_hi, out)
-    return np.where(lo, qn[0] + (s - qm[0]) * slope_lo, out)
+    slope_hi = np.clip((qn[:, -1] - qn[:, -1 - k]) / np.maximum(qm[:, -1] - qm[:, -1 - k], 1e-9), 0.0, 1.0)
+    slope_lo = np.clip((qn[:, k] - qn[:, 0]) / np.maximum(qm[:, k] - qm[:, 0], 1e-9), 0.0, 1.0)
+    out = np.where(s > qm[:, -1], qn[:, -1] + (s - qm[:, -1]) * slope_hi, out)
+    return np.where(s < qm[:, 0], qn[:, 0] + (s - qm[:, 0]) * slope_lo, out)
 
 
 @dataclass
@@ -169,6 +194,7 @@ class SelectiveTables:
         # The fitted lists as the arrays each batch needs, made once (a batch of one row otherwise
         # spends most of its time converting 201-entry lists).
         self._maps: dict[tuple[int, int, str], tuple[np.ndarray, np.ndarray] | None] = {}
+        self._stack: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._tail = np.asarray(self.tail_profile, dtype=np.float64)
 
     def to_json(self) -> dict:
@@ -278,20 +304,48 @@ class SelectiveTables:
                 self._maps[key] = self._map(c, k, "whole") if kind == "near" else None
         return self._maps[key]
 
+    def _stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every map's tables, stacked [kind (:data:`MAP_KINDS`), class, 0 correct / 1 wrong, L],
+        member and non-member sides, and [kind, class, 0 / 1] whether the group has a map (else
+        identity; its rows still go through a stand-in table, so every row does the same work)."""
+        if self._stack is None:
+            shape = (len(MAP_KINDS), self.num_classes, 2)
+            qm, qn = np.tile(LEVELS, (*shape, 1)), np.tile(LEVELS, (*shape, 1))
+            present = np.zeros(shape, dtype=bool)
+            for index in np.ndindex(shape):
+                kind, c, k = index
+                tables = self._map(c, k, MAP_KINDS[kind])
+                if tables is not None and len(tables[0]) == len(tables[1]) == len(LEVELS):
+                    qm[index], qn[index], present[index] = tables[0], tables[1], True
+            self._stack = (qm, qn, present)
+        return self._stack
+
+    def map_kinds(self, s: np.ndarray, label: np.ndarray, correct: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`map_members` of the same scores by several maps (``correct`` per kind), in one
+        pass: the defense step maps every row by every map whether it is matched or not (a
+        matched row must not take longer), so the pass is paid once."""
+        unknown = set(correct) - set(MAP_KINDS)
+        if unknown:
+            raise ValueError(f"map kind must be one of {MAP_KINDS}, got {sorted(unknown)!r}")
+        qm, qn, present = self._stacked()
+        s = np.asarray(s, dtype=np.float64).reshape(-1)
+        label = np.asarray(label, dtype=np.int64).reshape(-1)
+        kinds = list(correct)
+        group = (
+            np.repeat([MAP_KINDS.index(k) for k in kinds], len(s)),
+            np.tile(label, len(kinds)),
+            np.concatenate([~np.asarray(correct[k], dtype=bool).reshape(-1) for k in kinds]).astype(np.int64),
+        )
+        every = np.tile(s, len(kinds))
+        mapped = np.where(present[group], _map_rows(every, qm[group], qn[group]), every)
+        return dict(zip(kinds, np.split(mapped, len(kinds)), strict=True))
+
     def map_members(self, s: np.ndarray, label: np.ndarray, correct: np.ndarray, *, kind: str = "whole") -> np.ndarray:
         """Scores of rows matching a training text (``correct``: the row's label is that text's)
         -> the non-member side's at the same quantile, by map ``kind``: "whole" (copies of the
-        text), "near" (whole matches that are not copies), "partial"."""
-        if kind not in MAP_KINDS:
-            raise ValueError(f"map kind must be one of {MAP_KINDS}, got {kind!r}")
-        out = s.copy()
-        wrong = ~np.asarray(correct, dtype=bool)
-        for c, k in sorted(set(zip(label.tolist(), wrong.astype(np.int64).tolist(), strict=True))):
-            tables = self._map(c, k, kind)
-            if tables is not None:  # only the groups present in the batch
-                sel = (label == c) & (wrong if k else ~wrong)
-                out[sel] = _map_monotone(s[sel], *tables)
-        return out
+        text), "near" (whole matches that are not copies), "partial". Every row does the same
+        work, whatever its group (a group without a map keeps the score)."""
+        return self.map_kinds(s, label, {kind: correct})[kind]
 
     def bin_count(self, level: np.ndarray) -> np.ndarray:
         """Bins per class at each intensity level: ``2 ** round(log2(coarse_levels) * (1 - q))``.
@@ -399,11 +453,19 @@ def defend(
             partial = tables.partial_weight(overlap) * (weight < 1)
     else:
         weight, member_label = np.zeros(b), np.full(b, -1)
+    # Every map on every row, matched or not, in one pass (masks choose below): a gated row must
+    # not take longer than any other (its latency would say it is a member).
+    correct = member_label == label
+    maps = tables.map_kinds(
+        s,
+        label,
+        {"whole": correct}
+        | ({"near": correct} if tables.has_near else {})
+        | ({"partial": partial_label == label} if tables.has_partial else {}),
+    )
     served = s.copy()
-    if (partial > 0).any():  # partial matches first; a (near-)whole match outweighs them
-        p = partial > 0
-        crop = tables.map_members(s[p], label[p], partial_label[p] == label[p], kind="partial")
-        served[p] = (1.0 - partial[p]) * s[p] + partial[p] * crop
+    if tables.has_partial:  # partial matches first; a (near-)whole match outweighs them
+        served = np.where(partial > 0, (1.0 - partial) * s + partial * maps["partial"], s)
     moved = weight > 0
     near = np.zeros(b, dtype=bool)
     left_out = np.zeros(b, dtype=bool)
@@ -416,18 +478,13 @@ def defend(
             mapped = tables.held_out_scores(z_k, label[ask])
             served[ask] = (1.0 - weight[ask]) * served[ask] + weight[ask] * mapped
     rest = moved & ~left_out
-    # The same work for every row, matched or not (the copy test, every map), chosen with masks:
-    # a gated row must not take longer than any other (its latency would say it is a member).
     if sequences is not None and tables.has_near and index is not None and index.has_sequences:
         seq = np.asarray(sequences, dtype=np.int64).reshape(b)
         not_copy = index.copy_of(seq) < 0
         near = rest & (seq != NO_SEQUENCE) & not_copy
-    correct = member_label == label
     for rows, kind in ((rest & ~near, "whole"), (near, "near")):
-        if kind == "near" and not tables.has_near:
-            continue
-        mapped = tables.map_members(s, label, correct, kind=kind)
-        served = np.where(rows, (1.0 - weight) * served + weight * mapped, served)
+        if kind in maps:
+            served = np.where(rows, (1.0 - weight) * served + weight * maps[kind], served)
     level = np.zeros(b) if threat is None else np.broadcast_to(np.asarray(threat, dtype=np.float64), (b,))
     top = tables.confidence(served, label, level)
     probs = tables.probabilities(label, top, class_order(logits, label))

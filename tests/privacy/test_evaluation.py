@@ -36,6 +36,10 @@ def test_quick_evaluation(tmp_path):
     assert "DP-SGD learning rate per epsilon" in md
     assert (tmp_path / "report" / "frontier_reviews.png").stat().st_size > 10_000
     assert (tmp_path / "report" / "roc_reviews_log.png").exists()
+    # the timing attack ran on veil_raw and every served variant, one row per model
+    timing = md.split("### Timing: latency as a membership score")[1].split("###")[0]
+    rows = [line for line in timing.splitlines() if line.startswith("| ") and "seed" not in line]
+    assert len(rows) == 1 + len(VARIANTS) and "(k=2)" in rows[0], rows
 
     # The raw endpoint leaks clearly more than label-only, and the report says so. The tiny model
     # memorises its members through the made-up names (``synthetic_rows(names=True)``), so its
