@@ -230,7 +230,8 @@ def timing_table(result: dict) -> str:
         return "Not measured in this run.\n"
     lines = [
         "| served | "
-        + " | ".join(f"seed {s['seed']}: AUC, median-of-k AUC, p50 ms members / non-members" for s in seeds),
+        + " | ".join(f"seed {s['seed']}: AUC, median-of-k AUC, p50 ms members / non-members" for s in seeds)
+        + " |",
         "|---|" + "---|" * len(seeds),
     ]
     for name in seeds[0]["timing"]:

@@ -308,3 +308,42 @@ def test_crops_and_padding_of_a_training_text_are_partial_matches():
         assert "sketches" in str(err)
     else:
         raise AssertionError("an index without sketches must refuse partial look-ups")
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 5), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_exact_slots_hold_the_same_pairs_as_the_expansion_in_a_fixed_shape(rows, columns, steps, seed):
+    """The fixed-shape layout of a small batch and the expanded one of a large batch list the same
+    real (row, column, position) pairs; the fixed one is rows x ``least`` for any counts up to
+    ``least`` (budgets come in steps of PAIR_FLOOR), so its shape says nothing about what the rows
+    matched; past it, the next step."""
+    from veil.python_backend.member_index import PAIR_FLOOR, _pairs
+
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 12, (rows, columns))
+    lo = rng.integers(0, 100, (rows, columns))
+    least = steps * PAIR_FLOOR
+    exact = _pairs(lo, counts, 5, least=least, exact=True)
+    loose = _pairs(lo, counts, 5, least=PAIR_FLOOR, exact=False)
+
+    def real_pairs(p):
+        r, c, pos, real = p
+        return sorted(zip(r[real].tolist(), c[real].tolist(), pos[real].tolist(), strict=True))
+
+    assert real_pairs(exact) == real_pairs(loose)
+    assert int(exact[3].sum()) == int(counts.sum())
+    width = least if counts.sum(1).max() <= least else -(-counts.sum(1).max() // PAIR_FLOOR) * PAIR_FLOOR
+    assert all(len(a) == rows * width for a in exact)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=80), st.integers(1, 3))
+def test_compact_keeps_every_set_entry_in_a_shape_that_does_not_count_them(mask, steps):
+    from veil.python_backend.member_index import PAIR_FLOOR, _compact
+
+    mask, least = np.array(mask), steps * PAIR_FLOOR
+    pick, picked = _compact(mask, least)
+    assert sorted(pick[picked].tolist()) == np.flatnonzero(mask).tolist()  # none lost
+    assert len(np.unique(pick)) == len(pick)
+    if mask.sum() <= least:
+        assert len(pick) == min(len(mask), least)
