@@ -160,15 +160,13 @@ def membership_gap(build_dir: Path, *, rows: int, repeats: int) -> dict[str, flo
     from sklearn.metrics import roc_auc_score
 
     from veil.export.pipeline import onnx_logits
+    from veil.loadtest.timing import interleave
     from veil.python_backend.tokens import text_fingerprints
 
     build = BuildDir(build_dir)
     options = build.options()
     names = list(options.input_names)
-    members, nonmembers = build.texts("member_eval", limit=rows), build.texts("nonmember_eval", limit=rows)
-    n = min(len(members), len(nonmembers))
-    texts = [t for pair in zip(members[:n], nonmembers[:n], strict=True) for t in pair]
-    member = np.tile([True, False], n)
+    texts, member = interleave(build.texts("member_eval", limit=rows), build.texts("nonmember_eval", limit=rows))
     logits = onnx_logits(build.onnx, build.hf, names, texts, max_length=options.max_length, progress=False)
     sig, seq = text_fingerprints(build.hf, names, texts, max_length=options.max_length)
     defense = Defense(DefenseArtifact.load(build.defense), config=DefenseConfig(variant="veil"))

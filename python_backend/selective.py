@@ -133,15 +133,8 @@ def interp_rows(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
 def _map_rows(s: np.ndarray, qm: np.ndarray, qn: np.ndarray) -> np.ndarray:
     """:func:`quantile_map` of each score ``s[i]`` by its own strictly increasing tables ``qm[i]``,
     ``qn[i]`` ([B, len(LEVELS)]): one expression for the whole batch, whatever its groups."""
-    level = interp_rows(s, qm, np.broadcast_to(LEVELS, qm.shape))
-    # level -> qn on the shared LEVELS grid: np.interp's formula, its index found once for all rows
-    n = len(LEVELS)
-    j = np.searchsorted(LEVELS, level, side="right") - 1
-    at = np.clip(j, 0, n - 2)
-    r = np.arange(len(s))
-    x0, y0, y1 = LEVELS[at], qn[r, at], qn[r, at + 1]
-    out = np.where(x0 == level, y0, (y1 - y0) / (LEVELS[at + 1] - x0) * (level - x0) + y0)
-    out = np.where(j >= n - 1, qn[:, -1], np.where(j < 0, qn[:, 0], out))
+    levels = np.broadcast_to(LEVELS, qm.shape)
+    out = interp_rows(interp_rows(s, qm, levels), levels, qn)
     k = 5
     slope_hi = np.clip((qn[:, -1] - qn[:, -1 - k]) / np.maximum(qm[:, -1] - qm[:, -1 - k], 1e-9), 0.0, 1.0)
     slope_lo = np.clip((qn[:, k] - qn[:, 0]) / np.maximum(qm[:, k] - qm[:, 0], 1e-9), 0.0, 1.0)
