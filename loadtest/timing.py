@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 
 from veil.export.build_dir import BuildDir
 from veil.loadtest.ab import run
-from veil.loadtest.config import DEFENDED, RAW, RunConfig
+from veil.loadtest.config import DEFENDED, RAW, RunConfig, serving_changes
 from veil.loadtest.server import serving
 
 
@@ -112,13 +112,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=200, help="texts per side")
     p.add_argument("--warmup", type=int, default=20, help="even, so the cycle stays aligned")
     p.add_argument("--repeats", type=int, default=1, help="times each text is sent (k > 1: per-text medians too)")
+    p.add_argument(
+        "--serving", action="append", default=[], metavar="KEY=VALUE", help="serve the repository rewritten so"
+    )
     a = p.parse_args(argv)
     if a.warmup % 2:
         p.error("--warmup must be even")
+    try:
+        changes = serving_changes(a.serving)
+    except ValueError as err:
+        p.error(str(err))
     build = BuildDir(a.build_dir)
     members, nonmembers = build.texts("member_eval", limit=a.rows), build.texts("nonmember_eval", limit=a.rows)
     out = Path(a.out or Path(a.build_dir) / "loadtest-timing")
-    cfg = RunConfig(build_dir=a.build_dir, out_dir=str(out))
+    cfg = RunConfig(build_dir=a.build_dir, out_dir=str(out), serving=changes)
     models = [m for m in a.models.split(",") if m]
     with serving(cfg, Console()) as (grpc_url, _http, _metrics, _pid):
         summary = latency_attack(grpc_url, models, members, nonmembers, repeats=a.repeats, warmup=a.warmup)

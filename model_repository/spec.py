@@ -13,7 +13,8 @@ Serve ``common`` plus exactly one platform folder.
 
 Defense layouts (:data:`LAYOUTS`): ``hosted`` (default) gives each defense step its own onnxruntime
 session of the classifier, so ``veil_defended`` is tokenizer -> mia_defense, as many python-backend
-hops as an undefended deployment; ``ensemble`` is tokenizer -> classifier -> mia_defense (logits
+hops as an undefended deployment (the step fingerprints the tokens itself, so the tokenizer does no
+more than an undefended deployment's); ``ensemble`` is tokenizer -> classifier -> mia_defense (logits
 cross one more process boundary). Benchmark mode adds the references the load test compares
 against: ``veil_undefended`` (tokenizer -> ``classifier_softmax``, the exported graph with softmax
 and argmax inside it: what a user without Veil serves) and ``veil_raw`` (tokenizer -> classifier ->
@@ -217,10 +218,12 @@ def describe(opts: ServingOptions, platform: str) -> list[Model]:
                     "hosts_classifier": "1" if hosted else "0",
                     **(_session_parameters(opts) if hosted else {}),
                 },
-                assets=("defense", "classifier") if hosted else ("defense",),
+                # Hosted, the step fingerprints the tokens itself (its tokenizer folder) while the
+                # classifier runs; the tokenizer step then computes no fingerprint for it.
+                assets=("defense", "classifier", "tokenizer") if hosted else ("defense",),
             )
         )
-        models.append(_ensemble(ensemble_name(variant), name, opts, hosted=hosted, fingerprint=True))
+        models.append(_ensemble(ensemble_name(variant), name, opts, hosted=hosted, fingerprint=not hosted))
     if opts.mode == "benchmark":
         models.append(
             Model(

@@ -66,6 +66,18 @@ class Defense:
         if logits.shape[1] != self.num_classes:
             raise ValueError(f"expected {self.num_classes} logits per row, got {logits.shape[1]}")
 
+    def look_up(
+        self, *, signatures: np.ndarray | None, sequences: np.ndarray | None, rows: int
+    ) -> selective.Lookup | None:
+        """The member index's answer for ``rows`` queries, from their tokens' signatures and
+        sequence hashes alone (no logits): what the step can compute while the classifier runs.
+        None for variants without a member gate's look-up."""
+        if self.tables is None:
+            return None
+        return selective.look_up(
+            self.tables, index=self.index, signatures=signatures, sequences=sequences, rows=rows, gated=self.spec.gated
+        )
+
     def __call__(
         self,
         logits: np.ndarray,
@@ -74,6 +86,7 @@ class Defense:
         signatures: np.ndarray | None = None,
         sequences: np.ndarray | None = None,
         held_out: selective.HeldOut | None = None,
+        lookup: selective.Lookup | None = None,
         eps_scale: float | None = None,
         checked: bool = False,
     ) -> DefenseResult:
@@ -82,7 +95,9 @@ class Defense:
         without them no row is gated), ``sequences`` [B] their token-sequence hashes (the gate's
         copy test; without them a whole match is served as a copy), ``held_out`` the leave-out part
         models on the batch's tokens (:data:`selective.HeldOut`; without it whole matches go
-        through the maps). ``checked``: the caller already ran :meth:`check` on these logits.
+        through the maps). ``lookup``: :meth:`look_up` of these rows, made beforehand (the same
+        bytes; then ``signatures`` and ``sequences`` are not read). ``checked``: the caller
+        already ran :meth:`check` on these logits.
 
         Raises ``ValueError`` for non-finite or misshapen logits (a per-request error upstream).
         """
@@ -93,7 +108,9 @@ class Defense:
         if self.levelset is not None:
             return self.levelset(logits, threat=threat, eps_scale=eps_scale)
         if method == "selective":
-            return self._selective(logits, threat=threat, signatures=signatures, sequences=sequences, held_out=held_out)
+            return self._selective(
+                logits, threat=threat, signatures=signatures, sequences=sequences, held_out=held_out, lookup=lookup
+            )
         labels = logits.argmax(1).astype(np.int64)
         result = DefenseResult.untouched(softmax(logits), labels)
         if method == "label_only":
@@ -113,6 +130,7 @@ class Defense:
         signatures: np.ndarray | None,
         sequences: np.ndarray | None,
         held_out: selective.HeldOut | None,
+        lookup: selective.Lookup | None,
     ) -> DefenseResult:
         b = len(logits)
         level = self.tables.level(
@@ -130,6 +148,7 @@ class Defense:
             gated=self.spec.gated,
             sequences=sequences,
             held_out=held_out,
+            lookup=lookup,
         )
         result = DefenseResult.untouched(out.probabilities, out.labels)
         weight = np.maximum(out.member_weight, out.partial_weight)  # whole or partial match to a training text

@@ -413,29 +413,51 @@ class SelectiveResult:
     """Whole matches answered by their training text's leave-out part model (``held_out``)."""
 
 
-def defend(
-    logits: np.ndarray,
+@dataclass(frozen=True)
+class Lookup:
+    """What the member index says of each row of a batch: a function of the queries' tokens alone
+    (signatures and sequence hashes, no logits), so the defense step computes it while the
+    classifier runs (:func:`look_up`; the hosted adapter overlaps the two)."""
+
+    weight: np.ndarray
+    """Whole-match weight (the Jaccard gate's ramp); 1 for every row in the no-gate ablation."""
+    member_label: np.ndarray | None
+    """The closest training text's label (-1: none); None in the no-gate ablation (each row's own label)."""
+    matched: np.ndarray
+    """The closest training text of a whole match (-1: none)."""
+    partial: np.ndarray
+    """Partial-match weight, 0 where a whole match outweighs it."""
+    partial_label: np.ndarray
+    near_ok: np.ndarray | None
+    """Rows whose sequence hash is known and is no training text's (a whole match there is a near
+    copy); None when the build or the request has no sequence hashes (whole matches are copies)."""
+
+    def __len__(self) -> int:
+        return len(self.weight)
+
+    def take(self, rows: np.ndarray) -> Lookup:
+        """The look-up of a subset of the batch's rows (requests that failed after it was made)."""
+        pick = lambda a: None if a is None else a[rows]  # noqa: E731
+        return Lookup(*(pick(getattr(self, f)) for f in self.__dataclass_fields__))
+
+
+def look_up(
     tables: SelectiveTables,
     *,
     index: MemberIndex | None,
     signatures: np.ndarray | None,
-    threat: np.ndarray | None,
+    sequences: np.ndarray | None,
+    rows: int,
     gated: bool = True,
-    sequences: np.ndarray | None = None,
-    held_out: HeldOut | None = None,
-) -> SelectiveResult:
-    """The selective defense on a [B, C] batch (see the module docstring). ``sequences``: each
-    query's token-sequence hash (:func:`~veil.python_backend.fingerprint.sequence_hash`); a whole
-    match whose hash is no training text's goes through the near-copy map. Without them (or
-    :data:`~veil.python_backend.fingerprint.NO_SEQUENCE`) a whole match is served as a copy.
-    ``held_out``: the leave-out part models on the batch's tokens (:data:`HeldOut`); with an index
-    and tables that have them, every whole match is answered by its text's part model."""
-    label, s = top_log_odds(logits)
-    b = len(label)
+) -> Lookup:
+    """The member index's answer for ``rows`` queries (:class:`Lookup`); every row does the same
+    work, matched or not (docs/defense.md, "Equal work")."""
+    b = rows
     partial, partial_label = np.zeros(b), np.full(b, -1)
-    matched = np.full(b, -1, dtype=np.int64)  # the closest training text of a whole match
+    matched = np.full(b, -1, dtype=np.int64)
+    member_label: np.ndarray | None
     if not gated:  # every row treated as a correctly predicted member (the no-gate ablation)
-        weight, member_label = np.ones(b), label
+        weight, member_label = np.ones(b), None
     elif index is not None and signatures is not None and len(index):
         sketches = sketch(signatures)
         sim, matched = index.nearest_rows(minhash(signatures), sketches=sketches)
@@ -446,6 +468,41 @@ def defend(
             partial = tables.partial_weight(overlap) * (weight < 1)
     else:
         weight, member_label = np.zeros(b), np.full(b, -1)
+    near_ok = None
+    if sequences is not None and tables.has_near and index is not None and index.has_sequences:
+        seq = np.asarray(sequences, dtype=np.int64).reshape(b)
+        near_ok = (seq != NO_SEQUENCE) & (index.copy_of(seq) < 0)
+    return Lookup(weight, member_label, matched, partial, partial_label, near_ok)
+
+
+def defend(
+    logits: np.ndarray,
+    tables: SelectiveTables,
+    *,
+    index: MemberIndex | None,
+    signatures: np.ndarray | None,
+    threat: np.ndarray | None,
+    gated: bool = True,
+    sequences: np.ndarray | None = None,
+    held_out: HeldOut | None = None,
+    lookup: Lookup | None = None,
+) -> SelectiveResult:
+    """The selective defense on a [B, C] batch (see the module docstring). ``sequences``: each
+    query's token-sequence hash (:func:`~veil.python_backend.fingerprint.sequence_hash`); a whole
+    match whose hash is no training text's goes through the near-copy map. Without them (or
+    :data:`~veil.python_backend.fingerprint.NO_SEQUENCE`) a whole match is served as a copy.
+    ``held_out``: the leave-out part models on the batch's tokens (:data:`HeldOut`); with an index
+    and tables that have them, every whole match is answered by its text's part model.
+    ``lookup``: :func:`look_up` of these rows made beforehand (then ``signatures``, ``sequences``
+    and ``gated`` are not read); the bytes are the same either way."""
+    label, s = top_log_odds(logits)
+    b = len(label)
+    if lookup is None:
+        lookup = look_up(tables, index=index, signatures=signatures, sequences=sequences, rows=b, gated=gated)
+    elif len(lookup) != b:
+        raise ValueError(f"look-up of {len(lookup)} rows for a batch of {b}")
+    weight, matched, partial, partial_label = lookup.weight, lookup.matched, lookup.partial, lookup.partial_label
+    member_label = label if lookup.member_label is None else lookup.member_label
     # Every map on every row, matched or not, in one pass (masks choose below): a gated row must
     # not take longer than any other (its latency would say it is a member).
     correct = member_label == label
@@ -471,10 +528,8 @@ def defend(
             mapped = tables.held_out_scores(z_k, label[ask])
             served[ask] = (1.0 - weight[ask]) * served[ask] + weight[ask] * mapped
     rest = moved & ~left_out
-    if sequences is not None and tables.has_near and index is not None and index.has_sequences:
-        seq = np.asarray(sequences, dtype=np.int64).reshape(b)
-        not_copy = index.copy_of(seq) < 0
-        near = rest & (seq != NO_SEQUENCE) & not_copy
+    if lookup.near_ok is not None:
+        near = rest & lookup.near_ok
     for rows, kind in ((rest & ~near, "whole"), (near, "near")):
         if kind in maps:
             served = np.where(rows, (1.0 - weight) * served + weight * maps[kind], served)

@@ -59,11 +59,42 @@ sketch (:func:`write_common_tokens`). A folder without it sketches every token: 
 texts look contained, so callers get more protection and less useful outputs, never less."""
 
 
+class Fingerprinter:
+    """Token rows -> ``fingerprint`` (MinHash and content sketch of each row's tokens: the member
+    gate and adaptive intensity, :mod:`fingerprint`) and ``sequence`` (a hash of the token ids in
+    order: the member gate's test for an exact copy of a training text). The tokenizer step computes
+    them for the ``ensemble`` layout; a defense step hosting the classifier computes them itself from
+    the tokens it classifies, while the classifier runs."""
+
+    def __init__(self, *, special_ids: Sequence[int], common_ids: Sequence[int]) -> None:
+        self.special_ids = [int(t) for t in special_ids]
+        self.common_ids = [int(t) for t in common_ids]
+
+    @classmethod
+    def from_dir(cls, tokenizer_dir: str | Path, *, tokenizer=None) -> Fingerprinter:
+        """The fingerprinter of the tokenizer folder a build wrote (its special tokens and its
+        :data:`COMMON_TOKENS_FILE`)."""
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+        common = Path(tokenizer_dir) / COMMON_TOKENS_FILE
+        ids = [int(t) for t in json.loads(common.read_text())] if common.exists() else []
+        return cls(special_ids=tokenizer.all_special_ids, common_ids=ids)
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """{FINGERPRINT: [n, SIGNATURE_SIZE] int32, SEQUENCE: [n, 1] int64} of [n, L] token rows."""
+        return {
+            wire.FINGERPRINT: text_signature(
+                input_ids, attention_mask, special_ids=self.special_ids, common_ids=self.common_ids
+            ),
+            wire.SEQUENCE: sequence_hash(input_ids, attention_mask)[:, None],
+        }
+
+
 class TextEncoder:
     """A Hugging Face fast tokenizer loaded from a local folder, producing the model's inputs
-    plus ``fingerprint`` (MinHash and content sketch of each text's tokens: the member gate and
-    adaptive intensity, :mod:`fingerprint`) and ``sequence`` (a hash of the token ids in order:
-    the member gate's test for an exact copy of a training text)."""
+    plus, unless told not to, their :class:`Fingerprinter` tensors."""
 
     def __init__(self, tokenizer_dir: str | Path, *, input_names: Sequence[str], max_length: int) -> None:
         from transformers import AutoTokenizer
@@ -71,10 +102,9 @@ class TextEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
         self.input_names = list(input_names)
         self.max_length = int(max_length)
-        common = Path(tokenizer_dir) / COMMON_TOKENS_FILE
-        self.common_ids = [int(t) for t in json.loads(common.read_text())] if common.exists() else []
+        self.fingerprinter = Fingerprinter.from_dir(tokenizer_dir, tokenizer=self.tokenizer)
 
-    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+    def __call__(self, texts: list[str], *, fingerprints: bool = True) -> dict[str, np.ndarray]:
         enc = self.tokenizer(
             texts,
             truncation=True,
@@ -93,13 +123,8 @@ class TextEncoder:
             for r, seq in enumerate(enc[name]):
                 arr[r, : len(seq)] = seq
             out[name] = arr
-        out[wire.FINGERPRINT] = text_signature(
-            out["input_ids"],
-            out["attention_mask"],
-            special_ids=self.tokenizer.all_special_ids,
-            common_ids=self.common_ids,
-        )
-        out[wire.SEQUENCE] = sequence_hash(out["input_ids"], out["attention_mask"])[:, None]
+        if fingerprints:
+            out.update(self.fingerprinter(out["input_ids"], out["attention_mask"]))
         return out
 
 

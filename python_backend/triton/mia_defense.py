@@ -8,6 +8,15 @@ before. Hosted, it also runs the build's leave-out part models (``defense/part<k
 rows that wholly match a training text, which they answer (:mod:`veil.python_backend.selective`);
 rows sent as logits go through the maps.
 
+What needs no logits runs on a worker thread while the hosted classifier runs (onnxruntime
+releases the GIL): the tokens' fingerprints (:class:`veil.python_backend.tokens.Fingerprinter`,
+from the tokenizer folder the repository gives this step: the tokenizer step then computes none,
+like an undefended deployment's; a fingerprint sent beside the tokens is not used), the member
+index's look-up (:func:`veil.python_backend.selective.look_up`) and, when every request of the
+batch has its signature, the callers' state. So a row's latency is the forward pass or that work,
+whichever is longer, plus the map and the levels; the bytes are the same. The state then records
+a request's rows before its logits exist: a request whose forward pass fails still counts as sent.
+
 Fails closed: a missing, corrupt or foreign artifact (or classifier file) raises in ``initialize``
 (the model never becomes ready), and any failure of the classifier or the defense at run time is an
 error response for the affected requests, never the raw softmax.
@@ -23,6 +32,8 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -32,7 +43,9 @@ from veil.python_backend.adaptive import AdaptiveConfig, normalise_client_id, qu
 from veil.python_backend.artifact import DefenseArtifact, part_model_file
 from veil.python_backend.defense import Defense, DefenseConfig
 from veil.python_backend.fingerprint import NO_SEQUENCE, SIGNATURE_SIZE, without
+from veil.python_backend.selective import Lookup
 from veil.python_backend.threat_state import StateConfig, ThreatState, make_state
+from veil.python_backend.tokens import Fingerprinter
 from veil.python_backend.triton.classifier import load_classifier, run_grouped, token_feed
 from veil.python_backend.triton.common import (
     CLIENT_ID_KEY,
@@ -46,6 +59,19 @@ from veil.python_backend.triton.common import (
 )
 from veil.python_backend.triton.telemetry import Telemetry
 from veil.wire import METRICS_FLUSH_S
+
+
+@dataclass
+class _Pending:
+    """One request between parsing and its answer (``logits`` None until the hosted classifier ran)."""
+
+    request: int
+    rows: int
+    client: str
+    signature: np.ndarray | None
+    sequence: np.ndarray | None
+    logits: np.ndarray | None
+    threat: float = 0.0
 
 
 class TritonPythonModel:
@@ -63,10 +89,14 @@ class TritonPythonModel:
         else:
             torch.set_num_threads(int(params.get("torch_threads", "1")))
         self.classifier = None
+        self.fingerprinter: Fingerprinter | None = None
         if params.get("hosts_classifier") == "1":
             self.classifier = load_classifier(
                 args, version_dir(args) / "model.onnx", expected_sha256=params["classifier_sha256"]
             )
+            # The tokenizer's folder (repositories written since the step fingerprints tokens itself).
+            if (version_dir(args) / "tokenizer").is_dir():
+                self.fingerprinter = Fingerprinter.from_dir(version_dir(args) / "tokenizer")
         # The leave-out part models answer whole matches of training texts (only with the tokens);
         # DefenseArtifact.load has checked their files' sha256.
         self.parts = [
@@ -81,6 +111,8 @@ class TritonPythonModel:
         )
         self.state = state_from(params, adaptive=adaptive, instances=instance_count(args))
         self.max_client_id_bytes = adaptive.max_client_id_bytes
+        # One worker: the look-up that overlaps the classifier's forward pass (see execute).
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="veil-lookup")
         self.telemetry = Telemetry(
             {"model": args["model_name"], "variant": params["variant"]},
             flush_every_s=float(params.get("metrics_flush_s", str(METRICS_FLUSH_S))),
@@ -88,97 +120,155 @@ class TritonPythonModel:
         )
 
     def finalize(self) -> None:
+        self.pool.shutdown(wait=True)
         self.telemetry.close()
         self.state.close()
 
-    def _logits(self, requests: list, responses: list, feeds: dict) -> dict[int, np.ndarray]:
-        """Each request's logits: sent, or computed by the hosted classifier (grouped by length);
-        ``feeds`` gets the token tensors of the requests that sent them."""
-        logits: dict[int, np.ndarray] = {}
-        for i, request in enumerate(requests):
-            try:
-                sent = optional_input(request, wire.LOGITS)
-                if sent is not None:
-                    logits[i] = np.asarray(sent, dtype=np.float32)
-                elif self.classifier is not None:
-                    feeds[i] = token_feed(self.classifier, request)
-                else:
-                    raise ValueError(f"missing input {wire.LOGITS!r}")
-            except ValueError as err:
-                responses[i] = invalid(str(err))
-                self.telemetry.error()
-        for i, result in run_grouped(self.classifier, feeds).items() if feeds else ():
-            if isinstance(result, Exception):
-                responses[i] = internal(f"classifier failed; no output returned: {result}")
-                self.telemetry.error()
-            else:
-                logits[i] = np.asarray(result[self.classifier.output_name], dtype=np.float32)
-        return logits
+    def _parse(self, i: int, request, feeds: dict) -> _Pending:
+        """One request's inputs, checked (``ValueError``: the caller's error, for this request
+        alone); its token tensors go into ``feeds`` when the step is to compute its logits."""
+        sent = optional_input(request, wire.LOGITS)
+        if sent is not None:
+            logits = np.asarray(sent, dtype=np.float32)
+            self.defense.check(logits)
+            rows = len(logits)
+        elif self.classifier is not None:
+            feed = token_feed(self.classifier, request)
+            logits, rows = None, len(next(iter(feed.values())))
+        else:
+            raise ValueError(f"missing input {wire.LOGITS!r}")
+        client = normalise_client_id(request_parameters(request).get(CLIENT_ID_KEY), max_bytes=self.max_client_id_bytes)
+        signature = optional_input(request, wire.FINGERPRINT)
+        if signature is not None and signature.shape != (rows, SIGNATURE_SIZE):
+            raise ValueError(f"fingerprint must have shape [{rows}, {SIGNATURE_SIZE}], got {list(signature.shape)}")
+        sequence = optional_input(request, wire.SEQUENCE)
+        if sequence is not None and sequence.shape != (rows, 1):
+            raise ValueError(f"sequence must have shape [{rows}, 1], got {list(sequence.shape)}")
+        if logits is None:
+            feeds[i] = feed
+        return _Pending(i, rows, client, signature, sequence, logits)
+
+    def _observe(self, batch: list[tuple[str, np.ndarray]]) -> tuple[list[float], bool]:
+        """Each request's threat from its caller's state (which records these rows), and whether
+        the store failed (then every threat is 1)."""
+        observed = self.state.observe([(c, without(np.asarray(s, np.int32), self.tracker_mask)) for c, s in batch])
+        return observed.threats, observed.fallback
+
+    def _before_logits(
+        self, pending: list[_Pending], feeds: dict
+    ) -> tuple[tuple[list[float], bool] | None, Lookup | None, np.ndarray, np.ndarray]:
+        """What needs no logits: the tokens' fingerprints (hosted), the member index's look-up of
+        every row and, when every request has its signature, the callers' threats (else None: they
+        are observed after the logits, whose fallback fingerprint stands in). Returns (threats,
+        look-up, signatures, sequence hashes) over ``pending``'s rows in order."""
+        if self.fingerprinter is not None:
+            for p in pending:
+                if p.request in feeds:  # the tokens the classifier sees, not what was sent beside them
+                    feed = feeds[p.request]
+                    fp = self.fingerprinter(feed["input_ids"], feed["attention_mask"])
+                    p.signature, p.sequence = fp[wire.FINGERPRINT], fp[wire.SEQUENCE]
+        # The member gate needs every row's signature; a request without one is not gated.
+        sig = np.concatenate(
+            [
+                p.signature if p.signature is not None else np.full((p.rows, SIGNATURE_SIZE), -1, np.int32)
+                for p in pending
+            ]
+        )
+        # A request without sequence hashes has its whole matches served as copies.
+        seq = np.concatenate(
+            [p.sequence[:, 0] if p.sequence is not None else np.full(p.rows, NO_SEQUENCE, np.int64) for p in pending]
+        )
+        observed = None
+        if self.defense.adaptive and all(p.signature is not None for p in pending):
+            observed = self._observe([(p.client, p.signature) for p in pending])
+        return observed, self.defense.look_up(signatures=sig, sequences=seq, rows=len(sig)), sig, seq
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
-        batch: list[tuple[int, np.ndarray, str, np.ndarray | None, np.ndarray | None]] = []
-        max_bytes = self.max_client_id_bytes
         feeds: dict = {}
-        for i, logits in sorted(self._logits(requests, responses, feeds).items()):
-            request = requests[i]
+        pending: list[_Pending] = []
+        for i, request in enumerate(requests):
             try:
-                self.defense.check(logits)  # per request, so one bad request fails alone
-                client = normalise_client_id(request_parameters(request).get(CLIENT_ID_KEY), max_bytes=max_bytes)
-                signature = optional_input(request, wire.FINGERPRINT)
-                if signature is not None and signature.shape != (len(logits), SIGNATURE_SIZE):
-                    raise ValueError(
-                        f"fingerprint must have shape [{len(logits)}, {SIGNATURE_SIZE}], got {list(signature.shape)}"
-                    )
-                sequence = optional_input(request, wire.SEQUENCE)
-                if sequence is not None and sequence.shape != (len(logits), 1):
-                    raise ValueError(f"sequence must have shape [{len(logits)}, 1], got {list(sequence.shape)}")
+                pending.append(self._parse(i, request, feeds))
             except ValueError as err:
                 responses[i] = invalid(str(err))
                 self.telemetry.error()
-                continue
-            batch.append((i, logits, client, signature, sequence))
-        if batch:
-            threats, fallback = [0.0] * len(batch), False
-            if self.defense.adaptive:
-                observed = self.state.observe(
-                    [(c, without(query_signature(z, s), self.tracker_mask)) for _, z, c, s, _ in batch]
-                )
-                threats, fallback = observed.threats, observed.fallback
-            z = np.concatenate([b[1] for b in batch])
-            threat = np.concatenate([np.full(len(b[1]), t) for b, t in zip(batch, threats, strict=True)])
-            # The member gate needs every row's signature; a request without one is not gated.
-            sig = np.concatenate(
-                [b[3] if b[3] is not None else np.full((len(b[1]), SIGNATURE_SIZE), -1, np.int32) for b in batch]
+        if not pending:
+            return responses
+
+        results: dict = {}
+        try:
+            if feeds:  # the worker's share runs while onnxruntime (which releases the GIL) classifies
+                ahead = self.pool.submit(self._before_logits, pending, feeds)
+                results = run_grouped(self.classifier, feeds)
+                observed, lookup, sig, seq = ahead.result()
+            else:
+                observed, lookup, sig, seq = self._before_logits(pending, feeds)
+        except Exception as err:
+            for p in pending:
+                responses[p.request] = internal(f"defense failed; no output returned: {err}")
+            self.telemetry.error(len(pending))
+            return responses
+        batch: list[_Pending] = []
+        rows: list[np.ndarray] = []
+        start = 0
+        for k, p in enumerate(pending):
+            span = np.arange(start, start + p.rows)
+            start += p.rows
+            if p.logits is None:
+                result = results[p.request]
+                if isinstance(result, Exception):
+                    responses[p.request] = internal(f"classifier failed; no output returned: {result}")
+                    self.telemetry.error()
+                    continue
+                p.logits = np.asarray(result[self.classifier.output_name], dtype=np.float32)
+                try:
+                    self.defense.check(p.logits)
+                except ValueError as err:
+                    responses[p.request] = invalid(str(err))
+                    self.telemetry.error()
+                    continue
+            p.threat = observed[0][k] if observed is not None else 0.0
+            batch.append(p)
+            rows.append(span)
+        if not batch:
+            return responses
+        kept = np.concatenate(rows)
+        if len(kept) < len(sig):
+            sig, seq = sig[kept], seq[kept]
+            lookup = lookup.take(kept) if lookup is not None else None
+        fallback = observed[1] if observed is not None else False
+        if self.defense.adaptive and observed is None:
+            threats, fallback = self._observe([(p.client, query_signature(p.logits, p.signature)) for p in batch])
+            for p, t in zip(batch, threats, strict=True):
+                p.threat = t
+        z = np.concatenate([p.logits for p in batch])
+        threat = np.concatenate([np.full(p.rows, p.threat) for p in batch])
+        held_out = self._held_out([(p.request, p.rows) for p in batch], feeds)
+        try:
+            out = self.defense(
+                z, threat=threat, signatures=sig, sequences=seq, held_out=held_out, lookup=lookup, checked=True
             )
-            # A request without sequence hashes has its whole matches served as copies.
-            seq = np.concatenate(
-                [b[4][:, 0] if b[4] is not None else np.full(len(b[1]), NO_SEQUENCE, np.int64) for b in batch]
+        except Exception as err:
+            for p in batch:
+                responses[p.request] = internal(f"defense failed; no output returned: {err}")
+            self.telemetry.error(len(batch))
+            return responses
+        start = 0
+        for p in batch:
+            probs = out.probabilities[start : start + p.rows]
+            label = out.labels[start : start + p.rows, None]
+            responses[p.request] = pb_utils.InferenceResponse(
+                [pb_utils.Tensor(wire.PROBABILITIES, probs), pb_utils.Tensor(wire.LABEL, label)]
             )
-            held_out = self._held_out([(b[0], len(b[1])) for b in batch], feeds)
-            try:
-                out = self.defense(z, threat=threat, signatures=sig, sequences=seq, held_out=held_out, checked=True)
-            except Exception as err:
-                for i, *_ in batch:
-                    responses[i] = internal(f"defense failed; no output returned: {err}")
-                self.telemetry.error(len(batch))
-                return responses
-            start = 0
-            for i, logits, *_ in batch:
-                n = len(logits)
-                probs = out.probabilities[start : start + n]
-                label = out.labels[start : start + n, None]
-                responses[i] = pb_utils.InferenceResponse(
-                    [pb_utils.Tensor(wire.PROBABILITIES, probs), pb_utils.Tensor(wire.LABEL, label)]
-                )
-                start += n
-            self.telemetry.record(
-                out,
-                self.state.tracked(),
-                self.state.memory_bytes(),
-                fallback_rows=len(z) if fallback else 0,
-                degraded=self.state.problem() is not None,
-            )
+            start += p.rows
+        self.telemetry.record(
+            out,
+            self.state.tracked(),
+            self.state.memory_bytes(),
+            fallback_rows=len(z) if fallback else 0,
+            degraded=self.state.problem() is not None,
+        )
         return responses
 
     def _held_out(self, spans: list[tuple[int, int]], feeds: dict):

@@ -1,4 +1,9 @@
-"""Triton model ``tokenizer``: TYPE_STRING text -> the classifier's integer input tensors."""
+"""Triton model ``tokenizer``: TYPE_STRING text -> the classifier's integer input tensors.
+
+The ``fingerprint`` and ``sequence`` tensors are computed only for a request that asks for them
+(an ensemble asks for what its step maps): the ``ensemble`` layout's defense step reads them; the
+hosted defense step fingerprints the tokens itself, and an undefended deployment needs none, so
+the undefended baseline's tokenizer does no more than a tokenizer without Veil."""
 
 from __future__ import annotations
 
@@ -14,6 +19,13 @@ def check_visible(text: str, row: int) -> None:
     them (and whitespace) would be classified as an empty text, so it is refused like one."""
     if not any(ch.isprintable() and not ch.isspace() for ch in text):
         raise InputError(f"text at row {row} has no visible characters (only control or format characters)")
+
+
+def wants_fingerprints(request) -> bool:
+    """Whether the request asks for ``fingerprint`` or ``sequence`` (a request that names no
+    outputs asks for all of them)."""
+    names = request.requested_output_names() if hasattr(request, "requested_output_names") else []
+    return not names or bool({wire.FINGERPRINT, wire.SEQUENCE} & set(names))
 
 
 class TritonPythonModel:
@@ -42,7 +54,7 @@ class TritonPythonModel:
                 responses.append(invalid(str(err)))
                 continue
             try:
-                tensors = self.encoder(texts)
+                tensors = self.encoder(texts, fingerprints=wants_fingerprints(request))
             except Exception as err:
                 responses.append(internal(f"tokenizer failed: {err}"))
                 continue

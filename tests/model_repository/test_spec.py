@@ -72,10 +72,16 @@ def test_configs_parse_and_ensembles_are_consistent(platform, layout):
     if layout == "hosted":  # the defense step runs the classifier: as many hops as the baseline
         assert chains[DEFENDED] == ["tokenizer", "mia_defense"]
         hosted_step = configs[DEFENDED].ensemble_scheduling.step[1]
-        assert {"input_ids", "attention_mask", "fingerprint"} <= set(hosted_step.input_map)
-        assert models["mia_defense"].assets == ("defense", "classifier")
+        assert {"input_ids", "attention_mask"} <= set(hosted_step.input_map)
+        # The step fingerprints the tokens itself: the tokenizer is asked for no more than the baseline's.
+        assert not {"fingerprint", "sequence"} & set(hosted_step.input_map)
+        assert set(configs[DEFENDED].ensemble_scheduling.step[0].output_map) == set(
+            configs[UNDEFENDED].ensemble_scheduling.step[0].output_map
+        )
+        assert models["mia_defense"].assets == ("defense", "classifier", "tokenizer")
     else:
         assert chains[DEFENDED] == ["tokenizer", "classifier", "mia_defense"]
+        assert {"fingerprint", "sequence"} <= set(configs[DEFENDED].ensemble_scheduling.step[2].input_map)
         assert models["mia_defense"].assets == ("defense",)
     assert configs["mia_defense"].parameters["hosts_classifier"].string_value == ("1" if layout == "hosted" else "0")
     classifier = configs["classifier"]

@@ -628,3 +628,43 @@ def test_every_row_does_the_same_work_matched_or_not(world):
     for kind in rows:
         assert run([kind]) == reference, kind
     assert run(list(rows)) == run(["non-member"] * len(rows))
+
+
+_cached_world = lru_cache(maxsize=None)(_equal_work_rows)
+
+
+@pytest.mark.parametrize("world", ["crops", "edits"])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_a_look_up_made_before_the_logits_gives_the_same_bytes(world, seed):
+    """The hosted step looks its rows up while the classifier runs (:func:`selective.look_up` needs
+    no logits): defending with that look-up, or with the look-up of the rows that survived (a
+    request can fail after it), serves the bytes that looking up inside ``defend`` serves."""
+    tables, index, rows = _cached_world(world)
+    rng = np.random.default_rng(seed)
+    kinds = rng.choice(list(rows), size=int(rng.integers(1, 12)))
+    sig = np.stack([rows[k][0] for k in kinds]).astype(np.int32)
+    seq = np.array([rows[k][1] for k in kinds], np.int64)
+    z = (rng.normal(size=(len(kinds), 2)) * rng.choice([0.5, 5.0, 50.0])).astype(np.float32)
+    threat = rng.uniform(0, 1, len(kinds))
+    before = selective.look_up(tables, index=index, signatures=sig, sequences=seq, rows=len(kinds))
+    keep = np.flatnonzero(rng.uniform(size=len(kinds)) < 0.6)
+    for rows_, lookup in ((np.arange(len(kinds)), before), (keep, before.take(keep))):
+        kw = {"index": index, "threat": threat[rows_]}
+        inside = selective.defend(z[rows_], tables, signatures=sig[rows_], sequences=seq[rows_], **kw)
+        ahead = selective.defend(z[rows_], tables, signatures=None, lookup=lookup, **kw)
+        for field in ("probabilities", "labels", "member_weight", "partial_weight", "near", "score_after"):
+            assert getattr(inside, field).tobytes() == getattr(ahead, field).tobytes(), field
+    with pytest.raises(ValueError, match="look-up of"):
+        selective.defend(z[:1], tables, index=index, signatures=None, threat=None, lookup=before.take(np.arange(0)))
+
+
+def test_the_no_gate_ablations_look_up_moves_every_row_by_its_own_label():
+    tables, index, rows = _cached_world("edits")
+    z = synthetic_logits(30, 2, sharp=4.0, seed=11)
+    sig = np.repeat(rows["non-member"][0][None], 30, axis=0).astype(np.int32)
+    lookup = selective.look_up(tables, index=index, signatures=sig, sequences=None, rows=30, gated=False)
+    assert lookup.member_label is None and (lookup.weight == 1).all()
+    inside = selective.defend(z, tables, index=index, signatures=sig, threat=None, gated=False)
+    ahead = selective.defend(z, tables, index=index, signatures=None, threat=None, lookup=lookup)
+    assert inside.probabilities.tobytes() == ahead.probabilities.tobytes()

@@ -41,12 +41,16 @@ class FakeResponse:
 
 
 class FakeRequest:
-    def __init__(self, inputs: dict[str, np.ndarray], params: dict | None = None) -> None:
+    def __init__(self, inputs: dict[str, np.ndarray], params: dict | None = None, *, outputs=()) -> None:
         self.inputs = {k: FakeTensor(k, v) for k, v in inputs.items()}
         self.params = params or {}
+        self.outputs = list(outputs)
 
     def parameters(self) -> str:
         return json.dumps(self.params)
+
+    def requested_output_names(self) -> list[str]:
+        return self.outputs
 
 
 class FakeMetric:

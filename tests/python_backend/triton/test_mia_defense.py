@@ -66,7 +66,17 @@ def test_defense_failure_fails_closed(model, monkeypatch):
     monkeypatch.setattr(
         model,
         "defense",
-        type("D", (), {"__call__": boom, "check": lambda self, z: None, "adaptive": True, "num_classes": 2})(),
+        type(
+            "D",
+            (),
+            {
+                "__call__": boom,
+                "check": lambda self, z: None,
+                "look_up": lambda self, **k: None,
+                "adaptive": True,
+                "num_classes": 2,
+            },
+        )(),
     )
     responses = model.execute([FakeRequest({"logits": np.array([[5.0, 0.0]], np.float32)})])
     assert responses[0].error.code == "INTERNAL"
@@ -102,15 +112,19 @@ def tiny_onnx(tmp_path_factory):
     return path
 
 
-def hosted_model(tmp_path, onnx_path, *, variant: str = "fixed_intensity"):
+def hosted_model(tmp_path, onnx_path, *, variant: str = "fixed_intensity", artifact=None, tokenizer=None):
+    """The step hosting the classifier ``onnx_path``; with ``tokenizer`` (a tokenizer to save in its
+    folder) it fingerprints the tokens itself, as a repository written now has it do."""
     import dataclasses
     import shutil
 
     from veil.python_backend.artifact import sha256_file
 
     sha = sha256_file(onnx_path)
-    dataclasses.replace(make_artifact(2), classifier_sha256=sha).save(tmp_path / "1" / "defense")
+    dataclasses.replace(artifact or make_artifact(2), classifier_sha256=sha).save(tmp_path / "1" / "defense")
     shutil.copy(onnx_path, tmp_path / "1" / "model.onnx")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp_path / "1" / "tokenizer")
     m = load_adapter("mia_defense").TritonPythonModel()
     params = {"variant": variant, "classifier_sha256": sha, "metrics_flush_s": "0", "hosts_classifier": "1"}
     m.initialize(model_args(tmp_path, name="mia_defense", parameters=params))
@@ -254,3 +268,103 @@ def test_sequence_hashes_reach_the_gate_and_a_misshapen_one_is_refused(pb_utils,
     assert (
         responses[3].error.code == "INVALID_ARG" and "sequence must have shape [40, 1]" in responses[3].error.message()
     )
+
+
+def _hosted_tokens(rng, batch: int, seq: int) -> dict[str, np.ndarray]:
+    return {
+        "input_ids": rng.integers(1, 200, (batch, seq)),
+        "attention_mask": np.ones((batch, seq), np.int64),
+        "token_type_ids": np.zeros((batch, seq), np.int64),
+        "fingerprint": rng.integers(0, 2**31 - 1, (batch, SIGNATURE_SIZE)).astype(np.int32),
+    }
+
+
+def test_the_look_up_runs_while_the_classifier_does(pb_utils, tmp_path, tiny_onnx):
+    """Latency: the member index's look-up needs no logits, so the hosted step runs it on its
+    worker thread during the forward pass (onnxruntime releases the GIL) instead of after it. The
+    forward pass here waits until the look-up has started: run one after the other, it would not."""
+    import threading
+
+    m = hosted_model(tmp_path, tiny_onnx, variant="veil")
+    started, overlapped = threading.Event(), []
+    look_up, forward = m.defense.look_up, m.classifier.outputs
+
+    def recording_look_up(**kw):
+        started.set()
+        return look_up(**kw)
+
+    def waiting_forward(feed):
+        overlapped.append(started.wait(timeout=10))
+        return forward(feed)
+
+    m.defense.look_up, m.classifier.outputs = recording_look_up, waiting_forward
+    rng = np.random.default_rng(2)
+    (r,) = m.execute([FakeRequest(_hosted_tokens(rng, 2, 8), {"veil-client-id": "alice"})])
+    assert r.error is None and overlapped == [True]
+
+
+def test_a_request_that_fails_after_the_look_up_leaves_the_others_bytes_alone(pb_utils, tmp_path, tiny_onnx):
+    """The look-up covers every request of the batch before the classifier runs; when one request's
+    forward pass fails (its length group), the others are served from their own rows of it, the
+    bytes the step serves for their logits sent directly, and the failed one is an error, alone."""
+    m = hosted_model(tmp_path, tiny_onnx)
+    name = m.classifier.output_name
+
+    def sharp(feed):  # a member's confidence, which the gate's map moves for training texts
+        if feed["input_ids"].shape[1] == 16:
+            raise RuntimeError("out of memory")
+        return {name: np.tile(np.float32([-3.0, 5.0]), (len(feed["input_ids"]), 1))}
+
+    m.classifier.outputs = sharp
+    rng = np.random.default_rng(4)
+    feeds = [_hosted_tokens(rng, 2, 8), _hosted_tokens(rng, 1, 16), _hosted_tokens(rng, 3, 8)]
+    members = m.defense.artifact.index_signatures  # training texts' rows: the gate moves them
+    feeds[0]["fingerprint"][0], feeds[2]["fingerprint"][1:] = members[0], members[1:3]
+    responses = m.execute([FakeRequest(f) for f in feeds])
+    assert responses[1].error.code == "INTERNAL" and "out of memory" in responses[1].error.message()
+    direct = m.execute([FakeRequest({"logits": sharp(f)[name], "fingerprint": f["fingerprint"]}) for f in feeds[::2]])
+    for hosted, sent in zip(responses[::2], direct, strict=True):
+        assert hosted.error is None
+        assert hosted.tensors["probabilities"].tobytes() == sent.tensors["probabilities"].tobytes()
+    ungated = m.execute([FakeRequest({"logits": sharp(feeds[2])[name]})])[0].tensors["probabilities"]
+    assert (ungated[1:] != responses[2].tensors["probabilities"][1:]).all()  # the members' rows were moved
+
+
+def test_the_hosted_step_fingerprints_the_tokens_it_classifies(pb_utils, tmp_path, tiny_onnx):
+    """With its tokenizer folder the hosted step computes each row's fingerprint and sequence hash
+    from the tokens it classifies (on the worker, while the classifier runs), so the tokenizer step
+    computes none: a training text's tokens are gated without a fingerprint sent, and a fingerprint
+    sent beside the tokens (another training text's, to dodge or to frame) is not what is read."""
+    from veil.export.train import load_model
+    from veil.python_backend.tokens import Fingerprinter
+
+    _, tokenizer = load_model("tiny-bert", num_labels=2)
+    rng = np.random.default_rng(6)
+    members = _hosted_tokens(rng, 3, 8)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    fp = Fingerprinter.from_dir(tmp_path / "tok")(members["input_ids"], members["attention_mask"])
+    base = make_artifact(2)
+    # Training texts 0-2 are these tokens, labelled as the logits below say: the map moves them.
+    art = replace(
+        base,
+        index_signatures=np.r_[fp["fingerprint"], base.index_signatures[3:]],
+        index_labels=np.r_[[1, 1, 1], base.index_labels[3:]],
+    )
+    m = hosted_model(tmp_path, tiny_onnx, artifact=art, tokenizer=tokenizer)
+    name = m.classifier.output_name
+    m.classifier.outputs = lambda feed: {name: np.tile(np.float32([-3.0, 5.0]), (len(feed["input_ids"]), 1))}
+    z = np.tile(np.float32([-3.0, 5.0]), (3, 1))
+    strangers = _hosted_tokens(rng, 3, 8)
+    sent_nothing = {k: v for k, v in members.items() if k != "fingerprint"}
+    framed = {**strangers, "fingerprint": fp["fingerprint"]}  # another text's fingerprint beside the tokens
+    got = m.execute([FakeRequest(sent_nothing), FakeRequest(members), FakeRequest(framed)])
+    direct = m.execute(
+        [
+            FakeRequest({"logits": z, "fingerprint": fp["fingerprint"], "sequence": fp["sequence"]}),
+            FakeRequest({"logits": z}),
+        ]
+    )
+    member_bytes, ungated_bytes = (r.tensors["probabilities"].tobytes() for r in direct)
+    assert member_bytes != ungated_bytes
+    assert got[0].tensors["probabilities"].tobytes() == got[1].tensors["probabilities"].tobytes() == member_bytes
+    assert got[2].tensors["probabilities"].tobytes() == ungated_bytes

@@ -10,7 +10,7 @@ from veil.python_backend.fingerprint import SIGNATURE_SIZE
 from .conftest import FakeRequest, load_adapter, model_args
 
 
-def test_tokenizer_adapter(pb_utils, tmp_path):
+def tokenizer_model(tmp_path):
     shutil.copytree(
         packaged_minilm(),
         tmp_path / "1" / "tokenizer",
@@ -28,6 +28,11 @@ def test_tokenizer_adapter(pb_utils, tmp_path):
             },
         )
     )
+    return m
+
+
+def test_tokenizer_adapter(pb_utils, tmp_path):
+    m = tokenizer_model(tmp_path)
     texts = np.array([[b"a fine day"], [b"another one, longer than the first"]], dtype=object)
     responses = m.execute(
         [
@@ -50,3 +55,21 @@ def test_tokenizer_adapter(pb_utils, tmp_path):
     assert "shape [batch, 1]" in msgs[2]
     assert "empty batch" in msgs[3]
     assert "2000 bytes; the limit is 1000" in msgs[4]
+
+
+def test_fingerprints_only_for_a_request_that_asks_for_them(pb_utils, tmp_path):
+    """An ensemble asks its tokenizer step for what it maps: the undefended baseline and the hosted
+    defense step (which fingerprints the tokens itself) ask for tokens only, and the tokenizer then
+    computes no fingerprint, like a tokenizer without Veil; the ``ensemble`` layout asks for them."""
+    m = tokenizer_model(tmp_path)
+    text = {"text": np.array([[b"a fine day"]], dtype=object)}
+    tokens_only, asked, everything = m.execute(
+        [
+            FakeRequest(text, outputs=["input_ids", "attention_mask"]),
+            FakeRequest(text, outputs=["input_ids", "attention_mask", "fingerprint", "sequence"]),
+            FakeRequest(text),
+        ]
+    )
+    assert set(tokens_only.tensors) == {"input_ids", "attention_mask"}
+    assert set(asked.tensors) == set(everything.tensors) == {"input_ids", "attention_mask", "fingerprint", "sequence"}
+    assert asked.tensors["fingerprint"].tobytes() == everything.tensors["fingerprint"].tobytes()
