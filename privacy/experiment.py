@@ -25,6 +25,7 @@ from veil.export.data import dedupe, fingerprint, load_dataset
 from veil.loadtest.timing import latency_attack
 from veil.model_repository.spec import RAW, ensemble_name
 from veil.model_repository.writer import rewrite_repository
+from veil.privacy import level_reading
 from veil.privacy.assess import QueryView, View, assess
 from veil.privacy.attacks import Outputs, loss_score, phi
 from veil.privacy.baselines import FEW_KNOBS, KNOBS, baselines, class_precision
@@ -203,6 +204,7 @@ def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int, *, dp_l
     with open(seed_dir / VIEWS_FILE, "wb") as fh:
         pickle.dump(measured, fh)
     results = _assess_all(cfg, seed, **measured)
+    level = level_reading.from_views(measured)
     roc = {v.name: {"loss": loss_score(v.target).tolist()} for v in views if v.source in ("served", "dp")}
     console().print(f"  seed {seed}: {len(views)} defenses measured in {time.perf_counter() - t0:.0f}s")
     return {
@@ -215,6 +217,7 @@ def evaluate_seed(cfg: EvalConfig, ds, refs: ReferenceModels, seed: int, *, dp_l
         "crossfit_splits": cfg.crossfit_splits,
         "roc": roc,
         "timing": timing,
+        "level_reading": level,
         "seconds": time.perf_counter() - t0,
     }
 
@@ -259,6 +262,7 @@ def reassess(cfg: EvalConfig) -> None:
         t0 = time.perf_counter()
         result = json.loads((seed_dir / "result.json").read_text())
         result["defenses"] = _assess_all(cfg, seed, **measured)
+        result["level_reading"] = level_reading.from_views(measured)
         result["crossfit_splits"] = cfg.crossfit_splits
         (seed_dir / "result.json").write_text(json.dumps(result))
         console().print(f"  seed {seed}: re-assessed in {time.perf_counter() - t0:.0f}s")

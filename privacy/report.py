@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from veil.privacy import frontier
+from veil.privacy import frontier, level_reading
 from veil.privacy.metrics import REALISTIC, UPPER
 from veil.privacy.summary import REFERENCE, fmt, mean, summarise
 
@@ -247,6 +247,11 @@ def timing_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def level_table(result: dict) -> str:
+    readings = {s["seed"]: s["level_reading"] for s in result["seeds"] if s.get("level_reading")}
+    return level_reading.table(readings) if readings else "Not measured in this run (no adaptive variant served).\n"
+
+
 def findings(summary: dict) -> list[str]:
     out = [raw_vs_label_only(summary)] if "none" in summary and REFERENCE in summary else []
     for n in _order(summary):
@@ -361,6 +366,13 @@ def write_report(results: dict[str, dict], out_dir: str | Path, *, command: str)
             "AUC 0.5: latency says nothing; compare with `veil_raw` (the same texts without the defense).",
             "",
             timing_table(result),
+            "### Reading one's own level",
+            "",
+            "The adaptive level depends on the caller's query pattern only; independent of membership, it "
+            "adds nothing an attack could read beyond the floor's output. Per seed: the burst's rows served "
+            "coarser than the same rows sent paced (`veil.privacy.level_reading`).",
+            "",
+            level_table(result),
             "### Privacy-utility frontier",
             "",
             frontier.table(summary),

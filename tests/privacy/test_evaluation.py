@@ -40,6 +40,10 @@ def test_quick_evaluation(tmp_path):
     timing = md.split("### Timing: latency as a membership score")[1].split("###")[0]
     rows = [line for line in timing.splitlines() if line.startswith("| ") and "seed" not in line]
     assert len(rows) == 1 + len(VARIANTS) and "(k=2)" in rows[0], rows
+    # and whether the burst's own level says who is a member, a row a seed
+    level = md.split("### Reading one's own level")[1].split("###")[0]
+    seeds = json.loads((tmp_path / "report" / "privacy.json").read_text())["reviews"]["config"]["seeds"]
+    assert [line.split(" | ")[0] for line in level.splitlines() if line[2:3].isdigit()] == [f"| {s}" for s in seeds]
 
     # The raw endpoint leaks clearly more than label-only, and the report says so. The tiny model
     # memorises its members through the made-up names (``synthetic_rows(names=True)``), so its
