@@ -97,11 +97,13 @@ def serving(cfg: RunConfig, console: Console) -> Iterator[tuple[str, str, str | 
     out = cfg.output_dir()
     out.mkdir(parents=True, exist_ok=True)
     repo = BuildDir(cfg.build_dir).repository
-    if cfg.serving:
-        from veil.model_repository.writer import rewrite_repository
+    from veil.model_repository.writer import rewrite_repository, stale_models
 
+    stale = [] if cfg.serving else stale_models(repo)
+    if cfg.serving or stale:  # a repository written by an older version serves the older layout
         repo = rewrite_repository(cfg.build_dir, out / "model_repository", **cfg.serving)
-        console.print(f"serving {repo} (the build's repository with {cfg.serving})")
+        why = f"with {cfg.serving}" if cfg.serving else f"re-rendered by this version (stale: {', '.join(stale)})"
+        console.print(f"serving {repo} (the build's repository {why})")
     t = time.perf_counter()
     server = TritonServer(repositories_for(repo), log_file=out / "tritonserver.log", extra_args=CLIENT_ID_FORWARDING)
     with server:

@@ -15,6 +15,15 @@ from {module} import TritonPythonModel  # noqa: F401
 '''
 
 
+ASSET_FILES = {
+    "tokenizer": "tokenizer",
+    "classifier": "model.onnx",
+    "classifier_softmax": "model.onnx",
+    "defense": "defense",
+}
+"""Where each asset of :class:`~veil.model_repository.spec.Model` lands in its version folder."""
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -80,6 +89,25 @@ def read_options(repository: str | Path) -> ServingOptions:
     """The ``ServingOptions`` a repository was written with (its ``options.json``)."""
     raw = json.loads((Path(repository) / "options.json").read_text())
     return ServingOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+def stale_models(repository: str | Path, *, platforms: tuple[str, ...] = PLATFORMS) -> list[str]:
+    """The models of a written repository that this code's spec would write otherwise (another
+    ``config.pbtxt``, or an asset missing): a repository written by an older version serves the
+    older layout. Empty when it is current."""
+    root = Path(repository)
+    opts = read_options(root)
+    stale = []
+    for platform in platforms:
+        if not (root / platform).is_dir():
+            continue
+        for model in describe(opts, platform):
+            folder = root / model.repository / model.name
+            config = folder / "config.pbtxt"
+            missing = [a for a in model.assets if not (folder / "1" / ASSET_FILES[a]).exists()]
+            if not config.exists() or config.read_text() != render(model) or missing:
+                stale.append(f"{model.repository}/{model.name}")
+    return sorted(set(stale))
 
 
 def rewrite_repository(build_dir: str | Path, out: str | Path, **changes: object) -> Path:

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import shutil
+
+from veil.model_repository.writer import stale_models
+
+from ..conftest import tiny_repository
+
+
+def test_a_repository_written_by_another_version_is_found_stale(tiny_build, tmp_path):
+    """The load tools re-render a build's stored repository when this code would write it
+    otherwise (loadtest/server.py): a changed config or a missing asset makes a model stale."""
+    assert stale_models(tiny_build / "model_repository") == []
+    repo = tiny_repository(tiny_build, tmp_path / "repo")
+    assert stale_models(repo) == []
+    shutil.rmtree(repo / "embedded" / "mia_defense" / "1" / "tokenizer")  # written before the step fingerprinted
+    config = repo / "common" / "veil_defended" / "config.pbtxt"
+    config.write_text(config.read_text().replace('model_name: "mia_defense"', 'model_name: "mia_defense" '))
+    assert stale_models(repo) == ["common/veil_defended", "embedded/mia_defense"]
+    assert stale_models(repo, platforms=("nvidia",)) == ["common/veil_defended"]
