@@ -110,6 +110,20 @@ def stale_models(repository: str | Path, *, platforms: tuple[str, ...] = PLATFOR
     return sorted(set(stale))
 
 
+def stale_warning(repository: str | Path) -> str | None:
+    """A line for whoever serves ``repository`` as it is, when :func:`stale_models` finds models
+    this version would write otherwise; None when current (or not written by the writer)."""
+    if not (Path(repository) / "options.json").exists():
+        return None
+    stale = stale_models(repository)
+    if not stale:
+        return None
+    return (
+        f"warning: {repository} was written by another version of Veil; this version writes {', '.join(stale)}"
+        " otherwise (rewrite it: python -m veil.model_repository.writer --build-dir BUILD --out DIR)"
+    )
+
+
 def rewrite_repository(build_dir: str | Path, out: str | Path, **changes: object) -> Path:
     """A veil-build folder's repository written again from its artifacts (``model.onnx``, ``hf/``,
     ``defense/``) with some ``ServingOptions`` changed, e.g. ``mode="production"``; no retraining."""

@@ -173,6 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.repository = rewrite_repository(args.build_dir, out, mode="production", variants=("veil",))
     if not args.repository:
         p.error("--repository, --build-dir or --upstream-http/--upstream-grpc is required")
+    from veil.model_repository.writer import stale_warning
+
+    if warning := stale_warning(args.repository):
+        print(warning, file=sys.stderr, flush=True)
     passed = ("host", "http_port", "grpc_port", "platform", "log_file", "client_id_source", "allow_benchmark")
     server = ProductionServer(
         args.repository,

@@ -381,6 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("extra", nargs="*", help="extra tritonserver flags (after --)")
     args = p.parse_args(argv)
+    from veil.model_repository.writer import stale_warning
+
+    if warning := stale_warning(args.repository):
+        print(warning, file=sys.stderr, flush=True)
     server = TritonServer(
         repositories_for(args.repository),
         http_port=args.http_port,

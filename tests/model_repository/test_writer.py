@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import shutil
 
-from veil.model_repository.writer import stale_models
+from veil.model_repository.writer import stale_models, stale_warning
 
 from ..conftest import tiny_repository
 
@@ -12,9 +12,12 @@ def test_a_repository_written_by_another_version_is_found_stale(tiny_build, tmp_
     otherwise (loadtest/server.py): a changed config or a missing asset makes a model stale."""
     assert stale_models(tiny_build / "model_repository") == []
     repo = tiny_repository(tiny_build, tmp_path / "repo")
-    assert stale_models(repo) == []
+    assert stale_models(repo) == [] and stale_warning(repo) is None
     shutil.rmtree(repo / "embedded" / "mia_defense" / "1" / "tokenizer")  # written before the step fingerprinted
     config = repo / "common" / "veil_defended" / "config.pbtxt"
     config.write_text(config.read_text().replace('model_name: "mia_defense"', 'model_name: "mia_defense" '))
     assert stale_models(repo) == ["common/veil_defended", "embedded/mia_defense"]
     assert stale_models(repo, platforms=("nvidia",)) == ["common/veil_defended"]
+    # veil-serve and the gateway serve a --repository as it is, and say so
+    assert "common/veil_defended, embedded/mia_defense otherwise" in stale_warning(repo)
+    assert stale_warning(tmp_path) is None  # not written by the writer: nothing to compare
