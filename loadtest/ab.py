@@ -26,7 +26,7 @@ from rich.console import Console
 
 from veil import wire
 from veil.export.build_dir import BuildDir
-from veil.loadtest.config import DEFENDED, RAW, UNDEFENDED, RunConfig, serving_changes
+from veil.loadtest.config import DEFENDED, RAW, UNDEFENDED, RunConfig, add_serving_option, parsed_serving
 from veil.loadtest.server import serving
 
 
@@ -87,12 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--models", default=f"{UNDEFENDED},{RAW},{DEFENDED}", help="comma-separated, baseline first")
     p.add_argument("--requests", type=int, default=1000, help="timed requests per model")
     p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--serving", action="append", default=[], metavar="KEY=VALUE")
+    add_serving_option(p)
     a = p.parse_args(argv)
-    try:
-        changes = serving_changes(a.serving)
-    except ValueError as err:
-        p.error(str(err))
+    changes = parsed_serving(p, a.serving)
     out = Path(a.out or Path(a.build_dir) / "loadtest-ab")
     cfg = RunConfig(build_dir=a.build_dir, out_dir=str(out), serving=changes)
     models = [m for m in a.models.split(",") if m]

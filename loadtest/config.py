@@ -6,6 +6,7 @@ the runner's command line built, without either.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,8 @@ __all__ = [
     "STAT_FIELDS",
     "UNDEFENDED",
     "RunConfig",
+    "add_serving_option",
+    "parsed_serving",
     "plan",
     "serving_changes",
 ]
@@ -103,6 +106,26 @@ def plan(cfg: RunConfig) -> list[tuple[str, int, int, str]]:
                 order = cfg.models if r % 2 == 0 else cfg.models[::-1]
                 out.extend((protocol, users, r, m) for m in order)
     return out
+
+
+def add_serving_option(p: argparse.ArgumentParser) -> None:
+    """The ``--serving KEY=VALUE`` flag the tools that start a server share (runner, ab, timing)."""
+    p.add_argument(
+        "--serving",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="serve the build's repository rewritten with this ServingOptions change (repeatable), e.g."
+        " defense_layout=ensemble, max_queue_delay_us=500, classifier_threads=1",
+    )
+
+
+def parsed_serving(p: argparse.ArgumentParser, pairs: Sequence[str]) -> dict[str, object]:
+    """:func:`serving_changes`, a malformed pair being the command line's error."""
+    try:
+        return serving_changes(pairs)
+    except ValueError as err:
+        p.error(str(err))
 
 
 def serving_changes(pairs: Sequence[str]) -> dict[str, object]:

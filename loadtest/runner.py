@@ -45,7 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from veil.export.build_dir import BuildDir
 from veil.loadtest import locustfile as lf
 from veil.loadtest import perf_analyzer as pa
-from veil.loadtest.config import DEFENDED, RAW, UNDEFENDED, RunConfig, plan, serving_changes
+from veil.loadtest.config import DEFENDED, RAW, UNDEFENDED, RunConfig, add_serving_option, parsed_serving, plan
 from veil.loadtest.report import to_markdown, write_reports
 from veil.loadtest.results import RoundResult, stats_delta, summarize
 from veil.loadtest.server import defense_counters, ensemble_steps, model_stats, process_cpu, serving
@@ -260,13 +260,6 @@ def _users(text: str) -> tuple[int, ...]:
     return values
 
 
-def _serving_changes(p: argparse.ArgumentParser, pairs: Sequence[str]) -> dict[str, object]:
-    try:
-        return serving_changes(pairs)
-    except ValueError as err:
-        p.error(str(err))
-
-
 def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
     """The command line as a RunConfig; unset flags keep the full or the --quick defaults."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -289,14 +282,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
     p.add_argument(
         "--baseline", default=UNDEFENDED, help="the undefended ensemble the goals are judged against ('' to leave out)"
     )
-    p.add_argument(
-        "--serving",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="serve the build's repository rewritten with this ServingOptions change (repeatable), e.g."
-        " defense_layout=ensemble, max_queue_delay_us=500, classifier_threads=1",
-    )
+    add_serving_option(p)
     p.add_argument("--no-perf-analyzer", action="store_true")
     p.add_argument("--fetch-perf-analyzer", action="store_true", help="download the tritonclient wheel that has it")
     p.add_argument("--grpc-url", default=None, help="use a running server instead of starting one")
@@ -317,7 +303,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
         "grpc_url": a.grpc_url,
         "http_url": a.http_url,
         "metrics_url": a.metrics_url,
-        "serving": _serving_changes(p, a.serving),
+        "serving": parsed_serving(p, a.serving),
     }
     for name in ("grpc_users", "http_users", "rounds", "round_seconds", "warmup_seconds", "max_requests"):
         if getattr(a, name) is not None:

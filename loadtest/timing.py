@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 
 from veil.export.build_dir import BuildDir
 from veil.loadtest.ab import run
-from veil.loadtest.config import DEFENDED, RAW, RunConfig, serving_changes
+from veil.loadtest.config import DEFENDED, RAW, RunConfig, add_serving_option, parsed_serving
 from veil.loadtest.server import serving
 
 
@@ -112,16 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=200, help="texts per side")
     p.add_argument("--warmup", type=int, default=20, help="even, so the cycle stays aligned")
     p.add_argument("--repeats", type=int, default=1, help="times each text is sent (k > 1: per-text medians too)")
-    p.add_argument(
-        "--serving", action="append", default=[], metavar="KEY=VALUE", help="serve the repository rewritten so"
-    )
+    add_serving_option(p)
     a = p.parse_args(argv)
     if a.warmup % 2:
         p.error("--warmup must be even")
-    try:
-        changes = serving_changes(a.serving)
-    except ValueError as err:
-        p.error(str(err))
+    changes = parsed_serving(p, a.serving)
     build = BuildDir(a.build_dir)
     members, nonmembers = build.texts("member_eval", limit=a.rows), build.texts("nonmember_eval", limit=a.rows)
     out = Path(a.out or Path(a.build_dir) / "loadtest-timing")

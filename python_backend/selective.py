@@ -55,7 +55,7 @@ construction: ``p_label`` is floored just above what the tail's largest share co
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -436,9 +436,10 @@ class Lookup:
         return len(self.weight)
 
     def take(self, rows: np.ndarray) -> Lookup:
-        """The look-up of a subset of the batch's rows (requests that failed after it was made)."""
-        pick = lambda a: None if a is None else a[rows]  # noqa: E731
-        return Lookup(*(pick(getattr(self, f)) for f in self.__dataclass_fields__))
+        """The look-up of a subset of the batch's rows (an index array or a mask: requests that
+        failed after it was made)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Lookup(**{k: None if v is None else v[rows] for k, v in values.items()})
 
 
 def look_up(

@@ -156,11 +156,11 @@ class TritonPythonModel:
 
     def _before_logits(
         self, pending: list[_Pending], feeds: dict
-    ) -> tuple[tuple[list[float], bool] | None, Lookup | None, np.ndarray, np.ndarray]:
+    ) -> tuple[tuple[list[float], bool] | None, Lookup | None]:
         """What needs no logits: the tokens' fingerprints (hosted), the member index's look-up of
-        every row and, when every request has its signature, the callers' threats (else None: they
-        are observed after the logits, whose fallback fingerprint stands in). Returns (threats,
-        look-up, signatures, sequence hashes) over ``pending``'s rows in order."""
+        every row of ``pending`` in order and, when every request has its signature, the callers'
+        threats (else None: they are observed after the logits, whose fallback fingerprint stands
+        in). The defense reads the signatures only through the look-up."""
         if self.fingerprinter is not None:
             for p in pending:
                 if p.request in feeds:  # the tokens the classifier sees, not what was sent beside them
@@ -181,7 +181,7 @@ class TritonPythonModel:
         observed = None
         if self.defense.adaptive and all(p.signature is not None for p in pending):
             observed = self._observe([(p.client, p.signature) for p in pending])
-        return observed, self.defense.look_up(signatures=sig, sequences=seq, rows=len(sig)), sig, seq
+        return observed, self.defense.look_up(signatures=sig, sequences=seq, rows=len(sig))
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
@@ -201,20 +201,16 @@ class TritonPythonModel:
             if feeds:  # the worker's share runs while onnxruntime (which releases the GIL) classifies
                 ahead = self.pool.submit(self._before_logits, pending, feeds)
                 results = run_grouped(self.classifier, feeds)
-                observed, lookup, sig, seq = ahead.result()
+                observed, lookup = ahead.result()
             else:
-                observed, lookup, sig, seq = self._before_logits(pending, feeds)
+                observed, lookup = self._before_logits(pending, feeds)
         except Exception as err:
             for p in pending:
                 responses[p.request] = internal(f"defense failed; no output returned: {err}")
             self.telemetry.error(len(pending))
             return responses
         batch: list[_Pending] = []
-        rows: list[np.ndarray] = []
-        start = 0
         for k, p in enumerate(pending):
-            span = np.arange(start, start + p.rows)
-            start += p.rows
             if p.logits is None:
                 result = results[p.request]
                 if isinstance(result, Exception):
@@ -230,13 +226,11 @@ class TritonPythonModel:
                     continue
             p.threat = observed[0][k] if observed is not None else 0.0
             batch.append(p)
-            rows.append(span)
         if not batch:
             return responses
-        kept = np.concatenate(rows)
-        if len(kept) < len(sig):
-            sig, seq = sig[kept], seq[kept]
-            lookup = lookup.take(kept) if lookup is not None else None
+        if len(batch) < len(pending) and lookup is not None:  # the survivors' rows of the look-up
+            served = {p.request for p in batch}
+            lookup = lookup.take(np.repeat([p.request in served for p in pending], [p.rows for p in pending]))
         fallback = observed[1] if observed is not None else False
         if self.defense.adaptive and observed is None:
             threats, fallback = self._observe([(p.client, query_signature(p.logits, p.signature)) for p in batch])
@@ -246,9 +240,7 @@ class TritonPythonModel:
         threat = np.concatenate([np.full(p.rows, p.threat) for p in batch])
         held_out = self._held_out([(p.request, p.rows) for p in batch], feeds)
         try:
-            out = self.defense(
-                z, threat=threat, signatures=sig, sequences=seq, held_out=held_out, lookup=lookup, checked=True
-            )
+            out = self.defense(z, threat=threat, held_out=held_out, lookup=lookup, checked=True)
         except Exception as err:
             for p in batch:
                 responses[p.request] = internal(f"defense failed; no output returned: {err}")
