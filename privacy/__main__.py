@@ -54,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=EvalConfig.crossfit_splits,
         help="random halvings the upper-bound attacker is cross-fitted over (averaged)",
     )
+    p.add_argument(
+        "--leave-out",
+        type=int,
+        default=EvalConfig.leave_out,
+        help="leave-out part models in each target's build (veil-build --leave-out; default 0: none, as served)",
+    )
     p.add_argument("--work-dir", default="build/privacy")
     p.add_argument("--out", default="reports/privacy")
     p.add_argument("--quick", action="store_true", help="tiny model, small data, one seed (for CI)")
@@ -93,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pool=a.pool,
             references=a.references,
             epochs=a.epochs,
+            leave_out=a.leave_out,
             dp_epsilons=tuple(float(e) for e in a.dp_epsilons.split(",") if e.strip()),
             dp_lr_grid=tuple(float(x) for x in a.dp_lr_grid.split(",") if x.strip()),
             variants=tuple(v.strip() for v in a.variants.split(",") if v.strip()),

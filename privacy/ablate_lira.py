@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         """:data:`selective.HeldOut` on these texts: the part models (PyTorch, as the build trained them)."""
 
         def held_out(at: np.ndarray, parts: np.ndarray) -> np.ndarray:
-            out = np.empty((len(at), probe.ds.num_classes), np.float32)
-            for k in np.unique(parts):
+            out = np.full((len(at), probe.ds.num_classes), np.nan, np.float32)  # -1: no whole match
+            for k in np.unique(parts[parts >= 0]):
                 pick = np.flatnonzero(parts == k)
                 chosen = [rows_texts[j] for j in at[pick]]
                 out[pick] = predict_logits(*part_models[int(k)], chosen, max_length=opts.max_length)

@@ -77,14 +77,15 @@ def defend(
 def held_out_on_texts(build: BuildDir, texts: list[str]):
     """:data:`~veil.python_backend.selective.HeldOut` for rows given as texts: the build's leave-out
     part models (ONNX, beside its artifact) on the asked texts, tokenized as the served tokenizer
-    does; each (part, row) scored once (a knob sweep replays the same rows)."""
+    does; each (part, row) scored once (a knob sweep replays the same rows). A row with no part
+    (-1: no whole match, its answer discarded) is NaN: offline, no clock to equalise."""
     from veil.export.pipeline import onnx_logits
 
     options = build.options()
     done: dict[tuple[int, int], np.ndarray] = {}
 
     def held_out(rows: np.ndarray, parts: np.ndarray) -> np.ndarray:
-        for k in np.unique(parts):
+        for k in np.unique(parts[parts >= 0]):
             todo = [int(r) for r in rows[parts == k] if (int(k), int(r)) not in done]
             if todo:
                 z = onnx_logits(
@@ -95,8 +96,9 @@ def held_out_on_texts(build: BuildDir, texts: list[str]):
                     max_length=options.max_length,
                 )
                 done.update({(int(k), r): row for r, row in zip(todo, z, strict=True)})
-        return np.array([done[int(k), int(r)] for r, k in zip(rows, parts, strict=True)], np.float32).reshape(
-            len(rows), options.num_classes
-        )
+        nan = np.full(options.num_classes, np.nan, np.float32)
+        return np.array(
+            [done[int(k), int(r)] if k >= 0 else nan for r, k in zip(rows, parts, strict=True)], np.float32
+        ).reshape(len(rows), options.num_classes)
 
     return held_out

@@ -73,7 +73,9 @@ MIN_ROWS = 10
 
 HeldOut = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``held_out(rows, parts)`` -> [n, C] logits of leave-out part model ``parts[j]`` on batch row
-``rows[j]``'s tokens; a row it cannot answer (logits sent without tokens) is NaN and goes through
+``rows[j]``'s tokens; ``parts[j]`` is -1 for a row that matches no training text wholly (any part
+model's answer, or NaN: it is discarded; :func:`defend` asks for every row, so a gated row costs
+what any other does). A row it cannot answer (logits sent without tokens) is NaN and goes through
 the maps."""
 
 
@@ -520,14 +522,14 @@ def defend(
     moved = weight > 0
     near = np.zeros(b, dtype=bool)
     left_out = np.zeros(b, dtype=bool)
-    if moved.any() and held_out is not None and index is not None and index.has_parts and tables.has_leave_out:
-        ask = np.flatnonzero(moved & (matched >= 0))  # none in the no-gate ablation
-        if len(ask):
-            z_k = np.asarray(held_out(ask, index.parts[matched[ask]]), dtype=np.float32).reshape(len(ask), -1)
-            ask, z_k = ask[np.isfinite(z_k).all(1)], z_k[np.isfinite(z_k).all(1)]
-            left_out[ask] = True
-            mapped = tables.held_out_scores(z_k, label[ask])
-            served[ask] = (1.0 - weight[ask]) * served[ask] + weight[ask] * mapped
+    if held_out is not None and index is not None and index.has_parts and tables.has_leave_out:
+        # Every row asked and mapped, matched or not (masks choose): equal work, as for the maps.
+        parts = np.where(matched >= 0, index.parts[np.maximum(matched, 0)], -1)  # all -1 in the no-gate ablation
+        z_k = np.asarray(held_out(np.arange(b), parts), dtype=np.float32).reshape(b, -1)
+        finite = np.isfinite(z_k).all(1)
+        mapped = tables.held_out_scores(np.where(finite[:, None], z_k, 0.0), label)
+        left_out = moved & (matched >= 0) & finite
+        served = np.where(left_out, (1.0 - weight) * served + weight * mapped, served)
     rest = moved & ~left_out
     if lookup.near_ok is not None:
         near = rest & lookup.near_ok

@@ -4,9 +4,13 @@ In the ``hosted`` layout (the default, :mod:`veil.model_repository.spec`) the st
 classifier itself, so the defended ensemble is tokenizer -> mia_defense: the same number of
 python-backend hops as an undefended tokenizer -> classifier deployment, and the defense adds only
 its own compute. Logits sent directly (benchmarks, tests, the ``ensemble`` layout) are served as
-before. Hosted, it also runs the build's leave-out part models (``defense/part<k>.onnx``) on the
-rows that wholly match a training text, which they answer (:mod:`veil.python_backend.selective`);
-rows sent as logits go through the maps.
+before. Hosted, with the build's leave-out part models (``defense/part<k>.onnx``, opt-in), every
+row that sent tokens also runs through one of them on the worker: a whole match of a training text
+through the part model that never trained on it, which answers it
+(:mod:`veil.python_backend.selective`), any other row through the one its sequence hash picks, its
+answer discarded. Every row does the same work, so a training text is not slower to answer (run
+only on the matches, the extra pass made latency a membership oracle: docs/evaluation.md, "Part
+models for whole matches"). Rows sent as logits go through the maps.
 
 What needs no logits runs on a worker thread while the hosted classifier runs (onnxruntime
 releases the GIL): the tokens' fingerprints (:class:`veil.python_backend.tokens.Fingerprinter`,
@@ -72,6 +76,34 @@ class _Pending:
     sequence: np.ndarray | None
     logits: np.ndarray | None
     threat: float = 0.0
+
+
+@dataclass(frozen=True)
+class _PartRows:
+    """Every row's pass through one part model (:meth:`TritonPythonModel._parts_ahead`)."""
+
+    logits: np.ndarray
+    """[rows, C]; NaN for rows sent as logits."""
+    choice: np.ndarray
+    """[rows] the part model each row went through."""
+
+    def held_out(self, rows: np.ndarray, parts: np.ndarray) -> np.ndarray:
+        """:data:`~veil.python_backend.selective.HeldOut`: the rows the defense asks for were run
+        through the parts it names (both come from the same look-up)."""
+        named = parts >= 0  # -1: no whole match, any part's answer (discarded)
+        if not np.array_equal(self.choice[rows][named], parts[named]):
+            raise RuntimeError("the part models ran on other parts than the defense asks for")
+        return self.logits[rows]
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """The worker's share (:meth:`TritonPythonModel._before_logits`)."""
+
+    observed: tuple[list[float], bool] | None
+    lookup: Lookup
+    parts: _PartRows | None
+    parts_failed: set[int]
 
 
 class TritonPythonModel:
@@ -154,13 +186,12 @@ class TritonPythonModel:
         observed = self.state.observe([(c, without(np.asarray(s, np.int32), self.tracker_mask)) for c, s in batch])
         return observed.threats, observed.fallback
 
-    def _before_logits(
-        self, pending: list[_Pending], feeds: dict
-    ) -> tuple[tuple[list[float], bool] | None, Lookup | None]:
+    def _before_logits(self, pending: list[_Pending], feeds: dict) -> _Ahead:
         """What needs no logits: the tokens' fingerprints (hosted), the member index's look-up of
-        every row of ``pending`` in order and, when every request has its signature, the callers'
+        every row of ``pending`` in order, when every request has its signature the callers'
         threats (else None: they are observed after the logits, whose fallback fingerprint stands
-        in). The defense reads the signatures only through the look-up."""
+        in), and the part models' pass (:meth:`_parts_ahead`). The defense reads the signatures
+        only through the look-up."""
         if self.fingerprinter is not None:
             for p in pending:
                 if p.request in feeds:  # the tokens the classifier sees, not what was sent beside them
@@ -181,7 +212,42 @@ class TritonPythonModel:
         observed = None
         if self.defense.adaptive and all(p.signature is not None for p in pending):
             observed = self._observe([(p.client, p.signature) for p in pending])
-        return observed, self.defense.look_up(signatures=sig, sequences=seq, rows=len(sig))
+        lookup = self.defense.look_up(signatures=sig, sequences=seq, rows=len(sig))
+        return _Ahead(observed, lookup, *self._parts_ahead(pending, feeds, lookup, seq))
+
+    def _parts_ahead(
+        self, pending: list[_Pending], feeds: dict, lookup: Lookup, seq: np.ndarray
+    ) -> tuple[_PartRows | None, set[int]]:
+        """Every row of ``pending`` that sent tokens through exactly one part model: a whole match
+        through the part model that never trained on its text (what the defense reads), any other
+        row through the one its sequence hash picks (a balanced, membership-free choice, so a batch
+        of non-members splits across the parts as a batch of members does), its answer discarded.
+        Returns the rows' logits (NaN for rows sent as logits) and the requests whose part pass
+        failed (served as errors: they fail closed). Nothing without part models."""
+        if not self.parts or not feeds:
+            return None, set()
+        n = len(self.parts)  # the sequence hash where the row has one, else its position
+        choice = np.where(seq != NO_SEQUENCE, np.mod(seq, n), np.arange(len(seq)) % n)
+        index = self.defense.index
+        hit = lookup.matched >= 0
+        if index is not None and index.has_parts and hit.any():
+            choice[hit] = index.parts[lookup.matched[hit]]
+        logits = np.full((len(seq), self.defense.num_classes), np.nan, np.float32)
+        starts = np.cumsum([0] + [p.rows for p in pending])
+        failed: set[int] = set()
+        for k, model in enumerate(self.parts):
+            rows, sub = {}, {}
+            for p, start in zip(pending, starts, strict=False):
+                mine = np.flatnonzero(choice[start : start + p.rows] == k) if p.request in feeds else []
+                if len(mine):
+                    rows[p.request] = start + mine
+                    sub[p.request] = {n: v[mine] for n, v in feeds[p.request].items()}
+            for i, result in run_grouped(model, sub).items():
+                if isinstance(result, Exception):
+                    failed.add(i)
+                else:
+                    logits[rows[i]] = result[model.output_name]
+        return _PartRows(logits, choice), failed
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
@@ -199,20 +265,23 @@ class TritonPythonModel:
         results: dict = {}
         try:
             if feeds:  # the worker's share runs while onnxruntime (which releases the GIL) classifies
-                ahead = self.pool.submit(self._before_logits, pending, feeds)
+                future = self.pool.submit(self._before_logits, pending, feeds)
                 results = run_grouped(self.classifier, feeds)
-                observed, lookup = ahead.result()
+                ahead = future.result()
             else:
-                observed, lookup = self._before_logits(pending, feeds)
+                ahead = self._before_logits(pending, feeds)
         except Exception as err:
             for p in pending:
                 responses[p.request] = internal(f"defense failed; no output returned: {err}")
             self.telemetry.error(len(pending))
             return responses
+        observed, lookup = ahead.observed, ahead.lookup
         batch: list[_Pending] = []
         for k, p in enumerate(pending):
             if p.logits is None:
                 result = results[p.request]
+                if p.request in ahead.parts_failed and not isinstance(result, Exception):
+                    result = RuntimeError("leave-out part model failed")
                 if isinstance(result, Exception):
                     responses[p.request] = internal(f"classifier failed; no output returned: {result}")
                     self.telemetry.error()
@@ -228,9 +297,12 @@ class TritonPythonModel:
             batch.append(p)
         if not batch:
             return responses
-        if len(batch) < len(pending) and lookup is not None:  # the survivors' rows of the look-up
+        parts = ahead.parts
+        if len(batch) < len(pending):  # the survivors' rows of the look-up and of the part pass
             served = {p.request for p in batch}
-            lookup = lookup.take(np.repeat([p.request in served for p in pending], [p.rows for p in pending]))
+            keep = np.repeat([p.request in served for p in pending], [p.rows for p in pending])
+            lookup = lookup.take(keep)
+            parts = None if parts is None else _PartRows(parts.logits[keep], parts.choice[keep])
         fallback = observed[1] if observed is not None else False
         if self.defense.adaptive and observed is None:
             threats, fallback = self._observe([(p.client, query_signature(p.logits, p.signature)) for p in batch])
@@ -238,7 +310,7 @@ class TritonPythonModel:
                 p.threat = t
         z = np.concatenate([p.logits for p in batch])
         threat = np.concatenate([np.full(p.rows, p.threat) for p in batch])
-        held_out = self._held_out([(p.request, p.rows) for p in batch], feeds)
+        held_out = None if parts is None else parts.held_out
         try:
             out = self.defense(z, threat=threat, held_out=held_out, lookup=lookup, checked=True)
         except Exception as err:
@@ -262,35 +334,6 @@ class TritonPythonModel:
             degraded=self.state.problem() is not None,
         )
         return responses
-
-    def _held_out(self, spans: list[tuple[int, int]], feeds: dict):
-        """:data:`~veil.python_backend.selective.HeldOut` over this batch (requests ``spans``: (request,
-        rows) in batch order): part model ``k`` run on the asked rows of each request that sent
-        tokens, grouped by length; NaN for rows sent as logits. None without part models. A part
-        model's failure raises (the batch fails closed)."""
-        if not self.parts:
-            return None
-        owner = np.concatenate([np.full(n, i) for i, n in spans])
-        local = np.concatenate([np.arange(n) for _, n in spans])
-        classes = self.defense.num_classes
-
-        def held_out(rows: np.ndarray, parts: np.ndarray) -> np.ndarray:
-            out = np.full((len(rows), classes), np.nan, np.float32)
-            for k in np.unique(parts):
-                pick = np.flatnonzero((parts == k) & np.isin(owner[rows], list(feeds)))
-                sub = {}
-                for i in np.unique(owner[rows[pick]]):
-                    mine = pick[owner[rows[pick]] == i]
-                    sub[int(i)] = (mine, {n: v[local[rows[mine]]] for n, v in feeds[int(i)].items()})
-                model = self.parts[int(k)]
-                results = run_grouped(model, {i: f for i, (_, f) in sub.items()})
-                for i, result in results.items():
-                    if isinstance(result, Exception):
-                        raise RuntimeError(f"leave-out part model {k} failed: {result}") from result
-                    out[sub[i][0]] = result[model.output_name]
-            return out
-
-        return held_out
 
 
 def instance_count(args: dict) -> int:
