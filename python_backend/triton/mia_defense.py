@@ -101,7 +101,7 @@ class _Ahead:
     """The worker's share (:meth:`TritonPythonModel._before_logits`)."""
 
     observed: tuple[list[float], bool] | None
-    lookup: Lookup
+    lookup: Lookup | None
     parts: _PartRows | None
     parts_failed: set[int]
 
@@ -216,15 +216,16 @@ class TritonPythonModel:
         return _Ahead(observed, lookup, *self._parts_ahead(pending, feeds, lookup, seq))
 
     def _parts_ahead(
-        self, pending: list[_Pending], feeds: dict, lookup: Lookup, seq: np.ndarray
+        self, pending: list[_Pending], feeds: dict, lookup: Lookup | None, seq: np.ndarray
     ) -> tuple[_PartRows | None, set[int]]:
         """Every row of ``pending`` that sent tokens through exactly one part model: a whole match
         through the part model that never trained on its text (what the defense reads), any other
         row through the one its sequence hash picks (a balanced, membership-free choice, so a batch
         of non-members splits across the parts as a batch of members does), its answer discarded.
         Returns the rows' logits (NaN for rows sent as logits) and the requests whose part pass
-        failed (served as errors: they fail closed). Nothing without part models."""
-        if not self.parts or not feeds:
+        failed (served as errors: they fail closed). Nothing without part models, or for a variant
+        without the member gate's look-up (it reads no part model, for any row)."""
+        if not self.parts or not feeds or lookup is None:
             return None, set()
         n = len(self.parts)  # the sequence hash where the row has one, else its position
         choice = np.where(seq != NO_SEQUENCE, np.mod(seq, n), np.arange(len(seq)) % n)

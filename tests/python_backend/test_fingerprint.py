@@ -4,6 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from veil.python_backend import fingerprint
 from veil.python_backend.fingerprint import (
     EMPTY,
     MINHASH_SIZE,
@@ -261,3 +262,23 @@ def test_without_drops_exactly_the_given_sketch_values(sketches, drop):
         assert sorted(kept) == sorted(set(values) - set(drop))
     assert (rows == _rows(sketches)).all()  # the input is not modified
     assert without(rows, None) is rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    width=st.sampled_from([1, 8, 16, 64]),
+    seed=st.integers(0, 2**32 - 1),
+    big=st.booleans(),
+)
+def test_sequence_hash_small_batch_path_is_the_numpy_one(rows, width, seed, big):
+    """Small batches are hashed in Python integers (faster for the one-caller requests the step
+    mostly sees); both paths give the same bits, over the whole int64 range of ids and any mask."""
+    rng = np.random.default_rng(seed)
+    hi = 2**63 - 1 if big else 30522
+    ids = rng.integers(-hi if big else 0, hi, (rows, width), dtype=np.int64)
+    mask = rng.random((rows, width)) < rng.uniform(0, 1)
+    small = fingerprint._sequence_hash_small(ids, mask)
+    np.testing.assert_array_equal(small, fingerprint._sequence_hash_numpy(ids, mask))
+    np.testing.assert_array_equal(sequence_hash(ids, mask), small)
+    assert (small >= 0).all()

@@ -416,6 +416,11 @@ def test_every_row_runs_through_one_part_model_member_or_not(pb_utils, tmp_path,
     assert work[0] == work[1] == [2, 2]  # 4 rows each, split 2 / 2 over the two parts
     (r,) = m.execute([FakeRequest({"logits": sharp})])
     assert r.error is None and not any(calls)
+    # A variant without the member gate reads no part model: none runs, and it serves.
+    other = hosted_model(tmp_path / "label-only", tiny_onnx, parts=2, variant="label_only")
+    other_calls = _counting_parts(other)
+    answers = other.execute([FakeRequest(members), FakeRequest(strangers)])
+    assert all(a.error is None for a in answers) and not any(other_calls)
     # The members' rows were answered by their part models (moved off the maps' answer): the same
     # logits sent without tokens get the maps.
     (served,) = m.execute([FakeRequest(members)])
