@@ -107,7 +107,7 @@ def _sequence_hash_small(ids: np.ndarray, real: np.ndarray) -> np.ndarray:
             if on:
                 h = ((h ^ (token & _U64)) * prime) & _U64
         out.append(h >> 1)
-    return np.array(out, dtype=np.int64).reshape(len(ids))
+    return np.array(out, dtype=np.int64)
 
 
 def _sequence_hash_numpy(ids: np.ndarray, real: np.ndarray) -> np.ndarray:

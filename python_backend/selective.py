@@ -443,6 +443,13 @@ class Lookup:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return Lookup(**{k: None if v is None else v[rows] for k, v in values.items()})
 
+    def parts(self, index: MemberIndex | None) -> np.ndarray:
+        """[rows] the leave-out part model that answers each row: the one that never trained on its
+        whole match's text, -1 for a row without one (or an index without parts)."""
+        if index is None or not index.has_parts:
+            return np.full(len(self), -1, dtype=np.int64)
+        return np.where(self.matched >= 0, index.parts[np.maximum(self.matched, 0)], -1)
+
 
 def look_up(
     tables: SelectiveTables,
@@ -524,8 +531,7 @@ def defend(
     left_out = np.zeros(b, dtype=bool)
     if held_out is not None and index is not None and index.has_parts and tables.has_leave_out:
         # Every row asked and mapped, matched or not (masks choose): equal work, as for the maps.
-        parts = np.where(matched >= 0, index.parts[np.maximum(matched, 0)], -1)  # all -1 in the no-gate ablation
-        z_k = np.asarray(held_out(np.arange(b), parts), dtype=np.float32).reshape(b, -1)
+        z_k = np.asarray(held_out(np.arange(b), lookup.parts(index)), dtype=np.float32).reshape(b, -1)
         finite = np.isfinite(z_k).all(1)
         mapped = tables.held_out_scores(np.where(finite[:, None], z_k, 0.0), label)
         left_out = moved & (matched >= 0) & finite

@@ -227,18 +227,16 @@ class TritonPythonModel:
         without the member gate's look-up (it reads no part model, for any row)."""
         if not self.parts or not feeds or lookup is None:
             return None, set()
-        n = len(self.parts)  # the sequence hash where the row has one, else its position
-        choice = np.where(seq != NO_SEQUENCE, np.mod(seq, n), np.arange(len(seq)) % n)
-        index = self.defense.index
-        hit = lookup.matched >= 0
-        if index is not None and index.has_parts and hit.any():
-            choice[hit] = index.parts[lookup.matched[hit]]
+        choice = lookup.parts(self.defense.index)
+        free = choice < 0  # no whole match: the sequence hash where the row has one, else its position
+        count = len(self.parts)
+        choice[free] = np.where(seq != NO_SEQUENCE, np.mod(seq, count), np.arange(len(seq)) % count)[free]
         logits = np.full((len(seq), self.defense.num_classes), np.nan, np.float32)
-        starts = np.cumsum([0] + [p.rows for p in pending])
+        starts = np.cumsum([0] + [p.rows for p in pending])[:-1]
         failed: set[int] = set()
         for k, model in enumerate(self.parts):
             rows, sub = {}, {}
-            for p, start in zip(pending, starts, strict=False):
+            for p, start in zip(pending, starts, strict=True):
                 mine = np.flatnonzero(choice[start : start + p.rows] == k) if p.request in feeds else []
                 if len(mine):
                     rows[p.request] = start + mine
@@ -281,8 +279,10 @@ class TritonPythonModel:
         for k, p in enumerate(pending):
             if p.logits is None:
                 result = results[p.request]
-                if p.request in ahead.parts_failed and not isinstance(result, Exception):
-                    result = RuntimeError("leave-out part model failed")
+                if p.request in ahead.parts_failed:
+                    responses[p.request] = internal("leave-out part model failed; no output returned")
+                    self.telemetry.error()
+                    continue
                 if isinstance(result, Exception):
                     responses[p.request] = internal(f"classifier failed; no output returned: {result}")
                     self.telemetry.error()
