@@ -239,6 +239,34 @@ def test_whole_matches_of_training_texts_are_answered_by_their_part_model(server
     assert (r.served.argmax(1) == r.logits.argmax(1)).all()
 
 
+def test_a_texts_bytes_do_not_depend_on_its_request_neighbours(server, eval_texts):
+    """One text's served bytes are the same sent alone, inside a multi-row request beside a longer
+    text (its tokens padded to the longer one's bucket, and its part model's pass run in a group of
+    other rows), and among concurrent one-row requests the server may merge into one batch: a caller
+    who varies a text's neighbours has nothing to average (docs/defense.md, "Equal work")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts, _ = eval_texts
+    chosen = texts[:12] + texts[60:72]  # training texts (answered by their part models) and non-members
+    long_text = " ".join(texts[72:80])  # pads every other row of its request to the longest bucket
+    model = "veil_fixed_intensity"  # no adaptive state: only the neighbours change between the sends
+    with client_for(server, "grpc") as c:
+        alone = np.concatenate([c.classify([t], model=model)[0] for t in chosen])
+        beside = c.classify([long_text, *chosen[::-1]], model=model, batch_size=64)[0][1:][::-1]
+        raw_alone = np.concatenate([c.classify([t], model=RAW)[0] for t in chosen])
+        raw_beside = c.classify([long_text, *chosen], model=RAW)[0][1:]
+
+    def one(t: str) -> np.ndarray:
+        with client_for(server, "grpc") as c:
+            return c.classify([t], model=model)[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        merged = np.concatenate(list(pool.map(one, chosen * 2)))
+    np.testing.assert_array_equal(alone.view(np.uint32), beside.view(np.uint32))
+    np.testing.assert_array_equal(np.tile(alone, (2, 1)).view(np.uint32), merged.view(np.uint32))
+    np.testing.assert_array_equal(raw_alone.view(np.uint32), raw_beside.view(np.uint32))
+
+
 def test_ungated_replay_is_what_the_step_serves_for_bare_logits(server, tiny_build, eval_texts):
     """The evaluation defends the attacker's own model outputs with ``gated=False``: those are the
     bytes the served step returns for logits sent without a fingerprint, and on training texts they
