@@ -9,8 +9,9 @@ score on a bin's edge would be served one way or the other, and a caller could a
 into more than the bin. Each text (``member_eval`` training texts and ``nonmember_eval`` texts) is
 sent alone, in multi-row requests beside a longer text, and in concurrent one-row requests that
 the server may merge; every send is compared byte for byte with the first. The integration test
-(tests/integration/test_server.py) asserts the same on the tiny build; this measures a real one,
-and on a GPU (``--serving`` with KIND_GPU instances), where kernels may be picked by batch shape.
+(tests/integration/test_server.py) asserts the same on the tiny build; this measures a real one
+(exit status 1 if any text's bytes moved), worth running on a GPU host too (``--grpc-url`` of a
+served repository), where kernels may be picked by batch shape.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=200, help="texts per side")
     p.add_argument("--row-batch", type=int, default=16, help="rows per multi-row request")
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--grpc-url", default=None, help="a running server (default: start the build's repository)")
     add_serving_option(p)
     a = p.parse_args(argv)
     changes = parsed_serving(p, a.serving)
@@ -82,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(a.out or Path(a.build_dir) / "loadtest-neighbours")
     console = Console()
     summary = {}
-    with serving(RunConfig(build_dir=a.build_dir, out_dir=str(out), serving=changes), console) as (grpc_url, *_):
+    cfg = RunConfig(build_dir=a.build_dir, out_dir=str(out), serving=changes)
+    with nullcontext((a.grpc_url,)) if a.grpc_url else serving(cfg, console) as (grpc_url, *_):
         for model in [m for m in a.models.split(",") if m]:
             with console.status(f"{model}: {len(texts)} texts, three ways"):
                 served = sends(grpc_url, model, texts, row_batch=a.row_batch, concurrency=a.concurrency)
