@@ -7,6 +7,7 @@ opset 17 (the default here: it handles every architecture we serve), or the dyna
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +38,12 @@ class _LogitsOnly(torch.nn.Module):
 
 
 def export_onnx(model, tokenizer, path: str | Path, *, exporter: str = "torchscript") -> list[str]:
-    """Write ``path``; returns the input names (the model's, in order)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``path``; returns the input names (the model's, in order). Written beside it and
+    renamed over it: a new file each time, so a repository that hard-links an earlier export
+    (:mod:`veil.model_repository.writer`) keeps the bytes it was written with."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    path = final.with_name(f".{final.name}.writing")
     names = model_input_names(model)
     model.eval()
     sample = tokenizer(
@@ -74,6 +78,7 @@ def export_onnx(model, tokenizer, path: str | Path, *, exporter: str = "torchscr
             prog.save(str(path))
         else:
             raise ValueError(f"exporter must be 'torchscript' or 'dynamo', not {exporter!r}")
+    os.replace(path, final)
     return names
 
 

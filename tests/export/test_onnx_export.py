@@ -35,6 +35,23 @@ def test_dynamic_axes(tmp_path):
         assert sess.run(None, feed)[0].shape == (batch, 2)
 
 
+def test_an_export_never_rewrites_a_file_a_repository_links(tmp_path):
+    """Repositories hard-link the classifier and the part models: exporting again over the same
+    path writes a new file, and the linked one keeps the bytes it was written with."""
+    import os
+
+    model, tokenizer = load_model("tiny-bert", num_labels=2)
+    path, linked = tmp_path / "m.onnx", tmp_path / "repository_copy.onnx"
+    export_onnx(model, tokenizer, path)
+    os.link(path, linked)
+    before = linked.read_bytes()
+    other, _ = load_model("tiny-bert", num_labels=3)  # a different graph (three classes)
+    export_onnx(other, tokenizer, path)
+    assert linked.read_bytes() == before != path.read_bytes()
+    assert path.stat().st_ino != linked.stat().st_ino
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing half-written left
+
+
 def test_parity_failure_prints_both_numbers():
     with pytest.raises(ParityError, match=r"max \|logit difference\| = 0.01 .* identical argmax: False"):
         Parity(rows=4, max_abs_diff=0.01, argmax_equal=False).check()
