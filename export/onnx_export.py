@@ -51,33 +51,37 @@ def export_onnx(model, tokenizer, path: str | Path, *, exporter: str = "torchscr
     )
     args = tuple(sample[n] for n in names)
     wrapper = _LogitsOnly(model, names)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        if exporter == "torchscript":
-            torch.onnx.export(
-                wrapper,
-                args,
-                str(path),
-                input_names=names,
-                output_names=[wire.LOGITS],
-                dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, wire.LOGITS: {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
-        elif exporter == "dynamo":
-            batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-            prog = torch.onnx.export(
-                wrapper,
-                args,
-                input_names=names,
-                output_names=[wire.LOGITS],
-                dynamic_shapes=tuple({0: batch, 1: seq} for _ in names),
-                opset_version=20,
-                dynamo=True,
-            )
-            prog.save(str(path))
-        else:
-            raise ValueError(f"exporter must be 'torchscript' or 'dynamo', not {exporter!r}")
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if exporter == "torchscript":
+                torch.onnx.export(
+                    wrapper,
+                    args,
+                    str(path),
+                    input_names=names,
+                    output_names=[wire.LOGITS],
+                    dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, wire.LOGITS: {0: "batch"}},
+                    opset_version=17,
+                    dynamo=False,
+                )
+            elif exporter == "dynamo":
+                batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+                prog = torch.onnx.export(
+                    wrapper,
+                    args,
+                    input_names=names,
+                    output_names=[wire.LOGITS],
+                    dynamic_shapes=tuple({0: batch, 1: seq} for _ in names),
+                    opset_version=20,
+                    dynamo=True,
+                )
+                prog.save(str(path))
+            else:
+                raise ValueError(f"exporter must be 'torchscript' or 'dynamo', not {exporter!r}")
+    except BaseException:
+        path.unlink(missing_ok=True)  # a failed export leaves nothing half-written behind
+        raise
     os.replace(path, final)
     return names
 

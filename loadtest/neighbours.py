@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--grpc-url", default=None, help="a running server (default: start the build's repository)")
     add_serving_option(p)
     a = p.parse_args(argv)
+    if a.row_batch < 2:
+        p.error("--row-batch must be at least 2 (the longest text and one more)")
     changes = parsed_serving(p, a.serving)
     build = BuildDir(a.build_dir)
     members, nonmembers = build.texts("member_eval", limit=a.rows), build.texts("nonmember_eval", limit=a.rows)

@@ -52,6 +52,26 @@ def test_an_export_never_rewrites_a_file_a_repository_links(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing half-written left
 
 
+def test_a_failed_export_leaves_the_old_file_and_nothing_half_written(tmp_path, monkeypatch):
+    import torch
+
+    model, tokenizer = load_model("tiny-bert", num_labels=2)
+    path = tmp_path / "m.onnx"
+    export_onnx(model, tokenizer, path)
+    before = path.read_bytes()
+
+    def dies_half_way(_model, _args, f, **_kwargs):
+        with open(f, "wb") as out:
+            out.write(b"half an onnx graph")
+        raise RuntimeError("exporter died")
+
+    monkeypatch.setattr(torch.onnx, "export", dies_half_way)
+    with pytest.raises(RuntimeError, match="exporter died"):
+        export_onnx(model, tokenizer, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
 def test_parity_failure_prints_both_numbers():
     with pytest.raises(ParityError, match=r"max \|logit difference\| = 0.01 .* identical argmax: False"):
         Parity(rows=4, max_abs_diff=0.01, argmax_equal=False).check()
