@@ -1,7 +1,8 @@
 """Adaptive intensity: a per-client threat score from query patterns scales the perturbation.
 
 Membership attacks need many queries, often bursts of near-identical ones (the same text, or
-small edits of it, probed repeatedly). Each client's recent row rate and its share of
+small edits of it, probed repeatedly). Each client's recent row rate, the share of the serving
+step's time its rows take (its *busy share*: the rate in units of the hardware), and its share of
 repeated queries (a near-duplicate of one of its recent queries by MinHash, or a query whose content
 tokens are mostly contained in its recent queries: crops of one text; see :mod:`fingerprint`)
 raise a threat score in [0, 1]; the defense maps it to an intensity
@@ -58,6 +59,15 @@ class AdaptiveConfig:
     """Rows per second a client may send with no rate threat."""
     rate_high: float = 200.0
     """Rows per second at which the rate threat is 1."""
+    busy_low: float = 0.5
+    busy_high: float = 1.0
+    """The busy threat ramps from 0 to 1 as a client's *busy share* goes from ``busy_low`` to
+    ``busy_high``: its row rate times the step's own measured seconds per row
+    (:class:`ServiceCost`), i.e. the share of one instance's time its rows take. Rows per second
+    mean nothing without the hardware: on 2 CPU cores a caller sending back to back stays under
+    ``rate_low`` when a row costs two forward passes (part models), while on a GPU a benign
+    dashboard passes ``rate_high``. A caller that keeps the step busy half the time or more is
+    bulk traffic, full speed reads about 1 whatever the hardware (rule, not tuned on any seed)."""
     duplicate_low: float = 0.2
     duplicate_high: float = 0.25
     """The probing threat ramps from 0 to 1 as the repeated share goes from ``duplicate_low`` to
@@ -160,20 +170,27 @@ class ThreatTracker:
         return state
 
     def observe(
-        self, client_id: str, logits: np.ndarray, signatures: np.ndarray | None = None, *, now: float | None = None
+        self,
+        client_id: str,
+        logits: np.ndarray,
+        signatures: np.ndarray | None = None,
+        *,
+        now: float | None = None,
+        row_cost_s: float = 0.0,
     ) -> float:
         """Record one request's rows for ``client_id`` and return its threat in [0, 1].
 
         ``signatures`` [n, SIGNATURE_SIZE] come from the tokenizer; without them the logits are
         fingerprinted instead (exact repeats only). ``now`` defaults to the clock (a dynamic batch
-        passes one time for all its requests)."""
+        passes one time for all its requests). ``row_cost_s``: the serving step's seconds per row
+        (:class:`ServiceCost`; 0: no busy threat)."""
         cfg = self.config
         now = self.clock() if now is None else now
         self.sweep(now)
         state = self._get(client_id, now)
         young = client_id == ANONYMOUS or state.rows < cfg.young_rows or now - state.born < cfg.young_s
         sig = query_signature(logits, signatures)
-        threat = self._update(state, now, sig)
+        threat = self._update(state, now, sig, row_cost_s)
         if young:
             threat = max(threat, cfg.young_threat)
             if state is not self.unattributed:
@@ -186,7 +203,7 @@ class ThreatTracker:
                 threat = max(threat, _ramp(float(hits), cfg.duplicate_low, cfg.duplicate_high))
         return float(threat)
 
-    def _update(self, state: ClientState, now: float, sig: np.ndarray) -> float:
+    def _update(self, state: ClientState, now: float, sig: np.ndarray, row_cost_s: float) -> float:
         """Fold ``sig`` (one request's rows) into ``state``; the state's threat afterwards."""
         cfg = self.config
         dt = now - state.last
@@ -202,6 +219,7 @@ class ThreatTracker:
         state.dup = self._decay(state.dup, dt, cfg.duplicate_window_s) * keep + (1 - keep) * share
         return max(
             _ramp(state.rate, cfg.rate_low, cfg.rate_high),
+            _ramp(state.rate * row_cost_s, cfg.busy_low, cfg.busy_high),
             _ramp(state.dup, cfg.duplicate_low, cfg.duplicate_high),
             self._decay(state.initial, now - state.born),
         )
@@ -235,6 +253,24 @@ class ThreatTracker:
             self.clients[k] = _state_from_dict(v, self.config.fingerprints)
         if "unattributed" in state:
             self.unattributed = _state_from_dict(state["unattributed"], self.config.fingerprints)
+
+
+class ServiceCost:
+    """The serving step's seconds per row: an average weighted by rows over about ``span_rows``
+    recent rows (0 until the first batch), for the busy share (``AdaptiveConfig.busy_low``). It
+    measures the step where it runs, so the same caller reads busier on slower hardware."""
+
+    def __init__(self, *, span_rows: int = 256) -> None:
+        self.span_rows = span_rows
+        self.per_row = 0.0
+        self.rows = 0
+
+    def add(self, seconds: float, rows: int) -> None:
+        if rows <= 0 or not math.isfinite(seconds) or seconds < 0:
+            return
+        keep = (1.0 - 1.0 / self.span_rows) ** rows if self.rows else 0.0
+        self.per_row = self.per_row * keep + (1.0 - keep) * seconds / rows
+        self.rows += rows
 
 
 def _state_to_dict(s: ClientState) -> dict:

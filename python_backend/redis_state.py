@@ -55,11 +55,12 @@ HEAD_FIELDS = ("rate", "dup", "last", "born", "initial", "rows")
 
 # Mirrors ThreatTracker.observe / _update and fingerprint.repeats line by line; keep them in step (the equivalence test
 # compares them on random streams). KEYS[1] churn, KEYS[2] anon, KEYS[2 + r] request r's client
-# (KEYS[2] again for anonymous rows); ARGV[1] now ('' = the server's clock), ARGV[1 + r] request
-# r's signatures. Returns each request's threat (%.17g: exact) and DBSIZE.
+# (KEYS[2] again for anonymous rows); ARGV[1] now ('' = the server's clock), ARGV[2] the step's
+# seconds per row, ARGV[2 + r] request r's signatures. Returns each request's threat (%.17g: exact) and DBSIZE.
 _SCRIPT = """
 local RATE_W, DUP_W, SPAN, TTL = {rate_window_s!r}, {duplicate_window_s!r}, {duplicate_span_rows!r}, {ttl_s!r}
 local RATE_LO, RATE_HI, DUP_LO, DUP_HI = {rate_low!r}, {rate_high!r}, {duplicate_low!r}, {duplicate_high!r}
+local BUSY_LO, BUSY_HI = {busy_low!r}, {busy_high!r}
 local CHURN_LO, CHURN_HI = {churn_low!r}, {churn_high!r}
 local SLOTS, YOUNG_ROWS, YOUNG_S, YOUNG_T = {fingerprints!r}, {young_rows!r}, {young_s!r}, {young_threat!r}
 local SIG, MINHASH, NEAR, TTL_MS = {signature_size}, {minhash_size}, {near_match}, {ttl_ms}
@@ -73,6 +74,7 @@ if ARGV[1] == '' then
 else
   now = tonumber(ARGV[1])
 end
+local COST = tonumber(ARGV[2])
 
 local function decay(v, dt, w)
   if dt < 0 then dt = 0 end
@@ -161,7 +163,8 @@ local function update(s, sig)
   local share = 0.0
   if n > 0 then share = repeats / n end
   s.dup = decay(s.dup, dt, DUP_W) * keep + (1 - keep) * share
-  return math.max(ramp(s.rate, RATE_LO, RATE_HI), ramp(s.dup, DUP_LO, DUP_HI), decay(s.initial, now - s.born, RATE_W))
+  return math.max(ramp(s.rate, RATE_LO, RATE_HI), ramp(s.rate * COST, BUSY_LO, BUSY_HI), ramp(s.dup, DUP_LO, DUP_HI),
+                  decay(s.initial, now - s.born, RATE_W))
 end
 
 local churn, churn_last = 0.0, now
@@ -170,7 +173,7 @@ if c then churn, churn_last = struct.unpack('<dd', c) end
 local anon = load(KEYS[2]) or fresh(0.0)
 local clients, order, out, anon_used = {{}}, {{}}, {{}}, false
 for r = 3, #KEYS do
-  local key, sig = KEYS[r], split(ARGV[r - 1])
+  local key, sig = KEYS[r], split(ARGV[r])
   local s, young
   if key == KEYS[2] then
     s = anon
@@ -276,13 +279,15 @@ class RedisState:
     def key(self, client: str) -> str:
         return self.keys[1] if client == ANONYMOUS else f"{self.config.key_prefix}c:{client}"
 
-    def observe(self, batch: Sequence[tuple[str, np.ndarray]], *, now: float | None = None) -> Observed:
+    def observe(
+        self, batch: Sequence[tuple[str, np.ndarray]], *, now: float | None = None, row_cost_s: float = 0.0
+    ) -> Observed:
         if not batch:
             return Observed([])
         if self.reconnect.waiting(self.clock()):
             return Observed([FALLBACK_THREAT] * len(batch), fallback=True)
         keys = [*self.keys, *(self.key(client) for client, _ in batch)]
-        args = ["" if now is None else repr(float(now))]
+        args = ["" if now is None else repr(float(now)), repr(float(row_cost_s))]
         args += [np.ascontiguousarray(sig, dtype="<i4").tobytes() for _, sig in batch]
         try:
             reply = self.script(keys=keys, args=args)

@@ -52,9 +52,12 @@ class ThreatState(Protocol):
     shared: bool
     """True when every process sees the same state (several instances and replicas are safe)."""
 
-    def observe(self, batch: Sequence[tuple[str, np.ndarray]], *, now: float | None = None) -> Observed:
+    def observe(
+        self, batch: Sequence[tuple[str, np.ndarray]], *, now: float | None = None, row_cost_s: float = 0.0
+    ) -> Observed:
         """Fold a dynamic batch of requests, ``(client id, [n, SIGNATURE_SIZE] signatures)`` each,
-        into the state in order; their threats. ``now`` (seconds) defaults to the backend's clock."""
+        into the state in order; their threats. ``now`` (seconds) defaults to the backend's clock;
+        ``row_cost_s`` is the calling step's seconds per row (:class:`~veil.python_backend.adaptive.ServiceCost`)."""
         ...
 
     def tracked(self) -> int:
@@ -107,9 +110,13 @@ class MemoryState:
         self.config = config
         self.tracker = ThreatTracker(adaptive, clock=clock)
 
-    def observe(self, batch: Sequence[tuple[str, np.ndarray]], *, now: float | None = None) -> Observed:
+    def observe(
+        self, batch: Sequence[tuple[str, np.ndarray]], *, now: float | None = None, row_cost_s: float = 0.0
+    ) -> Observed:
         now = self.tracker.clock() if now is None else now
-        return Observed([self.tracker.observe(client, None, sig, now=now) for client, sig in batch])
+        return Observed(
+            [self.tracker.observe(client, None, sig, now=now, row_cost_s=row_cost_s) for client, sig in batch]
+        )
 
     def tracked(self) -> int:
         return len(self.tracker)

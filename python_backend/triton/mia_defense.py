@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from veil import wire
-from veil.python_backend.adaptive import AdaptiveConfig, normalise_client_id, query_signature
+from veil.python_backend.adaptive import AdaptiveConfig, ServiceCost, normalise_client_id, query_signature
 from veil.python_backend.artifact import DefenseArtifact, part_model_file
 from veil.python_backend.defense import Defense, DefenseConfig
 from veil.python_backend.fingerprint import NO_SEQUENCE, SIGNATURE_SIZE, without
@@ -142,6 +143,8 @@ class TritonPythonModel:
             **{"max_clients": int(params.get("max_clients", "10000")), **json.loads(params.get("adaptive", "{}"))}
         )
         self.state = state_from(params, adaptive=adaptive, instances=instance_count(args))
+        self.cost = ServiceCost()
+        """This step's seconds per row, for the callers' busy share (hosted: classifier and defense)."""
         self.max_client_id_bytes = adaptive.max_client_id_bytes
         # One worker: the look-up that overlaps the classifier's forward pass (see execute).
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="veil-lookup")
@@ -183,7 +186,9 @@ class TritonPythonModel:
     def _observe(self, batch: list[tuple[str, np.ndarray]]) -> tuple[list[float], bool]:
         """Each request's threat from its caller's state (which records these rows), and whether
         the store failed (then every threat is 1)."""
-        observed = self.state.observe([(c, without(np.asarray(s, np.int32), self.tracker_mask)) for c, s in batch])
+        observed = self.state.observe(
+            [(c, without(np.asarray(s, np.int32), self.tracker_mask)) for c, s in batch], row_cost_s=self.cost.per_row
+        )
         return observed.threats, observed.fallback
 
     def _before_logits(self, pending: list[_Pending], feeds: dict) -> _Ahead:
@@ -249,6 +254,7 @@ class TritonPythonModel:
         return _PartRows(logits, choice), failed
 
     def execute(self, requests: list) -> list:
+        started = time.perf_counter()
         responses: list = [None] * len(requests)
         feeds: dict = {}
         pending: list[_Pending] = []
@@ -327,6 +333,7 @@ class TritonPythonModel:
                 [pb_utils.Tensor(wire.PROBABILITIES, probs), pb_utils.Tensor(wire.LABEL, label)]
             )
             start += p.rows
+        self.cost.add(time.perf_counter() - started, len(z))
         self.telemetry.record(
             out,
             self.state.tracked(),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from veil.export.train import packaged_minilm
-from veil.python_backend.adaptive import ANONYMOUS, AdaptiveConfig, ThreatTracker, normalise_client_id
+from veil.python_backend.adaptive import ANONYMOUS, AdaptiveConfig, ServiceCost, ThreatTracker, normalise_client_id
 from veil.python_backend.fingerprint import SIGNATURE_SIZE
 from veil.python_backend.tokens import TextEncoder
 
@@ -51,6 +51,41 @@ def test_burst_raises_threat_and_it_decays():
     assert threat > 0.5
     clock.t += 120
     assert tr.observe("mallory", rows(1, 999)) < 0.05
+
+
+@pytest.mark.parametrize(("row_cost_s", "expected"), [(0.0, 0.0), (0.005, 0.0), (0.05, 0.5), (0.2, 1.0)])
+def test_busy_share_is_the_rate_in_units_of_the_hardware(row_cost_s, expected):
+    """One established caller at 15 rows/s, under ``rate_low``: no threat on hardware where a row
+    costs 5 ms (busy share 0.075), a threat where its rows keep the step busy (50 ms a row: 0.75
+    of the time, halfway up the ramp; 200 ms: saturated)."""
+    clock = Clock()
+    cfg = AdaptiveConfig()
+    tr = ThreatTracker(cfg, clock=clock)
+    for i in range(200):  # 15 rows/s for about 13 s: past young, the rate settled
+        clock.t += 1 / 15
+        threat = tr.observe("carol", rows(1, i), row_cost_s=row_cost_s)
+    rate = tr.clients["carol"].rate
+    assert rate < cfg.rate_low
+    assert rate * row_cost_s == pytest.approx(15 * row_cost_s, rel=0.05)
+    busy = min(1.0, max(0.0, (rate * row_cost_s - cfg.busy_low) / (cfg.busy_high - cfg.busy_low)))
+    assert threat == pytest.approx(busy) and threat == pytest.approx(expected, abs=0.05)
+
+
+def test_service_cost_is_a_row_weighted_average_of_seconds_per_row():
+    cost = ServiceCost(span_rows=4)
+    assert cost.per_row == 0.0
+    cost.add(0.8, 4)  # the first batch sets it
+    assert cost.per_row == pytest.approx(0.2)
+    cost.add(0.0, 0)  # nothing served, a negative or non-finite time: ignored
+    cost.add(-1.0, 3)
+    cost.add(float("nan"), 3)
+    assert cost.per_row == pytest.approx(0.2) and cost.rows == 4
+    cost.add(0.4, 4)  # 0.1 s a row, weight 1 - (3/4)^4 of the average
+    keep = 0.75**4
+    assert cost.per_row == pytest.approx(0.2 * keep + 0.1 * (1 - keep))
+    for _ in range(50):  # it follows the hardware it runs on
+        cost.add(0.04, 4)
+    assert cost.per_row == pytest.approx(0.01, rel=1e-3)
 
 
 def test_repeated_queries_raise_threat():

@@ -37,7 +37,11 @@ row = st.tuples(
     st.integers(0, len(BASE) - 1), st.integers(0, SIGNATURE_SIZE - 1), st.integers(0, 3), st.sampled_from(KEEP)
 )
 request = st.tuples(st.sampled_from([ANONYMOUS, "alice", "bob", "carol", "dave"]), st.lists(row, max_size=4))
-step = st.tuples(st.sampled_from([0.0, 1e-3, 0.05, 0.4, 2.0, 30.0, 30.5]), st.lists(request, min_size=1, max_size=4))
+step = st.tuples(
+    st.sampled_from([0.0, 1e-3, 0.05, 0.4, 2.0, 30.0, 30.5]),
+    st.lists(request, min_size=1, max_size=4),
+    st.sampled_from([0.0, 1e-3, 0.07, 0.3, 1 / 3]),  # the step's seconds per row: every busy share
+)
 
 
 def signatures(rows: list[tuple[int, int, int, int]]) -> np.ndarray:
@@ -63,11 +67,11 @@ def test_redis_threats_equal_in_process_threats(redis_server, stream):
     memory = make_state(config=StateConfig(), adaptive=CONFIG)
     instances = [redis_state(redis_server.url, prefix), redis_state(redis_server.url, prefix)]
     now = 5000.0
-    for k, (dt, requests) in enumerate(stream):
+    for k, (dt, requests, cost) in enumerate(stream):
         now += dt
         batch = [(client, signatures(rows)) for client, rows in requests]
-        expected = memory.observe(batch, now=now)
-        got = instances[k % 2].observe(batch, now=now)
+        expected = memory.observe(batch, now=now, row_cost_s=cost)
+        got = instances[k % 2].observe(batch, now=now, row_cost_s=cost)
         assert not got.fallback
         assert got.threats == expected.threats, (k, batch)
     for inst in instances:
@@ -90,8 +94,9 @@ def test_redis_threats_equal_in_process_threats_on_a_long_seeded_stream(redis_se
             base, pos, delta = int(rng.integers(len(BASE))), int(rng.integers(SIGNATURE_SIZE)), int(rng.integers(3))
             rows = [(base, pos, delta, int(rng.choice(KEEP)))]
             batch.append((client, signatures(rows * int(rng.integers(1, 4)))))
-        expected = memory.observe(batch, now=now).threats
-        assert instances[k % 2].observe(batch, now=now).threats == expected, k
+        cost = float(rng.choice([0.0, 0.01, 0.1, 0.3]))
+        expected = memory.observe(batch, now=now, row_cost_s=cost).threats
+        assert instances[k % 2].observe(batch, now=now, row_cost_s=cost).threats == expected, k
         seen += len(set(expected))
     assert seen > 600  # the stream produced varied threats, not one constant
 

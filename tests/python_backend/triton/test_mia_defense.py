@@ -211,7 +211,7 @@ def test_adaptive_state_sees_signatures_without_the_artifacts_common_values(pb_u
     seen = []
 
     class Recording:
-        def observe(self, batch, *, now=None):
+        def observe(self, batch, *, now=None, row_cost_s=0.0):
             seen.extend(sig for _, sig in batch)
             return Observed([0.0] * len(batch))
 
@@ -233,6 +233,39 @@ def test_adaptive_state_sees_signatures_without_the_artifacts_common_values(pb_u
     # the member gate still gets the signature as sent: same output as the step without a mask
     expected = Defense(make_artifact(2))(logits, threat=np.zeros(2), signatures=sig)
     np.testing.assert_array_equal(r.tensors["probabilities"], expected.probabilities)
+
+
+def test_the_state_gets_the_steps_measured_seconds_per_row(pb_utils, tmp_path, monkeypatch):
+    """The busy share's unit: each batch's execute time per served row, averaged, reaches the
+    state with the next batch (0 before the first: no busy threat from nothing measured)."""
+    from veil.python_backend.threat_state import Observed
+
+    make_artifact(2).save(tmp_path / "1" / "defense")
+    module = load_adapter("mia_defense")
+    m = module.TritonPythonModel()
+    params = {"variant": "veil", "classifier_sha256": "0" * 64, "metrics_flush_s": "0"}
+    m.initialize(model_args(tmp_path, name="mia_defense", parameters=params))
+    costs = []
+
+    class Recording:
+        def observe(self, batch, *, now=None, row_cost_s=0.0):
+            costs.append(row_cost_s)
+            return Observed([0.0] * len(batch))
+
+        def __getattr__(self, name):
+            return getattr(m_state, name)
+
+    m_state, m.state = m.state, Recording()
+    clock = iter([10.0, 10.8, 20.0, 20.2])  # two batches: 0.8 s for 4 rows, then 0.2 s for 4 rows
+    monkeypatch.setattr(module.time, "perf_counter", lambda: next(clock))
+    sig = np.random.default_rng(0).integers(0, 1000, (4, SIGNATURE_SIZE)).astype(np.int32)
+    logits = np.array([[2.0, -1.0], [0.0, 1.0], [1.0, 0.0], [3.0, 0.5]], np.float32)
+    for _ in range(2):
+        (r,) = m.execute([FakeRequest({"logits": logits, "fingerprint": sig}, {"veil-client-id": "alice"})])
+        assert r.error is None
+    assert costs[0] == 0.0
+    assert costs[1] == pytest.approx(0.2)
+    assert m.cost.rows == 8 and 0.05 < m.cost.per_row < 0.2  # the second batch pulled the average down
 
 
 def test_sequence_hashes_reach_the_gate_and_a_misshapen_one_is_refused(pb_utils, tmp_path):
