@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -104,13 +105,21 @@ class VeilClient:
         model: str = "veil_defended",
         client_id: str | None = None,
         batch_size: int = 64,
+        pace: float = 0.0,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities [N, C] float32, labels [N]) in request order, ``batch_size`` texts per request."""
+        """(probabilities [N, C] float32, labels [N]) in request order, ``batch_size`` texts per request.
+
+        ``pace``: wait this many times each request's round trip before sending the next (0: back to
+        back). A lone caller at pace 4 keeps the server busy about a fifth of the time, under the
+        busy share at which adaptive intensity starts to coarsen it (``AdaptiveConfig.busy_low``)."""
         probs, labels = [], []
         for start in range(0, len(texts), batch_size):
+            sent = time.perf_counter()
             res = self.infer(model, texts[start : start + batch_size], client_id=client_id)
             probs.append(res.as_numpy(wire.PROBABILITIES))
             labels.append(res.as_numpy(wire.LABEL).reshape(-1))
+            if pace > 0 and start + batch_size < len(texts):
+                time.sleep(pace * (time.perf_counter() - sent))
         if not probs:
             raise ValueError("no texts to classify")
         return np.concatenate(probs), np.concatenate(labels)

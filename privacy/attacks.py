@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import expit
 from scipy.stats import norm
 from threadpoolctl import threadpool_limits
 
@@ -129,6 +130,21 @@ def lira_score(o: Outputs) -> np.ndarray:
     return -norm.logsf((phi(o) - mu) / sigma)
 
 
+def label_lira_score(o: Outputs) -> np.ndarray:
+    """Difficulty-calibrated correctness (Watson et al. 2022, on the 0-1 loss): a label-only attack
+    with the attacker's own reference models. A row the target gets right that the row's OUT
+    references find hard (low mean true-class probability; ``extra['ref_phi_raw']``: their raw
+    outputs, which the attacker owns) is likelier a member; a row it gets wrong that they find easy
+    likelier not. It reads the label alone, so every output that keeps the label reads the same:
+    it is the label-only reference's strength against an attacker with reference models, which
+    offline LiRA on a one-hot output (phi at the float limits, +-708) reads poorly."""
+    ref = expit(np.asarray(o.extra["ref_phi_raw"], np.float64))
+    have = np.isfinite(ref)
+    mean = np.nanmean(ref) if have.any() else 0.5
+    p = np.where(have.any(1), np.nansum(np.where(have, ref, 0.0), 1) / np.maximum(have.sum(1), 1), mean)
+    return np.where(o.correct, 1.0 - p, -p)
+
+
 # --- learned attacks -------------------------------------------------------------------------------
 
 
@@ -240,6 +256,7 @@ def suite(*, lira: bool, blind: bool, seed: int = 0) -> dict[str, Fit]:
     }
     if lira:
         attacks["lira_offline"] = threshold_fit(lira_score)
+        attacks["lira_label"] = threshold_fit(label_lira_score)
     if blind:
         attacks["blind"] = learned_fit(text_features, model="mlp", seed=seed)
     return attacks

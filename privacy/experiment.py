@@ -233,6 +233,11 @@ def _eval_repository(cfg: EvalConfig, build_dir):
 
 def _assess_all(cfg: EvalConfig, seed: int, *, views, member, shadow_member, raw, lira, benign, labels) -> dict:
     results = {}
+    none = next((v for v in views if v.name == "none"), None)
+    if lira and none is not None:  # the attacker's reference models' own (raw) outputs, for the label-only LiRA
+        for v in views:
+            v.target.extra["ref_phi_raw"] = none.target.extra["ref_phi"]
+            v.shadow.extra["ref_phi_raw"] = none.shadow.extra["ref_phi"]
     for v in views:
         blind = v.name == "none"  # the split check: text features only
         results[v.name] = assess(

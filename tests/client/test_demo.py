@@ -23,7 +23,9 @@ def test_demo_summary(tiny_build):
         assert s["labels_identical"]
         assert s["accuracy_raw_nonmembers"] == s["accuracy_defended_nonmembers"]
         assert 0 < s["perturbed_share"] <= 1
+        assert 0 <= s["bulk_coarser_share"] <= 1 and 0 < s["bulk_mean_confidence"] <= 1
     assert summary["http_grpc_raw_identical"]
-    assert summary["server_metrics"]["veil_outputs_total"] == 2 * 60
+    assert summary["server_metrics"]["veil_outputs_total"] == 2 * 2 * 60  # paced and full speed
+    assert "full-speed caller" in text
     assert "raw vs defended" in text and "outputs perturbed" in text
     json.dumps(summary)  # what demo.json gets

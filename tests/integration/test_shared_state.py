@@ -6,8 +6,8 @@
   reports degraded, counts the fallback and recovers.
 - The gateway balances over both replicas; one is killed under load and no request is lost.
 
-The adaptive settings switch off the time-dependent parts (young ids, rate, churn, the fade of the
-near-duplicate share), so the threat is a function of the query sequence alone and comparisons are
+The adaptive settings switch off the time-dependent parts (young ids, rate, busy share, churn, the
+fade of the near-duplicate share), so the threat is a function of the query sequence alone and comparisons are
 exact whatever the machine's speed; the store's timeout is 250 ms rather than the default 50 ms so
 that a starved test machine does not time out a healthy Redis (a fallback changes the bytes).
 """
@@ -46,6 +46,8 @@ ADAPTIVE = {
     "young_s": 0.0,
     "rate_low": 1e6,
     "rate_high": 2e6,
+    "busy_low": 1e6,
+    "busy_high": 2e6,
     "churn_low": 1e6,
     "churn_high": 2e6,
     "duplicate_window_s": 1e12,

@@ -8,6 +8,7 @@ import pytest
 from veil.privacy.attacks import (
     Outputs,
     floor,
+    label_lira_score,
     lira_score,
     loss_score,
     modified_entropy_score,
@@ -81,6 +82,36 @@ def test_lira_offline_finds_per_example_shifts():
     lira = cross_fitted("lira", threshold_fit(lira_score), o, member)
     glob = cross_fitted("loss", threshold_fit(loss_score), o, member)
     assert lira.auc > 0.95 > 0.8 > glob.auc
+
+
+def test_label_lira_reads_the_label_with_the_references_difficulty():
+    """Members are right on texts the references find hard; non-members right only on easy ones.
+    Correctness alone barely separates them; the difficulty-calibrated label does, and it reads
+    the same on a one-hot output as on any output with the same labels. Offline LiRA on the one-hot
+    output (phi at the float limits, +-708) ranks the right rows by difficulty too but cannot place
+    one threshold across right and wrong rows: its accuracy falls well short."""
+    rng = np.random.default_rng(5)
+    n = 600
+    member = membership(n // 2)
+    difficulty = rng.normal(0, 2, n)  # the references' logit confidence in the true class
+    correct = np.where(member, rng.random(n) < 0.95, rng.random(n) < 1 / (1 + np.exp(-difficulty)))
+    labels = rng.integers(0, 2, n)
+    pred = np.where(correct, labels, 1 - labels)
+    one_hot = np.eye(2)[pred]
+    soft = np.where(np.eye(2, dtype=bool)[pred], 0.8, 0.2)
+    ref = difficulty[:, None] + rng.normal(0, 0.3, (n, 4))
+    ref[:5, :] = np.nan  # a row every reference trained on: the global mean stands in
+    runs = {}
+    for name, p in (("one_hot", one_hot), ("soft", soft)):
+        o = Outputs(p, labels)
+        o.extra["ref_phi"] = o.extra["ref_phi_raw"] = ref
+        runs[name] = cross_fitted("lira_label", threshold_fit(label_lira_score), o, member)
+        np.testing.assert_array_equal(label_lira_score(o)[correct] > 0, True)  # right rows above wrong ones
+        assert np.isfinite(label_lira_score(o)).all()
+    assert runs["one_hot"].auc == runs["soft"].auc > 0.75
+    o = Outputs(one_hot, labels)
+    o.extra["ref_phi"] = ref
+    assert cross_fitted("lira", threshold_fit(lira_score), o, member).accuracy < runs["one_hot"].accuracy - 0.05
 
 
 def planted(channel: bool, n: int = 600, seed: int = 0) -> tuple[Outputs, np.ndarray]:

@@ -61,6 +61,10 @@ def test_quick_evaluation(tmp_path):
     conf = raw["per_attack"]["confidence"][0] - ref["per_attack"]["confidence"][0]
     assert "Raw output vs label-only, upper bound" in md
     assert f"label-free confidence attack accuracy {100 * conf:.1f} pt" in md
+    # the label-only LiRA reads the label alone: every output that keeps the labels reads the same
+    for name, r in summary.items():
+        if r["source"] in ("served", "baseline") and r["model_accuracy"] == summary["none"]["model_accuracy"]:
+            assert r["upper_bound"]["per_attack"]["lira_label"] == ref["per_attack"]["lira_label"], name
     # the label-only output sits at its floor under the gap attack (tie handling and balanced accuracy)
     assert summary["label_only"]["gap_accuracy"][0] == pytest.approx(summary["label_only"]["floor"][0])
 
