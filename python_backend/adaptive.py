@@ -64,10 +64,11 @@ class AdaptiveConfig:
     """The busy threat ramps from 0 to 1 as a client's *busy share* goes from ``busy_low`` to
     ``busy_high``: its row rate times the step's own measured seconds per row
     (:class:`ServiceCost`), i.e. the share of one instance's time its rows take. Rows per second
-    mean nothing without the hardware: on 2 CPU cores a caller sending back to back stays under
-    ``rate_low`` when a row costs two forward passes (part models), while on a GPU a benign
-    dashboard passes ``rate_high``. A caller that keeps the step busy half the time or more is
-    bulk traffic, full speed reads about 1 whatever the hardware (rule, not tuned on any seed)."""
+    mean little without the hardware: on 2 CPU cores the evaluation's back-to-back caller never
+    reached a coarser level when a row cost two forward passes (part models), and reached one
+    for about half its rows with one; on a GPU the same caller passes ``rate_high``. A caller
+    that keeps the step busy half the time or more is bulk traffic; full speed reads about 1
+    whatever the hardware (a stated rule, not tuned on any seed)."""
     duplicate_low: float = 0.2
     duplicate_high: float = 0.25
     """The probing threat ramps from 0 to 1 as the repeated share goes from ``duplicate_low`` to
