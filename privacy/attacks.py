@@ -115,6 +115,15 @@ def correct_score(o: Outputs) -> np.ndarray:
 # --- LiRA, offline ---------------------------------------------------------------------------------
 
 
+def _out_mean(ref: np.ndarray, empty: float) -> np.ndarray:
+    """Each row's mean over its OUT references (the finite entries of ``ref`` [N, K]); a row with
+    none gets the mean of every finite entry (``empty`` when there is none at all)."""
+    have = np.isfinite(ref)
+    fallback = np.nanmean(ref) if have.any() else empty
+    counts = have.sum(1)
+    return np.where(counts > 0, np.nansum(np.where(have, ref, 0.0), 1) / np.maximum(counts, 1), fallback)
+
+
 def lira_score(o: Outputs) -> np.ndarray:
     """Offline LiRA (Carlini et al. 2022): -log P_out(phi' >= phi) under a Gaussian fitted to the
     row's OUT reference models (``extra['ref_phi']`` [N, K], NaN where a reference trained on the
@@ -122,8 +131,7 @@ def lira_score(o: Outputs) -> np.ndarray:
     ref = o.extra["ref_phi"]
     have = np.isfinite(ref)
     counts = have.sum(1)
-    global_mu = np.nanmean(ref) if have.any() else 0.0
-    mu = np.where(counts > 0, np.nansum(np.where(have, ref, 0.0), 1) / np.maximum(counts, 1), global_mu)
+    mu = _out_mean(ref, 0.0)
     dev = np.where(have, ref - mu[:, None], np.nan)
     sigma = float(np.nanstd(dev, ddof=1)) if (counts > 1).any() else 1.0
     sigma = max(sigma if np.isfinite(sigma) else 1.0, 1e-3)
@@ -138,10 +146,7 @@ def label_lira_score(o: Outputs) -> np.ndarray:
     likelier not. It reads the label alone, so every output that keeps the label reads the same:
     it is the label-only reference's strength against an attacker with reference models, which
     offline LiRA on a one-hot output (phi at the float limits, +-708) reads poorly."""
-    ref = expit(np.asarray(o.extra["ref_phi_raw"], np.float64))
-    have = np.isfinite(ref)
-    mean = np.nanmean(ref) if have.any() else 0.5
-    p = np.where(have.any(1), np.nansum(np.where(have, ref, 0.0), 1) / np.maximum(have.sum(1), 1), mean)
+    p = _out_mean(expit(np.asarray(o.extra["ref_phi_raw"], np.float64)), 0.5)
     return np.where(o.correct, 1.0 - p, -p)
 
 
