@@ -18,8 +18,11 @@ near-duplicates of anyone's recent unattributed queries count against it (conten
 Anonymous rows share one state (all anonymous callers look like one caller) and are always
 young. So probing one text under rotating ids is caught as if it were sent anonymously, going
 anonymous never yields less protection than a young id gets, and an established id's threat
-depends on its own traffic only: one caller's traffic never changes another established
-caller's outputs, and another caller's rate never changes a young caller's. What rotating ids
+depends on its own traffic and the step's measured cost only: no other caller's state enters it.
+The cost (:class:`ServiceCost`) is a server-wide running average, so other callers' load moves it
+(merged batches lower it, contention raises it) and with it the busy share of a caller already
+near ``busy_low``: that coupling is known and open (a start-up probe would make the cost a
+constant of the hardware). Another caller's rate never changes a young caller's threat. What rotating ids
 still buy is rate: a flood of distinct texts under fresh ids gets the churn threat, not the rate
 threat (authenticated principals, not caller-chosen ids, close that).
 
